@@ -1,0 +1,118 @@
+"""Outputs stage: write a quantization result to a folder, all files or none.
+
+Files are first written to a private staging folder inside the output folder; the INT8 model is
+loaded by onnxruntime there; only then are the files moved into place one ``os.replace`` at a time.
+A failure leaves the output folder as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from autoquant.config import StudyConfig
+from autoquant.errors import QuantizationError
+from autoquant.quantize import QuantizedModel, activation_quant_params
+
+MODEL_FILE = "model.int8.onnx"
+TABLE_FILE = "calibration_table.json"
+TRT_CACHE_FILE = "calibration.cache"
+FP32_NODES_FILE = "fp32_nodes.txt"
+CONFIG_FILE = "config.resolved.yaml"
+
+
+@dataclass(frozen=True)
+class WrittenOutputs:
+    """Paths of the files written by :func:`write_outputs`."""
+
+    model: Path
+    table: Path
+    trt_cache: Path
+    fp32_nodes: Path
+    config: Path
+
+
+def calibration_table(result: QuantizedModel) -> dict[str, dict]:
+    """Tensor -> method, threshold, range, scale and zero point (scale and zero point as used by the model)."""
+    params = activation_quant_params(result.model)
+    table = {}
+    for name, r in result.ranges.items():
+        entry = {"method": r.method, "threshold": r.threshold, "lowest": r.lowest, "highest": r.highest}
+        if name in params:
+            p = params[name]
+            entry.update(scale=p.scale, zero_point=p.zero_point, dtype=p.dtype)
+        table[name] = entry
+    return table
+
+
+def trt_calibration_cache(result: QuantizedModel) -> str:
+    """TensorRT-style calibration cache: a header, then ``tensor: <float32 scale as big-endian hex>``.
+
+    The scale is ``threshold / 127`` as in TensorRT's symmetric INT8.
+    """
+    lines = ["TRT-8601-EntropyCalibration2"]
+    for name, r in result.ranges.items():
+        scale = r.threshold / 127.0
+        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) -> WrittenOutputs:
+    """Write the INT8 model, calibration tables, FP32 node list and resolved config to ``directory``.
+
+    Raises:
+        QuantizationError: onnxruntime cannot load the INT8 model, or a file cannot be written.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".staging-"))
+    try:
+        data = result.model.SerializeToString()
+        try:
+            ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise QuantizationError(f"onnxruntime cannot load the quantized model: {exc}") from None
+        files = {
+            MODEL_FILE: data,
+            TABLE_FILE: json.dumps(calibration_table(result), indent=2).encode(),
+            TRT_CACHE_FILE: trt_calibration_cache(result).encode(),
+            FP32_NODES_FILE: "".join(f"{n}\n" for n in result.fp32_nodes).encode(),
+            CONFIG_FILE: config.to_yaml().encode(),
+        }
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
+        for name in files:
+            os.replace(staging / name, directory / name)
+    except OSError as exc:
+        raise QuantizationError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return WrittenOutputs(
+        model=directory / MODEL_FILE,
+        table=directory / TABLE_FILE,
+        trt_cache=directory / TRT_CACHE_FILE,
+        fp32_nodes=directory / FP32_NODES_FILE,
+        config=directory / CONFIG_FILE,
+    )
+
+
+def int8_kernels(model: onnx.ModelProto | bytes) -> dict[str, int]:
+    """Count the op types of onnxruntime's optimized graph for a model (e.g. QLinearConv)."""
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    with tempfile.TemporaryDirectory(prefix="autoquant-opt-") as tmp:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    counts: dict[str, int] = {}
+    for node in optimized.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

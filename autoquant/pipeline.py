@@ -1,0 +1,124 @@
+"""The pipeline from a config to a quantized model, stage by stage.
+
+``config -> data readers -> graph -> statistics -> thresholds -> quantize -> outputs``.
+Each function here runs one or two stages and passes small frozen results on; the CLI and the
+search call these and nothing deeper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from autoquant.config import DataConfig, QuantizationConfig, StudyConfig
+from autoquant.data import InputSpec, open_reader
+from autoquant.errors import ConfigError
+from autoquant.graph import ModelGraph, prepare_model
+from autoquant.quantize import QuantizedModel, quantize_model
+from autoquant.statistics import ProgressFn, Statistics, collect_statistics, statistics_key
+from autoquant.thresholds import compute_thresholds
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A prepared model and the statistics of its activations."""
+
+    graph: ModelGraph
+    stats: Statistics
+
+
+def cache_dir(config: StudyConfig) -> Path:
+    """Folder for prepared models and statistics: ``calibration.cache_dir`` or ``<output>/cache``."""
+    return config.calibration.cache_dir or config.output.directory / "cache"
+
+
+def load_graph(config: StudyConfig) -> ModelGraph:
+    """Prepare the config's model and apply the input shapes given in ``model.inputs``."""
+    graph = prepare_model(config.model.path, cache_dir(config))
+    names = {spec.name for spec in graph.inputs}
+    unknown = sorted(set(config.model.inputs) - names)
+    if unknown:
+        raise ConfigError(
+            f"model.inputs: {', '.join(unknown)} is not an input of {config.model.path.name}; "
+            f"its inputs are: {', '.join(sorted(names))}"
+        )
+    specs = tuple(
+        replace(spec, shape=tuple(config.model.inputs[spec.name])) if spec.name in config.model.inputs else spec
+        for spec in graph.inputs
+    )
+    return replace(graph, inputs=specs)
+
+
+def data_fingerprint(data: DataConfig) -> str:
+    """Hash of a data source's bytes and of how it is read (a callable is hashed by its name and file)."""
+    digest = hashlib.sha256()
+    for part in (data.format, data.data_preprocess_str, data.image_data_preprocess, data.on_decode_error):
+        digest.update(f"{part}|".encode())
+    source = Path(str(data.source).rsplit(".py:", 1)[0] + ".py") if ".py:" in str(data.source) else None
+    path = source or Path(str(data.source))
+    digest.update(str(data.source).encode())
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def calibrate(config: StudyConfig, progress: ProgressFn | None = None, use_cache: bool = True) -> Calibrated:
+    """Prepare the model and collect activation statistics (from the cache when possible).
+
+    Args:
+        config: The study config.
+        progress: Called with the number of samples after each calibration batch.
+        use_cache: Read and write the statistics cache.
+    """
+    graph = load_graph(config)
+    calib = config.calibration
+    reader = open_reader(calib, list(graph.inputs), limit=calib.calib_iterations)
+    key = statistics_key(graph.model_hash, data_fingerprint(calib), calib.histogram_bins, calib.calib_iterations)
+
+    def batches():  # noqa: ANN202
+        return (batch.inputs for batch in reader.batches(calib.batch_size))
+
+    stats = collect_statistics(
+        graph.load(),
+        list(graph.activations),
+        batches,
+        key,
+        cache_dir(config) if use_cache else None,
+        calib.histogram_bins,
+        progress,
+    )
+    return Calibrated(graph=graph, stats=stats)
+
+
+def expected_samples(config: StudyConfig, graph: ModelGraph) -> int:
+    """Number of calibration samples the pass will read (for progress bars)."""
+    return len(open_reader(config.calibration, list(graph.inputs), limit=config.calibration.calib_iterations))
+
+
+def quantize(
+    calibrated: Calibrated, quantization: QuantizationConfig, ranking: Sequence[str] = ()
+) -> QuantizedModel:
+    """Thresholds then quantization, for one set of quantization choices."""
+    ranges = compute_thresholds(calibrated.stats, quantization)
+    return quantize_model(calibrated.graph, ranges, quantization, ranking)
+
+
+__all__ = [
+    "Calibrated",
+    "InputSpec",
+    "cache_dir",
+    "calibrate",
+    "data_fingerprint",
+    "expected_samples",
+    "load_graph",
+    "quantize",
+]
