@@ -117,6 +117,17 @@ def _name_nodes(model: onnx.ModelProto) -> None:
             taken.add(name)
 
 
+def _constant_initializers(model: onnx.ModelProto) -> None:
+    """Drop initializers from the graph inputs (old exporters list them there), so that they are
+    constants that onnxruntime can fold rather than inputs a user could override."""
+    initializers = {t.name for t in model.graph.initializer}
+    kept = [i for i in model.graph.input if i.name not in initializers]
+    if len(kept) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)
+
+
 def _preprocess(model: onnx.ModelProto, source: Path) -> onnx.ModelProto:
     """Run onnxruntime's quantization pre-processing in a private temporary folder."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -169,6 +180,7 @@ def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
                     f"convert the model to opset >= {MIN_OPSET} and try again"
                 ) from None
         _name_nodes(model)
+        _constant_initializers(model)
         prepared = _preprocess(model, path)
         _name_nodes(prepared)
         save_model_checked(prepared, prepared_path)

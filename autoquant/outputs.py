@@ -110,6 +110,7 @@ def int8_kernels(model: onnx.ModelProto | bytes) -> dict[str, int]:
     with tempfile.TemporaryDirectory(prefix="autoquant-opt-") as tmp:
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
         ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(options.optimized_model_filepath)
     counts: dict[str, int] = {}

@@ -54,6 +54,15 @@ def load_graph(config: StudyConfig) -> ModelGraph:
     return replace(graph, inputs=specs)
 
 
+def batch_size(graph: ModelGraph, requested: int) -> int:
+    """``requested``, unless the model's batch dimension is fixed, in which case that size."""
+    fixed = {spec.shape[0] for spec in graph.inputs if spec.shape and spec.shape[0] is not None}
+    if len(fixed) == 1 and (size := fixed.pop()) != requested:
+        logger.info("the model has a fixed batch size of %d; using it instead of %d", size, requested)
+        return size
+    return requested
+
+
 def data_fingerprint(data: DataConfig) -> str:
     """Hash of a data source's bytes and of how it is read (a callable is hashed by its name and file)."""
     digest = hashlib.sha256()
@@ -85,7 +94,7 @@ def calibrate(config: StudyConfig, progress: ProgressFn | None = None, use_cache
     key = statistics_key(graph.model_hash, data_fingerprint(calib), calib.histogram_bins, calib.calib_iterations)
 
     def batches():  # noqa: ANN202
-        return (batch.inputs for batch in reader.batches(calib.batch_size))
+        return (batch.inputs for batch in reader.batches(batch_size(graph, calib.batch_size)))
 
     stats = collect_statistics(
         graph.load(),
@@ -115,6 +124,7 @@ def quantize(
 __all__ = [
     "Calibrated",
     "InputSpec",
+    "batch_size",
     "cache_dir",
     "calibrate",
     "data_fingerprint",

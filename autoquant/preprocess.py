@@ -5,10 +5,9 @@ ops separated by ``;``, parameters within an op separated by ``,`` and multiple 
 by ``:``. Ops run in order; within one op the keys run in a fixed order: resize, crop, normalize
 (``mean_value``, ``std``, ``scale``), channel swap, mirror, padding. ``gray``, ``layout`` and
 ``dtype`` are global settings and may appear in any op.
-
-Images are decoded by OpenCV (BGR, or one channel with ``gray=True``) and processed as float32
-``H x W x C`` arrays; the result is one sample without batch dim, ``C x H x W`` (NCHW, default) or
-``H x W x C`` (NHWC).
+Images are decoded by OpenCV (BGR, or gray) into ``H x W x C`` uint8 arrays that stay uint8 through
+resize/crop/flip, as in OpenCV pipelines, and become float32 at the first normalize or padding. The
+result is one sample without batch dim: ``C x H x W`` (NCHW, default) or ``H x W x C`` (NHWC).
 """
 
 from __future__ import annotations
@@ -33,21 +32,14 @@ TEMPLATES: dict[str, str] = {
 }
 USER_DEFINED = "user_defined"
 
-_INTERP = {
-    "linear": cv2.INTER_LINEAR,
-    "nearest": cv2.INTER_NEAREST,
-    "cubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-}
+_INTERP = {name: getattr(cv2, f"INTER_{name.upper()}") for name in ("linear", "nearest", "cubic", "area")}
 _DTYPES = ("float32", "float16", "uint8", "int8")
 _LAYOUTS = ("NCHW", "NHWC")
-
-
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def _checked(parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> Callable[[str], Any]:
-    """A value parser that raises ``ValueError(must)`` when ``parse`` fails or ``ok`` rejects the value."""
+def _checked(parse: Callable[[str], Any], must: str, ok: Callable[[Any], bool] = bool) -> Callable:
+    """A value parser raising ``ValueError(must)`` when ``parse`` fails or ``ok`` rejects the value."""
 
     def convert(text: str) -> Any:
         try:
@@ -61,28 +53,30 @@ def _checked(parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str) 
     return convert
 
 
-_POSITIVE = _checked(int, lambda v: v > 0, "must be a positive integer")
-_BOOL = _checked(lambda t: _BOOLS[t.lower()], lambda v: True, "must be True or False")
-_FLOAT = _checked(float, lambda v: True, "must be a number")
-_FLOATS = _checked(
-    lambda t: tuple(float(p) for p in t.split(":")), lambda v: True, "must be numbers separated by ':'"
-)
+def _one_of(choices: tuple[str, ...], case: Callable[[str], str]) -> Callable[[str], Any]:
+    return _checked(case, f"must be one of {', '.join(choices)}", lambda v: v in choices)
+
+
+_POSITIVE = _checked(int, "must be a positive integer", lambda v: v > 0)
+_BOOL = _checked(lambda t: _BOOLS[t.lower()], "must be True or False", lambda v: True)
+_FLOAT = _checked(float, "must be a number", lambda v: True)
+_FLOATS = _checked(lambda t: tuple(map(float, t.split(":"))), "must be numbers separated by ':'")
 _OP_KEYS: dict[str, Callable[[str], Any]] = {
     **dict.fromkeys(("resize_h", "resize_w", "resize_side"), _POSITIVE),
-    "interp": _checked(str.lower, lambda v: v in _INTERP, f"must be one of {', '.join(_INTERP)}"),
+    "interp": _one_of(tuple(_INTERP), str.lower),
     "padding": _BOOL,
     "pad_value": _FLOAT,
     **dict.fromkeys(("crop_h", "crop_w"), _POSITIVE),
-    "crop_fraction": _checked(float, lambda v: 0.0 < v <= 1.0, "must be a number in (0, 1]"),
+    "crop_fraction": _checked(float, "must be a number in (0, 1]", lambda v: 0.0 < v <= 1.0),
     **dict.fromkeys(("mean_value", "std"), _FLOATS),
     "scale": _FLOAT,
     **dict.fromkeys(("bgr2rgb", "rgb2bgr"), _BOOL),
-    "mirror": _checked(int, lambda v: True, "must be a cv2.flip code: 1, 0 or -1"),
+    "mirror": _checked(int, "must be a cv2.flip code: 1, 0 or -1", lambda v: True),
 }
 _GLOBAL_KEYS: dict[str, Callable[[str], Any]] = {
     "gray": _BOOL,
-    "layout": _checked(str.upper, lambda v: v in _LAYOUTS, f"must be one of {', '.join(_LAYOUTS)}"),
-    "dtype": _checked(str.lower, lambda v: v in _DTYPES, f"must be one of {', '.join(_DTYPES)}"),
+    "layout": _one_of(_LAYOUTS, str.upper),
+    "dtype": _one_of(_DTYPES, str.lower),
 }
 _KEYS = {**_OP_KEYS, **_GLOBAL_KEYS}
 VALID_KEYS = tuple(_KEYS)
@@ -90,10 +84,7 @@ VALID_KEYS = tuple(_KEYS)
 _RULES: tuple[tuple[Callable[[dict[str, Any]], bool], str], ...] = (
     (lambda op: ("resize_h" in op) != ("resize_w" in op), "resize_h and resize_w must be given together"),
     (lambda op: "resize_h" in op and "resize_side" in op, "use either resize_side or resize_h/resize_w"),
-    (
-        lambda op: op.get("padding", False) and "resize_h" not in op,
-        "padding=True needs resize_h and resize_w",
-    ),
+    (lambda op: op.get("padding", False) and "resize_h" not in op, "padding=True needs resize_h, resize_w"),
     (lambda op: "pad_value" in op and not op.get("padding"), "pad_value needs padding=True"),
     (lambda op: "interp" in op and not {"resize_h", "resize_side"} & set(op), "interp needs a resize"),
     (lambda op: ("crop_h" in op) != ("crop_w" in op), "crop_h and crop_w must be given together"),
@@ -143,9 +134,7 @@ class CenterCrop:
             top, left = int((height - height * self.fraction) / 2), int((width - width * self.fraction) / 2)
             return image[top : height - top, left : width - left]
         if height < self.height or width < self.width:
-            raise ValueError(
-                f"the image is {height}x{width}, smaller than the crop {self.height}x{self.width}"
-            )
+            raise ValueError(f"image {height}x{width} is smaller than the crop {self.height}x{self.width}")
         top, left = (height - self.height) // 2, (width - self.width) // 2
         return image[top : top + self.height, left : left + self.width]
 
@@ -161,11 +150,9 @@ class Normalize:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         for name, values in (("mean_value", self.mean), ("std", self.std)):
             if len(values) not in (1, image.shape[2]):
-                raise ValueError(
-                    f"{name} has {len(values)} values for an image with {image.shape[2]} channels"
-                )
+                raise ValueError(f"{name} has {len(values)} values for {image.shape[2]} image channels")
         mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-        return (image - mean) / std * np.float32(self.scale)
+        return (image.astype(np.float32) - mean) / std * np.float32(self.scale)
 
 
 _FLIPS = {0: np.s_[::-1], 1: np.s_[:, ::-1], -1: np.s_[::-1, ::-1], 2: np.s_[:, :, ::-1]}
@@ -192,10 +179,8 @@ class Pad:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         height, width, channels = image.shape
         if height > self.height or width > self.width:
-            raise ValueError(
-                f"the image is {height}x{width}, larger than the padding {self.height}x{self.width}"
-            )
-        out = np.full((self.height, self.width, channels), self.value, dtype=image.dtype)
+            raise ValueError(f"image {height}x{width} is larger than the padding {self.height}x{self.width}")
+        out = np.full((self.height, self.width, channels), self.value, dtype=np.float32)
         top, left = (self.height - height) // 2, (self.width - width) // 2
         out[top : top + height, left : left + width] = image
         return out
@@ -209,7 +194,7 @@ class Preprocess:
     """A parsed preprocessing string: decode an image file into one model input sample.
 
     Attributes:
-        steps: The steps, in the order they run on the float32 ``H x W x C`` image.
+        steps: The steps, in the order they run on the ``H x W x C`` image.
         gray: Decode as one channel instead of BGR.
         layout: ``"NCHW"`` (sample is ``C x H x W``) or ``"NHWC"`` (``H x W x C``).
         dtype: The sample dtype; integer dtypes are rounded and clipped to their range.
@@ -223,7 +208,7 @@ class Preprocess:
     spec: str = ""
 
     def decode(self, image_path: str | Path) -> np.ndarray:
-        """Read and decode an image file into a float32 ``H x W x C`` array (BGR or one channel).
+        """Read and decode an image file into a uint8 ``H x W x C`` array (BGR or one channel).
 
         Raises:
             DataError: The file cannot be read or decoded.
@@ -238,10 +223,8 @@ class Preprocess:
         except cv2.error:
             image = None
         if image is None:
-            raise DataError(
-                f"{image_path}: cannot decode image (empty, corrupt or not an image format OpenCV reads)"
-            )
-        return _with_channels(image).astype(np.float32)
+            raise DataError(f"{image_path}: cannot decode image (empty, corrupt or not an image format)")
+        return _with_channels(image)
 
     def apply(self, image: np.ndarray, where: str = "image") -> np.ndarray:
         """Run the steps on a decoded ``H x W x C`` (or ``H x W``) image and convert layout and dtype.
@@ -249,7 +232,7 @@ class Preprocess:
         Raises:
             DataError: A step does not fit the image (crop larger than the image, wrong channel count).
         """
-        image = _with_channels(np.asarray(image, np.float32))
+        image = _with_channels(np.asarray(image))
         for step in self.steps:
             try:
                 image = step(image)
@@ -259,7 +242,7 @@ class Preprocess:
             image = image.transpose(2, 0, 1)
         if self.dtype in ("uint8", "int8"):
             info = np.iinfo(self.dtype)
-            image = np.clip(np.rint(image), info.min, info.max)
+            image = np.clip(np.rint(image.astype(np.float32)), info.min, info.max)
         return np.ascontiguousarray(image, dtype=self.dtype)
 
     def __call__(self, image_path: str | Path) -> np.ndarray:
@@ -333,12 +316,13 @@ def parse_preprocess(spec: str) -> Preprocess:
         def problem(message: str, where: str = f"op {index} {segment!r}") -> None:
             errors.append(f"{where}: {message}")
 
+        known = len(errors)
         op = _parse_op(segment, problem)
         for key in _GLOBAL_KEYS.keys() & op.keys():
             value = op.pop(key)
             if settings.setdefault(key, value) != value:
                 problem(f"{key}={value} contradicts {key}={settings[key]} given before")
-        for violated, message in _RULES:
+        for violated, message in _RULES if len(errors) == known else ():  # no follow-up errors
             if violated(op):
                 problem(message)
         steps += _op_steps(op)

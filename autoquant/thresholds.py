@@ -50,24 +50,36 @@ class TensorRange:
 class _Method:
     name: str
     score: ScoreFn | None  # None: the method gives the threshold directly
+    cost: str  # "linear": all candidates at once; "quadratic": O(bins) per candidate
 
 
 _METHODS: dict[str, _Method] = {}
+_COARSE_STEP = 16  # quadratic methods: scan every 16th candidate, then refine around the best
+_warned: set[tuple[str, str]] = set()
 
 
-def register_method(name: str, *, direct: bool = False) -> Callable[[ScoreFn], ScoreFn]:
+def register_method(name: str, *, direct: bool = False, cost: str = "linear") -> Callable[[ScoreFn], ScoreFn]:
     """Register a threshold method.
 
     A scoring method is ``score(counts, candidates, levels) -> scores``: ``counts`` is a histogram
     of magnitudes, ``candidates`` integer bin counts; the lowest score wins. ``direct`` methods
-    are handled by :func:`base_threshold` and register no score.
+    (``max``, ``percentile``) give the threshold themselves and register no score. A method whose
+    ``cost`` is ``"quadratic"`` is scanned coarse-to-fine: every 16th candidate, then every
+    candidate around the best three.
     """
 
     def decorator(fn: ScoreFn) -> ScoreFn:
-        _METHODS[name] = _Method(name, None if direct else fn)
+        _METHODS[name] = _Method(name, None if direct else fn, cost)
         return fn
 
     return decorator
+
+
+def _warn_once(tensor: str, kind: str, message: str, *args: object) -> None:
+    """Warn about a tensor's data once per process, not once per trial."""
+    if (tensor, kind) not in _warned:
+        _warned.add((tensor, kind))
+        logger.warning(message, *args)
 
 
 def methods() -> tuple[str, ...]:
@@ -224,7 +236,7 @@ def expand_candidate(counts: np.ndarray, i: int, levels: int) -> tuple[np.ndarra
     return p, q
 
 
-@register_method("jsd")
+@register_method("jsd", cost="quadratic")
 def jsd_scores(counts: np.ndarray, candidates: np.ndarray, levels: int) -> np.ndarray:
     """Jensen-Shannon divergence between ``P`` and ``Q`` per candidate."""
     candidates = np.maximum(np.asarray(candidates, dtype=np.int64), levels)
@@ -273,6 +285,22 @@ def ratio_candidates(base: float, width: float, start: float, end: float, step: 
     return np.unique(np.maximum(np.rint(base * ratios / width).astype(np.int64), 1))
 
 
+def _scan(method: _Method, counts: np.ndarray, candidates: np.ndarray, levels: int) -> np.ndarray:
+    """Scores of every candidate; for quadratic methods only near the best of a coarse scan (others inf)."""
+    if method.cost == "linear" or len(candidates) <= 4 * _COARSE_STEP:
+        return method.score(counts, candidates, levels)
+    scores = np.full(len(candidates), np.inf)
+    coarse = np.unique(np.r_[np.arange(0, len(candidates), _COARSE_STEP), len(candidates) - 1])
+    scores[coarse] = method.score(counts, candidates[coarse], levels)
+    near = np.concatenate(
+        [np.arange(max(0, k - _COARSE_STEP), min(len(candidates), k + _COARSE_STEP + 1))
+         for k in coarse[np.argsort(scores[coarse])[:3]]]
+    )  # fmt: skip
+    near = np.setdiff1d(near, coarse)
+    scores[near] = method.score(counts, candidates[near], levels)
+    return scores
+
+
 def side_threshold(
     fine: np.ndarray, fine_width: float, peak: float, config: QuantizationConfig, levels: int
 ) -> float:
@@ -295,6 +323,10 @@ def side_threshold(
         if method.score is None:
             return base
     counts, width = coarse_histogram(fine, fine_width, config.bins)
+    if config.method != "mse" and counts.size > 1:
+        # As NVIDIA's pytorch-quantization does: the spike of exact zeros after a ReLU would
+        # otherwise dominate P and push the divergence methods to tiny thresholds.
+        counts[0] = counts[1]
     if config.ratio_search:
         candidates = ratio_candidates(
             base, width, config.start_ratio, config.end_ratio, config.step_ratio
@@ -302,7 +334,7 @@ def side_threshold(
     else:
         first = 1 if config.method == "mse" else min(levels, config.bins)
         candidates = np.arange(first, config.bins + 1)
-    scores = method.score(counts, candidates, levels)
+    scores = _scan(method, counts, candidates, levels)
     if not np.isfinite(scores).any():
         logger.debug("no finite %s score; using the largest candidate", config.method)
         return float(candidates[-1] * width)
@@ -318,17 +350,21 @@ def tensor_range(stats: TensorStats, config: QuantizationConfig) -> TensorRange:
     scale represents zero exactly; a constant tensor gets the range spanning zero and the constant.
     """
     if stats.nan_count or stats.inf_count:
-        logger.warning(
-            "tensor %r: ignoring %d NaN and %d infinite values in the calibration data",
+        _warn_once(
+            stats.name, "nonfinite", "tensor %r: ignoring %d NaN and %d infinite values in the calibration data",
             stats.name, stats.nan_count, stats.inf_count,
         )
     symmetric = config.activation_scheme == "symmetric"
     if stats.count == 0 or stats.range == 0.0:
-        logger.warning("tensor %r: every calibration value is zero (or not finite); using range 1.0", stats.name)
+        _warn_once(
+            stats.name, "zero", "tensor %r: every calibration value is zero (or not finite); using range 1.0",
+            stats.name,
+        )
         return TensorRange(stats.name, config.method, -1.0 if symmetric else 0.0, 1.0)
     fine_width = stats.range / stats.bins
     if stats.minimum == stats.maximum:
-        logger.warning("tensor %r is constant (%g) over the calibration data", stats.name, stats.maximum)
+        _warn_once(stats.name, "constant", "tensor %r is constant (%g) over the calibration data", stats.name,
+                   stats.maximum)
         lowest, highest = min(stats.minimum, 0.0), max(stats.maximum, 0.0)
     elif symmetric:
         t = side_threshold(stats.magnitude, fine_width, max(-stats.minimum, stats.maximum), config, 128)

@@ -1,0 +1,266 @@
+"""Data reader contract, registry and format detection.
+
+A reader yields :class:`Sample` objects lazily, one at a time; the base class validates every
+sample against the model inputs, casts it to the input dtype, applies ``limit`` and stacks
+:class:`Batch` objects. Readers are registered by name with :func:`register_reader`.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import itertools
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from autoquant.config import DataConfig
+from autoquant.data._labels import read_labels
+from autoquant.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+ARRAY_SUFFIXES = (".npy", ".npz")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample: input name -> array without batch dim, its label and where it came from."""
+
+    inputs: dict[str, np.ndarray]
+    label: Any = None
+    sample_id: str = ""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Stacked samples, batch dim first; ``labels`` is None when no sample has a label."""
+
+    inputs: dict[str, np.ndarray]
+    labels: list[Any] | None
+    sample_ids: list[str]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, shape including the batch dim (None = dynamic) and dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+
+def format_shape(shape: Sequence[int | None]) -> str:
+    """``(None, 3, 224, 224)`` -> ``"(?, 3, 224, 224)"``."""
+    return "(" + ", ".join("?" if dim is None else str(dim) for dim in shape) + ")"
+
+
+class DataReader(abc.ABC):
+    """A data set read lazily from one source.
+
+    Subclasses implement :meth:`_open` (check the source, list files, read labels; called once by
+    ``__init__``), :meth:`_samples` (yield raw samples one at a time) and :meth:`_count` (the number
+    of samples in the source, or None when it is not known without reading the data). They never
+    validate shapes or dtypes: :meth:`__iter__` does it once for every reader.
+
+    Attributes:
+        source: The data source as configured.
+        config: The data section of the config.
+        inputs: The model inputs.
+        limit: The maximum number of samples to yield; 0 means all.
+        labels: External labels (one per source sample), or None.
+        labels_path: Where ``labels`` came from, for messages.
+    """
+
+    def __init__(self, source: str, config: DataConfig, inputs: Sequence[InputSpec], limit: int = 0) -> None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0 (0 means all samples), got {limit}")
+        self.source = source
+        self.config = config
+        self.inputs = tuple(inputs)
+        self.limit = limit
+        self.labels: list[Any] | None = None
+        self.labels_path: str = ""
+        self._length: int | None = None
+        if config.labels is not None:
+            self.labels = read_labels(config.labels, config.label_format)
+            self.labels_path = str(config.labels)
+        self._open()
+        self._check_counts()
+
+    def _open(self) -> None:
+        """Check the source and prepare to read it; raise DataError if it is unusable."""
+
+    @abc.abstractmethod
+    def _samples(self) -> Iterator[Sample]:
+        """Yield the raw samples of the source in order, one at a time (no validation)."""
+
+    @abc.abstractmethod
+    def _count(self) -> int | None:
+        """Return the number of samples in the source (ignoring ``limit``), None if unknown."""
+
+    def _label(self, index: int) -> Any:
+        """The external label of source sample ``index``, or None."""
+        return None if self.labels is None else self.labels[index]
+
+    def _check_counts(self) -> None:
+        count = self._count()
+        if count == 0:
+            raise DataError(f"{self.source}: the data set is empty; check the path and the format")
+        if count is not None and self.labels is not None and len(self.labels) != count:
+            raise DataError(
+                f"{self.labels_path}: {len(self.labels)} labels for {count} samples in {self.source}"
+            )
+
+    def __len__(self) -> int:
+        """The number of samples :meth:`__iter__` yields, at most ``limit``.
+
+        When the source cannot tell its size (a callable returning a generator), the first call
+        counts by one pass over the source, stopping at ``limit``. It is an upper bound when
+        undecodable images are skipped.
+        """
+        if self._length is None:
+            count = self._count()
+            if count is None:
+                with contextlib.closing(self._samples()) as samples:
+                    count = sum(1 for _ in itertools.islice(samples, self.limit or None))
+            self._length = min(count, self.limit) if self.limit else count
+        return self._length
+
+    def __iter__(self) -> Iterator[Sample]:
+        """Yield validated samples cast to the input dtypes, at most ``limit`` of them.
+
+        Raises:
+            DataError: A sample does not match the model inputs, or the source yields nothing.
+        """
+        count = 0
+        with contextlib.closing(self._samples()) as samples:
+            for sample in itertools.islice(samples, self.limit or None):
+                yield self._validate(sample)
+                count += 1
+        if count == 0:
+            raise DataError(f"{self.source}: the data set is empty; no sample could be read")
+
+    def _validate(self, sample: Sample) -> Sample:
+        names = [spec.name for spec in self.inputs]
+        if set(sample.inputs) != set(names):
+            raise DataError(
+                f"{sample.sample_id}: the sample has inputs {sorted(sample.inputs)}, the model expects {names}"
+            )
+        arrays = {}
+        for spec in self.inputs:
+            array = sample.inputs[spec.name]
+            shape, expected = np.shape(array), tuple(spec.shape[1:])
+            if len(shape) != len(expected) or any(e is not None and e != d for d, e in zip(shape, expected)):
+                raise DataError(
+                    f"{sample.sample_id}: input '{spec.name}' has shape {format_shape(shape)}, "
+                    f"the model expects {format_shape(expected)}"
+                )
+            try:
+                arrays[spec.name] = np.array(array, dtype=spec.dtype)
+            except (TypeError, ValueError) as exc:
+                raise DataError(
+                    f"{sample.sample_id}: input '{spec.name}' is not {spec.dtype} data ({exc})"
+                ) from None
+        return dataclasses.replace(sample, inputs=arrays)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """Yield batches of ``batch_size`` stacked samples; the last one may be smaller.
+
+        Raises:
+            DataError: Samples of one batch differ in shape (dynamic dims), or see :meth:`__iter__`.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        samples = iter(self)
+        while chunk := list(itertools.islice(samples, batch_size)):
+            ids = [sample.sample_id for sample in chunk]
+            try:
+                inputs = {spec.name: np.stack([s.inputs[spec.name] for s in chunk]) for spec in self.inputs}
+            except ValueError:
+                shapes = sorted({format_shape(s.inputs[n].shape) for s in chunk for n in s.inputs})
+                raise DataError(
+                    f"{ids[0]}..{ids[-1]}: samples of different shapes {shapes} cannot be stacked; "
+                    "use batch_size 1 or resize them to one size"
+                ) from None
+            labels = [sample.label for sample in chunk]
+            yield Batch(inputs, None if all(label is None for label in labels) else labels, ids)
+
+
+ReaderT = TypeVar("ReaderT", bound=type[DataReader])
+_READERS: dict[str, type[DataReader]] = {}
+
+
+def register_reader(name: str) -> Callable[[ReaderT], ReaderT]:
+    """Class decorator registering a :class:`DataReader` under ``name`` (a ``data.format`` value)."""
+
+    def register(cls: ReaderT) -> ReaderT:
+        if name in _READERS:
+            raise ValueError(f"a data reader is already registered as {name!r}: {_READERS[name].__name__}")
+        _READERS[name] = cls
+        return cls
+
+    return register
+
+
+def registered_readers() -> dict[str, type[DataReader]]:
+    """The registered readers by format name."""
+    return dict(_READERS)
+
+
+def _detect_format(source: str) -> str:
+    if ".py:" in source or (_CALLABLE.match(source) and not Path(source).exists()):
+        return "callable"
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{source}: no such file or folder")
+    if path.is_dir():
+        if (path / "data.mdb").is_file():
+            return "lmdb"
+        suffixes = {child.suffix.lower() for child in path.iterdir() if child.is_file()}
+        has_arrays, has_images = bool(suffixes & set(ARRAY_SUFFIXES)), bool(suffixes & set(IMAGE_SUFFIXES))
+        if has_arrays != has_images:
+            return "numpy" if has_arrays else "images"
+        what = "both .npy/.npz files and images" if has_arrays else "no data.mdb, .npy/.npz or image files"
+        raise DataError(f"{source}: the folder holds {what}; set data.format to one of {', '.join(_READERS)}")
+    suffix = path.suffix.lower()
+    if suffix in ARRAY_SUFFIXES:
+        return "numpy"
+    if suffix == ".txt":
+        return "images"
+    if path.name == "data.mdb":
+        return "lmdb"
+    raise DataError(
+        f"{source}: cannot tell the data format from the file name; expected an image list (.txt), "
+        f".npy/.npz, an LMDB folder or module:function, or set data.format to one of {', '.join(_READERS)}"
+    )
+
+
+def open_reader(config: DataConfig, inputs: Sequence[InputSpec], limit: int = 0) -> DataReader:
+    """Open the data set described by a data config section.
+
+    Args:
+        config: The data section; ``config.format`` "auto" detects the format from ``config.source``.
+        inputs: The model inputs each sample must match.
+        limit: The maximum number of samples to read; 0 means all.
+
+    Returns:
+        The reader, already checked: its source exists, is not known to be empty and its labels
+        count matches.
+
+    Raises:
+        DataError: No or missing source, unknown format, or unusable data or labels.
+    """
+    if not config.source:
+        raise DataError(
+            "no data source: set source to an image list or folder, .npy/.npz, LMDB or module:function"
+        )
+    name = _detect_format(config.source) if config.format == "auto" else config.format
+    if name not in _READERS:
+        raise DataError(f"{config.source}: unknown data format {name!r}; valid: {', '.join(_READERS)}")
+    return _READERS[name](config.source, config, inputs, limit)

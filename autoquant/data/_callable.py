@@ -1,0 +1,121 @@
+"""Samples produced by a user function: ``module:function`` or ``/path/file.py:function``.
+
+The function takes no arguments and returns an iterable (a list, a generator, a DataLoader...).
+Each item is an array (single-input models), a mapping input name -> array, or a tuple
+``(inputs, label)``. Arrays whose rank equals the model input rank are stacks of samples and are
+split; their label is then a sequence with one label per sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoquant.data._base import DataReader, Sample, register_reader
+from autoquant.data._numpy import count_samples, split_samples
+from autoquant.errors import DataError
+
+
+def load_callable(spec: str) -> Callable[[], Iterable[Any]]:
+    """Import the function named by ``module:function`` or ``/path/file.py:function``.
+
+    A file is imported under a module name unique to its path, so files with the same name in
+    different folders do not clash.
+
+    Raises:
+        DataError: The spec is malformed, the import fails or the function is missing.
+    """
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name.isidentifier():
+        raise DataError(f"{spec}: expected module:function or /path/file.py:function")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise DataError(f"{spec}: no such file {target}")
+            module_name = (
+                f"_autoquant_data_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+            )
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise DataError(f"{spec}: cannot import {target} as a Python file")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except DataError:
+        raise
+    except Exception as exc:  # any import-time error of user code
+        raise DataError(f"{spec}: cannot import {target} ({type(exc).__name__}: {exc})") from exc
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise DataError(f"{spec}: {target} has no function {name!r}")
+    return function
+
+
+def _as_arrays(inputs: Any, name: str | None, where: str) -> dict[str, Any]:
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    if name is None:
+        raise DataError(
+            f"{where}: a multi-input model needs a mapping input name -> array, got {type(inputs).__name__}"
+        )
+    return {name: inputs}
+
+
+def _split_labels(label: Any, size: int | None, where: str) -> list[Any]:
+    """One label per sample: ``[label]`` for one sample, the label sequence split for a stack."""
+    if isinstance(label, np.ndarray | np.generic):
+        label = label.tolist()
+    if size is None or label is None:
+        return [label] * (size or 1)
+    if not isinstance(label, Iterable) or isinstance(label, str | bytes) or len(list(label)) != size:
+        raise DataError(f"{where}: a stack of {size} samples needs {size} labels, got {label!r}")
+    return list(label)
+
+
+@register_reader("callable")
+class CallableReader(DataReader):
+    """Samples from the iterable a user function returns; it is called once per pass over the data.
+
+    The size is not known in advance: ``len()`` counts by one extra pass (calling the function
+    again, holding one item at a time) and stops at ``limit``. An empty result is reported when
+    iteration ends.
+    """
+
+    def _open(self) -> None:
+        self._function = load_callable(self.source)
+
+    def _count(self) -> int | None:
+        return None
+
+    def _items(self) -> Iterator[Any]:
+        try:
+            items = self._function()
+            return iter(items)
+        except TypeError as exc:
+            raise DataError(
+                f"{self.source}: must return an iterable of samples, called with no arguments ({exc})"
+            ) from exc
+
+    def _samples(self) -> Iterator[Sample]:
+        single = self.inputs[0].name if len(self.inputs) == 1 else None
+        for number, item in enumerate(self._items()):
+            where = f"{self.source}#{number}"
+            inputs, label = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
+            arrays = {key: np.asarray(value) for key, value in _as_arrays(inputs, single, where).items()}
+            if set(arrays) != {spec.name for spec in self.inputs}:
+                yield Sample(arrays, label, where)  # the base reports the names
+                continue
+            size = count_samples({key: value.shape for key, value in arrays.items()}, self.inputs, where)
+            labels = _split_labels(label, size, where)
+            for index, (sample_id, sample) in enumerate(split_samples(arrays, self.inputs, where)):
+                yield Sample(sample, labels[index], sample_id)

@@ -1,0 +1,106 @@
+"""Streaming histogram statistics: exactness, batch independence, degenerate data, cache files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autoquant.errors import CalibrationError
+from autoquant.statistics import (
+    HistogramCollector,
+    Statistics,
+    load_statistics,
+    save_statistics,
+)
+
+
+def _reference_histogram(x: np.ndarray, bins: int) -> tuple[float, np.ndarray]:
+    """Histogram over [-R, R) with R the smallest power of two above max|x|, built in one go."""
+    x = x[np.isfinite(x)].astype(np.float64)
+    peak = np.abs(x).max()
+    r = 1.0
+    while r <= peak:
+        r *= 2
+    while r / 2 > peak:
+        r /= 2
+    edges = np.linspace(-r, r, 2 * bins + 1)
+    return r, np.histogram(x, bins=edges)[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streaming_histogram_equals_one_shot_histogram(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # Batches with growing magnitudes force several range doublings.
+    batches = [rng.normal(scale=s, size=997).astype(np.float32) for s in (0.01, 0.5, 3.0, 40.0, 2.0)]
+    collector = HistogramCollector("t", bins=1024)
+    for batch in batches:
+        collector.update(batch)
+    stats = collector.result()
+    r, expected = _reference_histogram(np.concatenate(batches), 1024)
+    assert stats.range == r
+    np.testing.assert_array_equal(stats.histogram, expected)
+    assert stats.count == sum(b.size for b in batches)
+
+
+def test_batch_size_and_order_do_not_change_the_statistics() -> None:
+    rng = np.random.default_rng(7)
+    data = rng.laplace(size=(64, 3, 5, 5)).astype(np.float32) * np.linspace(0.1, 9, 64)[:, None, None, None]
+    results = []
+    for batch in (1, 8, 64):
+        collector = HistogramCollector("t", bins=8192)
+        for start in range(0, 64, batch):
+            collector.update(data[start : start + batch])
+        results.append(collector.result())
+    reversed_collector = HistogramCollector("t", bins=8192)
+    for sample in data[::-1]:
+        reversed_collector.update(sample)
+    results.append(reversed_collector.result())
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.histogram, results[0].histogram)
+        assert (other.range, other.minimum, other.maximum) == (results[0].range, results[0].minimum, results[0].maximum)
+
+
+def test_sides_and_magnitude() -> None:
+    collector = HistogramCollector("t", bins=4)
+    collector.update(np.array([0.0, 0.1, 0.6, -0.1, -0.6, -0.9], dtype=np.float32))
+    s = collector.result()
+    assert s.range == 1.0
+    # positive bins of width 0.25: [0, .25): 0.0, 0.1; [.5, .75): 0.6
+    np.testing.assert_array_equal(s.positive, [2, 0, 1, 0])
+    # negative magnitudes: 0.1 -> bin 0, 0.6 -> bin 2, 0.9 -> bin 3
+    np.testing.assert_array_equal(s.negative, [1, 0, 1, 1])
+    np.testing.assert_array_equal(s.magnitude, [3, 0, 2, 1])
+    assert (s.minimum, s.maximum) == (np.float32(-0.9), np.float32(0.6))
+
+
+def test_nan_inf_and_zero_values_are_counted_apart() -> None:
+    collector = HistogramCollector("t", bins=8)
+    collector.update(np.array([np.nan, np.inf, -np.inf, 0.0, 0.0], dtype=np.float32))
+    s = collector.result()
+    assert (s.nan_count, s.inf_count, s.count) == (1, 2, 2)
+    assert s.range == 0.0 and s.histogram.sum() == 2
+    collector.update(np.array([3.0], dtype=np.float32))
+    s = collector.result()
+    assert s.range == 4.0 and s.histogram.sum() == 3 and s.maximum == 3.0
+
+
+def test_bins_must_be_a_power_of_two() -> None:
+    with pytest.raises(CalibrationError, match="power of two"):
+        HistogramCollector("t", bins=1000)
+
+
+def test_statistics_file_round_trip(tmp_path) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for name in ("a", "onnx::Conv_90", "/blocks/0/Relu_output_0"):
+        c = HistogramCollector(name, bins=1024)
+        c.update(rng.normal(size=100).astype(np.float32))
+        tensors[name] = c.result()
+    path = tmp_path / "stats.npz"
+    save_statistics(Statistics(key="k", tensors=tensors, samples=100), path)
+    loaded = load_statistics(path, "k")
+    assert loaded.from_cache and loaded.samples == 100 and list(loaded.tensors) == list(tensors)
+    for name, s in tensors.items():
+        np.testing.assert_array_equal(loaded.tensors[name].histogram, s.histogram)
+        assert loaded.tensors[name].minimum == s.minimum and loaded.tensors[name].range == s.range
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.npz"]  # no temporary file left
