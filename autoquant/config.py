@@ -316,8 +316,8 @@ def parse_config(text: str, path: Path) -> StudyConfig:
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = _line_of(node, loc)
             where = f"{path}:{line}" if line else str(path)
-            lines.append(f"{where}: {key}: {_describe(error)}")
-        raise ConfigError("\n".join(lines)) from None
+            lines.append((line or 0, f"{where}: {key}: {_describe(error)}"))
+        raise ConfigError("\n".join(text for _, text in sorted(lines))) from None
 
 
 def load_config(path: str | Path) -> StudyConfig:

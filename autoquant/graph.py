@@ -117,6 +117,18 @@ def _name_nodes(model: onnx.ModelProto) -> None:
             taken.add(name)
 
 
+def _check_loads(data: bytes, path: Path) -> None:
+    """Raise a one-line :class:`ModelError` when onnxruntime cannot load the user's model."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: onnxruntime cannot load the model: {reason}") from None
+
+
 def _constant_initializers(model: onnx.ModelProto) -> None:
     """Drop initializers from the graph inputs (old exporters list them there), so that they are
     constants that onnxruntime can fold rather than inputs a user could override."""
@@ -169,6 +181,7 @@ def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
     if prepared_path.is_file():
         prepared = onnx.load(prepared_path)
     else:
+        _check_loads(data, path)
         opset = _opset(model)
         if opset < MIN_OPSET:
             logger.info("%s: upgrading the opset from %d to %d (per-channel QDQ needs it)", path, opset, MIN_OPSET)

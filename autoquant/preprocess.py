@@ -177,9 +177,7 @@ class Pad:
     value: float = 0.0
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        height, width, channels = image.shape
-        if height > self.height or width > self.width:
-            raise ValueError(f"image {height}x{width} is larger than the padding {self.height}x{self.width}")
+        height, width, channels = image.shape  # never larger: it follows a fit-inside resize
         out = np.full((self.height, self.width, channels), self.value, dtype=np.float32)
         top, left = (self.height - height) // 2, (self.width - width) // 2
         out[top : top + height, left : left + width] = image

@@ -89,7 +89,9 @@ def test_padding_needs_a_resize() -> None:
         parse_preprocess("padding=True")
 
 
-@pytest.mark.parametrize(("code", "flip"), [(1, np.s_[:, ::-1]), (0, np.s_[::-1]), (-1, np.s_[::-1, ::-1]), (5, ())])
+@pytest.mark.parametrize(
+    ("code", "flip"), [(1, np.s_[:, ::-1]), (0, np.s_[::-1]), (-1, np.s_[::-1, ::-1]), (5, ())]
+)
 def test_mirror(jpeg: np.ndarray, code: int, flip: tuple) -> None:
     out = parse_preprocess(f"mirror={code};layout=NHWC;dtype=uint8")(JPEG)
     np.testing.assert_array_equal(out, jpeg[flip])
@@ -129,10 +131,18 @@ def test_unknown_key_lists_valid_keys() -> None:
 
 def test_every_bad_item_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_preprocess("resize_h=-1,resize_w=2;crop_h=3;std=0;layout=NCHW;layout=NHWC;scale;bgr2rgb=maybe;x=1")
+        parse_preprocess(
+            "resize_h=-1,resize_w=2;crop_h=3;std=0;layout=NCHW;layout=NHWC;scale;bgr2rgb=maybe;x=1"
+        )
     lines = str(info.value).splitlines()[1:]
     assert len(lines) == 7
-    for part in ("must be a positive integer", "crop_h and crop_w", "std must not be 0", "contradicts", "'scale'"):
+    for part in (
+        "must be a positive integer",
+        "crop_h and crop_w",
+        "std must not be 0",
+        "contradicts",
+        "'scale'",
+    ):
         assert any(part in line for line in lines), part
 
 
@@ -169,3 +179,27 @@ def test_whitespace_and_empty_ops_are_ignored_and_the_result_is_frozen() -> None
     assert isinstance(preprocess, Preprocess)
     with pytest.raises(AttributeError):
         preprocess.gray = True  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("resize_side=256,resize_h=2,resize_w=2", "use either resize_side or resize_h/resize_w"),
+        ("resize_h=2,resize_w=2,pad_value=3", "pad_value needs padding=True"),
+        ("interp=cubic", "interp needs a resize"),
+        ("crop_h=2,crop_w=2,crop_fraction=0.5", "use either crop_fraction or crop_h/crop_w"),
+        ("crop_fraction=1.5", "crop_fraction=1.5: must be a number in (0, 1]"),
+        ("scale=2,scale=3", "scale is given twice"),
+        ("=3", "'=3' is not key=value"),
+        ("layout=CHW", "layout=CHW: must be one of NCHW, NHWC"),
+        ("dtype=float64", "dtype=float64: must be one of float32, float16, uint8, int8"),
+        ("mirror=yes", "mirror=yes: must be a cv2.flip code"),
+        ("interp=bilinear,resize_side=3", "interp=bilinear: must be one of linear, nearest, cubic, area"),
+        ("mean_value=1::2", "mean_value=1::2: must be numbers separated by ':'"),
+        ("pad_value=x", "pad_value=x: must be a number"),
+    ],
+)
+def test_inconsistent_or_bad_ops(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_preprocess(spec)
+    assert message in str(info.value)

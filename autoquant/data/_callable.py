@@ -44,8 +44,7 @@ def load_callable(spec: str) -> Callable[[], Iterable[Any]]:
                 f"_autoquant_data_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
             )
             module_spec = importlib.util.spec_from_file_location(module_name, path)
-            if module_spec is None or module_spec.loader is None:
-                raise DataError(f"{spec}: cannot import {target} as a Python file")
+            assert module_spec is not None and module_spec.loader is not None  # always for a .py file
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module
             module_spec.loader.exec_module(module)
@@ -77,9 +76,10 @@ def _split_labels(label: Any, size: int | None, where: str) -> list[Any]:
         label = label.tolist()
     if size is None or label is None:
         return [label] * (size or 1)
-    if not isinstance(label, Iterable) or isinstance(label, str | bytes) or len(list(label)) != size:
+    labels = list(label) if isinstance(label, Iterable) and not isinstance(label, str | bytes) else [label]
+    if len(labels) != size:
         raise DataError(f"{where}: a stack of {size} samples needs {size} labels, got {label!r}")
-    return list(label)
+    return labels
 
 
 @register_reader("callable")
@@ -92,6 +92,11 @@ class CallableReader(DataReader):
     """
 
     def _open(self) -> None:
+        if self.config.labels is not None:
+            raise DataError(
+                f"{self.config.labels}: a callable source gives its own labels; "
+                f"yield (inputs, label) tuples from {self.source} instead of setting labels"
+            )
         self._function = load_callable(self.source)
 
     def _count(self) -> int | None:
@@ -100,11 +105,14 @@ class CallableReader(DataReader):
     def _items(self) -> Iterator[Any]:
         try:
             items = self._function()
-            return iter(items)
         except TypeError as exc:
+            raise DataError(f"{self.source}: calling it with no arguments failed ({exc})") from exc
+        try:
+            return iter(items)
+        except TypeError:
             raise DataError(
-                f"{self.source}: must return an iterable of samples, called with no arguments ({exc})"
-            ) from exc
+                f"{self.source}: returned {type(items).__name__}, expected an iterable of samples"
+            ) from None
 
     def _samples(self) -> Iterator[Sample]:
         single = self.inputs[0].name if len(self.inputs) == 1 else None

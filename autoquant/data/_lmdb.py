@@ -9,7 +9,7 @@ detection: the boxes of its one sample).
 from __future__ import annotations
 
 import io
-import logging
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -22,8 +22,6 @@ from autoquant.data._base import DataReader, Sample, register_reader
 from autoquant.data._labels import Box, format_boxes, read_labels
 from autoquant.data._numpy import count_samples, match_names, npz_shapes, split_samples
 from autoquant.errors import DataError
-
-logger = logging.getLogger(__name__)
 
 LABEL_FILE = "data.label"
 
@@ -117,7 +115,12 @@ class LmdbReader(DataReader):
             self.labels, self.labels_path = read_labels(label_file, self.config.label_format), str(label_file)
         self._size = 0
         for where, value in self._records():
-            stored = npz_shapes(io.BytesIO(value))
+            try:
+                stored = npz_shapes(io.BytesIO(value))
+            except (ValueError, OSError, zipfile.BadZipFile) as exc:
+                raise DataError(
+                    f"{where}: the record is not .npz array data ({exc}); write it with LmdbWriter"
+                ) from None
             names = match_names(stored, self.inputs, where)
             size = count_samples({name: stored[key] for key, name in names.items()}, self.inputs, where)
             self._size += 1 if size is None else size

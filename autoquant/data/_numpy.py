@@ -143,7 +143,8 @@ class NumpyReader(DataReader):
         if files_with_labels:
             if files_with_labels != len(self._files):
                 raise DataError(
-                    f"{self.source}: only {files_with_labels} of {len(self._files)} files hold labels"
+                    f"{self.source}: only {files_with_labels} of {len(self._files)} files hold a 'labels' array; "
+                    "add one to every file or set data.labels"
                 )
             self.labels, self.labels_path = file_labels, self.source
 

@@ -1,0 +1,105 @@
+"""Graph stage on the committed digits model and on model-zoo architectures from the onnx wheel."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import helper
+
+from autoquant.errors import ModelError
+from autoquant.graph import prepare_model, weight_channel_ranges
+from tests.conftest import DIGITS, ZOO
+
+
+def test_digits_graph(tmp_path: Path) -> None:
+    graph = prepare_model(DIGITS / "model.onnx", tmp_path)
+    ops = [n.op_type for n in graph.nodes]
+    assert ops.count("Conv") == 9 and ops.count("Gemm") == 1 and ops.count("Add") == 2
+    assert graph.first_layer == "/stem/Conv" == graph.nodes[0].name
+    assert sum(n.depthwise for n in graph.nodes) == 4
+    assert all("/dw/" in n.name for n in graph.nodes if n.depthwise)
+    assert [s.name for s in graph.inputs] == ["input"] and graph.inputs[0].shape == (None, 1, 32, 32)
+    assert graph.outputs == ("logits",)
+    original = {n.name for n in onnx.load(DIGITS / "model.onnx").graph.node}
+    assert {n.name for n in graph.nodes} <= original  # real node names
+    assert graph.activations[0] == "input"
+    ranges = weight_channel_ranges(graph.load(), graph.nodes[0])
+    assert ranges.shape == (16,) and (ranges > 0).all()
+
+
+def test_prepared_model_is_cached(tmp_path: Path) -> None:
+    first = prepare_model(DIGITS / "model.onnx", tmp_path)
+    stamp = first.prepared_path.stat().st_mtime_ns
+    second = prepare_model(DIGITS / "model.onnx", tmp_path)
+    assert second == first and second.prepared_path.stat().st_mtime_ns == stamp
+
+
+def test_old_opset_is_upgraded_and_initializer_inputs_become_constants(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    graph = prepare_model(ZOO / "light_squeezenet.onnx", tmp_path)
+    assert graph.opset >= 13
+    assert "upgrading the opset from 9 to 13" in caplog.text
+    assert [s.name for s in graph.inputs] == ["data_0"]
+    assert graph.load().graph.initializer  # ConstantOfShape weights were folded
+
+
+def test_missing_and_corrupt_models(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"nope.onnx: cannot read the model"):
+        prepare_model(tmp_path / "nope.onnx", tmp_path)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage that is not protobuf" * 10)
+    with pytest.raises(ModelError, match=r"corrupt.onnx: not a valid ONNX model"):
+        prepare_model(corrupt, tmp_path)
+
+
+def test_symbolic_shape_failure_falls_back_and_leaves_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("symbolic shape inference is not supported for this model")
+
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", staticmethod(fail))
+    model_dir = tmp_path / "user"
+    model_dir.mkdir()
+    model_path = model_dir / "model.onnx"
+    model_path.write_bytes((DIGITS / "model.onnx").read_bytes())
+    caplog.set_level(logging.WARNING)
+    graph = prepare_model(model_path, tmp_path / "cache")
+    assert "falling back to ONNX shape inference" in caplog.text
+    assert len(graph.nodes) == 23
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.onnx"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [graph.prepared_path.name]
+
+
+def test_model_that_onnxruntime_cannot_load(tmp_path: Path) -> None:
+    model = onnx.load(DIGITS / "model.onnx")
+    model.graph.node[0].op_type = "NoSuchOp"
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelError, match=r"bad.onnx: onnxruntime cannot load the model: .*NoSuchOp"):
+        prepare_model(path, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unnamed_nodes_get_stable_names(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    w = onnx.numpy_helper.from_array(__import__("numpy").eye(4, dtype="float32"), "w")
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                          "g", [x], [y], [w]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )  # fmt: skip
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    graph = prepare_model(path, tmp_path / "cache")
+    assert [n.name for n in graph.nodes] == ["MatMul_0", "Relu_1"]
+    assert graph.first_layer == "MatMul_0"

@@ -1,0 +1,240 @@
+"""Quantize and outputs stages on the digits model: options, INT8 kernels, accuracy, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from autoquant import pipeline
+from autoquant.config import QuantizationConfig, load_config
+from autoquant.errors import QuantizationError
+from autoquant.graph import prepare_model
+from autoquant.outputs import int8_kernels, write_outputs
+from autoquant.quantize import activation_quant_params, quantize_model
+from autoquant.statistics import HistogramCollector, Statistics
+from autoquant.thresholds import compute_thresholds
+from tests.conftest import top1
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> pipeline.Calibrated:
+    from tests.conftest import DIGITS_CONFIG
+
+    config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path_factory.mktemp("out")})
+    return pipeline.calibrate(config)
+
+
+def _qlinear_convs(model: onnx.ModelProto) -> int:
+    return int8_kernels(model).get("QLinearConv", 0)
+
+
+@pytest.mark.parametrize("method", ["max", "percentile", "kl", "symkl", "jsd", "mse"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_every_method_and_granularity_quantizes_the_digits_model(
+    calibrated: pipeline.Calibrated, digits_test_data: tuple, method: str, per_channel: bool
+) -> None:
+    x, y = digits_test_data
+    result = pipeline.quantize(calibrated, QuantizationConfig(method=method, per_channel=per_channel))
+    kernels = int8_kernels(result.model)
+    assert kernels.get("QLinearConv", 0) >= 7 and kernels.get("QGemm", 0) == 1 and "Gemm" not in kernels
+    # With int8 activations onnxruntime keeps the Relu before each residual branch, and the two
+    # stride-1 depthwise convs reading it stay float (its own quantize_static gives the same graph).
+    assert kernels.get("Conv", 0) <= 2
+    # FP32 top-1 is 0.994; every INT8 variant must stay within 3 points, the defaults within 1.
+    assert top1(result.model, x, y) >= 0.994 - 0.03
+
+
+def test_asymmetric_activations_give_an_all_int8_graph(calibrated: pipeline.Calibrated) -> None:
+    result = pipeline.quantize(calibrated, QuantizationConfig(activation_scheme="asymmetric"))
+    kernels = int8_kernels(result.model)
+    assert kernels["QLinearConv"] == 9 and kernels["QLinearAdd"] == 2 and kernels["QGemm"] == 1
+    assert not {"Conv", "Add", "Gemm", "Relu"} & set(kernels)
+
+
+def test_default_int8_model_is_within_one_point_of_fp32(calibrated: pipeline.Calibrated, digits_test_data) -> None:  # noqa: ANN001
+    x, y = digits_test_data
+    fp32 = top1(calibrated.graph.prepared_path, x, y)
+    int8 = top1(pipeline.quantize(calibrated, QuantizationConfig()).model, x, y)
+    assert fp32 == pytest.approx(0.994)
+    assert int8 >= fp32 - 0.01
+
+
+def test_exclusions_keep_nodes_in_fp32(calibrated: pipeline.Calibrated) -> None:
+    base = _qlinear_convs(pipeline.quantize(calibrated, QuantizationConfig()).model)
+    first = pipeline.quantize(calibrated, QuantizationConfig(first_layer_fp32=True))
+    assert first.fp32_nodes == ("/stem/Conv",) and _qlinear_convs(first.model) == base - 1
+    excluded = pipeline.quantize(
+        calibrated, QuantizationConfig(nodes_to_exclude=["/blocks/blocks.1/dw/Conv", "/blocks/blocks.1/pw/Conv"])
+    )
+    assert _qlinear_convs(excluded.model) == base - 2
+    ranking = ["/blocks/blocks.3/pw/Conv", "/blocks/blocks.2/dw/Conv", "/stem/Conv"]
+    top2 = pipeline.quantize(calibrated, QuantizationConfig(fp32_layers=2), ranking=ranking)
+    assert top2.fp32_nodes == tuple(ranking[:2])
+
+
+def test_bad_exclusions_are_named(calibrated: pipeline.Calibrated) -> None:
+    with pytest.raises(QuantizationError, match="not quantizable nodes of model.onnx: conv_typo"):
+        pipeline.quantize(calibrated, QuantizationConfig(nodes_to_exclude=["conv_typo"]))
+    with pytest.raises(QuantizationError, match="fp32_layers=3 needs a sensitivity ranking"):
+        pipeline.quantize(calibrated, QuantizationConfig(fp32_layers=3))
+
+
+def test_activation_schemes_and_unsigned_input(calibrated: pipeline.Calibrated) -> None:
+    ranges = compute_thresholds(calibrated.stats, QuantizationConfig(method="max"))
+    symmetric = quantize_model(calibrated.graph, ranges, QuantizationConfig(method="max"))
+    params = activation_quant_params(symmetric.model)
+    relu = "/Relu_output_0"
+    assert params[relu].dtype == "int8" and params[relu].zero_point == 0
+    # onnxruntime's symmetric int8 maps [-T, T] onto [-127, 127].
+    assert params[relu].scale == pytest.approx(ranges[relu].threshold / 127, rel=1e-6)
+    asym_cfg = QuantizationConfig(method="max", activation_scheme="asymmetric")
+    asymmetric = quantize_model(calibrated.graph, compute_thresholds(calibrated.stats, asym_cfg), asym_cfg)
+    assert activation_quant_params(asymmetric.model)[relu].dtype == "uint8"
+    unsigned_cfg = QuantizationConfig(method="max", first_input_unsigned=True)
+    unsigned = quantize_model(calibrated.graph, ranges, unsigned_cfg)
+    params = activation_quant_params(unsigned.model)
+    assert params["input"].dtype == "uint8" and params[relu].dtype == "int8"
+    ort.InferenceSession(unsigned.model.SerializeToString())
+
+
+def test_op_type_selection(calibrated: pipeline.Calibrated) -> None:
+    compute = pipeline.quantize(calibrated, QuantizationConfig(op_types="compute")).model
+    kernels = int8_kernels(compute)
+    assert "QLinearGlobalAveragePool" not in kernels and kernels["QLinearConv"] >= 7
+    everything = int8_kernels(pipeline.quantize(calibrated, QuantizationConfig(op_types="all")).model)
+    assert "QLinearGlobalAveragePool" in everything
+
+
+def _concat_model(opset: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), f"w{i}") for i in (0, 1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w1"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["a", "b"], ["c"], name="concat", axis=1),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", opset)])  # fmt: skip
+    model.ir_version = 7
+    return model
+
+
+def _stats_for(graph, seed: int = 0) -> Statistics:  # noqa: ANN001
+    rng = np.random.default_rng(seed)
+    feeds = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    from autoquant.statistics import run_statistics_pass
+
+    tensors, n = run_statistics_pass(graph.load(), list(graph.activations), feeds, 1024)
+    return Statistics("k", tensors, n)
+
+
+def test_opset_12_model_with_per_channel_weights_loads(tmp_path: Path) -> None:
+    path = tmp_path / "opset12.onnx"
+    onnx.save(_concat_model(12), path)
+    graph = prepare_model(path, tmp_path / "cache")
+    assert graph.opset >= 13
+    config = QuantizationConfig(per_channel=True, method="max", bins=1024)
+    result = quantize_model(graph, compute_thresholds(_stats_for(graph), config), config)
+    session = ort.InferenceSession(result.model.SerializeToString())
+    out = session.run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})[0]
+    assert out.shape == (1, 8, 8, 8) and np.isfinite(out).all()
+
+
+def test_concat_quantization_can_be_turned_off(tmp_path: Path) -> None:
+    path = tmp_path / "concat.onnx"
+    onnx.save(_concat_model(13), path)
+    graph = prepare_model(path, tmp_path / "cache")
+    stats = _stats_for(graph)
+    on = QuantizationConfig(method="max", bins=1024)
+    off = QuantizationConfig(method="max", bins=1024, enable_concat_quantize=False)
+    with_concat = quantize_model(graph, compute_thresholds(stats, on), on).model
+    without = quantize_model(graph, compute_thresholds(stats, off), off).model
+    assert "QLinearConcat" in int8_kernels(with_concat)
+    assert "QLinearConcat" not in int8_kernels(without) and "Concat" in int8_kernels(without)
+
+
+def test_outputs_are_written_together(calibrated: pipeline.Calibrated, tmp_path: Path) -> None:
+    from tests.conftest import DIGITS_CONFIG
+
+    config = load_config(DIGITS_CONFIG)
+    result = pipeline.quantize(calibrated, QuantizationConfig(first_layer_fp32=True))
+    written = write_outputs(result, config, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["model.int8.onnx", "calibration_table.json", "calibration.cache", "fp32_nodes.txt", "config.resolved.yaml"]
+    )
+    assert written.fp32_nodes.read_text().splitlines() == ["/stem/Conv"]
+    ort.InferenceSession(str(written.model))
+    table = json.loads(written.table.read_text())
+    assert "dtype" not in table["input"]  # the first layer is FP32, so its input is not quantized
+    relu = table["/Relu_output_0"]
+    assert relu["method"] == "kl" and relu["dtype"] == "int8" and relu["zero_point"] == 0
+    assert relu["scale"] == pytest.approx(relu["threshold"] / 127, rel=1e-6)
+    lines = written.trt_cache.read_text().splitlines()
+    assert lines[0].startswith("TRT-")
+    name, hex_scale = lines[1].rsplit(": ", 1)
+    assert struct.unpack(">f", bytes.fromhex(hex_scale))[0] == pytest.approx(table[name]["threshold"] / 127)
+    assert load_config(written.config) == config
+
+
+def test_failed_write_leaves_nothing(calibrated: pipeline.Calibrated, tmp_path: Path) -> None:
+    from tests.conftest import DIGITS_CONFIG
+
+    result = pipeline.quantize(calibrated, QuantizationConfig())
+    broken = onnx.ModelProto()
+    broken.CopyFrom(result.model)
+    broken.graph.node[0].op_type = "NoSuchOp"
+    out = tmp_path / "out"
+    with pytest.raises(QuantizationError, match="onnxruntime cannot load the quantized model"):
+        write_outputs(type(result)(broken, result.fp32_nodes, result.ranges), load_config(DIGITS_CONFIG), out)
+    assert list(out.iterdir()) == []
+
+
+def test_thresholds_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
+    from tests.conftest import DIGITS_CONFIG
+
+    base = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path})
+    results = []
+    for batch in (1, 8):
+        config = base.replace(calibration={"batch_size": batch, "calib_iterations": 40})
+        calibrated = pipeline.calibrate(config, use_cache=False)
+        results.append(compute_thresholds(calibrated.stats, QuantizationConfig()))
+    assert results[0] == results[1]
+
+
+def test_second_run_skips_the_fp32_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoquant import statistics
+    from tests.conftest import DIGITS_CONFIG
+
+    config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path}, calibration={"calib_iterations": 20})
+    first = pipeline.calibrate(config)
+    assert not first.stats.from_cache
+
+    def no_pass(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the FP32 pass ran again")
+
+    monkeypatch.setattr(statistics, "run_statistics_pass", no_pass)
+    second = pipeline.calibrate(config)
+    assert second.stats.from_cache and second.stats.key == first.stats.key
+    for name, s in first.stats.tensors.items():
+        np.testing.assert_array_equal(second.stats.tensors[name].histogram, s.histogram)
+    # Other data gives another key, hence a new pass.
+    other = config.replace(calibration={"calib_iterations": 21})
+    with pytest.raises(AssertionError, match="ran again"):
+        pipeline.calibrate(other)
+
+
+def test_histogram_collector_matches_direct_feed_statistics() -> None:
+    values = np.linspace(-3, 5, 101, dtype=np.float32)
+    collector = HistogramCollector("x", 1024)
+    collector.update(values)
+    assert collector.result().maximum == 5.0
