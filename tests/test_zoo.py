@@ -1,0 +1,51 @@
+"""Every model-zoo architecture shipped in the onnx wheel quantizes with every threshold method and
+both weight granularities, loads in onnxruntime and gives finite outputs of the FP32 shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from autoquant.config import QuantizationConfig
+from autoquant.graph import prepare_model
+from autoquant.outputs import int8_kernels
+from autoquant.quantize import quantize_model
+from autoquant.statistics import Statistics, run_statistics_pass
+from autoquant.thresholds import compute_thresholds, methods
+from tests.conftest import zoo_models
+
+pytestmark = pytest.mark.slow
+
+
+def _feeds(graph, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:  # noqa: ANN001
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for spec in graph.inputs:
+            shape = [1 if dim is None else dim for dim in spec.shape]
+            feed[spec.name] = rng.uniform(-1, 1, size=shape).astype(spec.dtype)
+        feeds.append(feed)
+    return feeds
+
+
+@pytest.mark.parametrize("model_path", zoo_models(), ids=lambda p: p.stem.removeprefix("light_"))
+def test_zoo_model_quantizes_with_every_method(model_path: Path, tmp_path: Path) -> None:
+    graph = prepare_model(model_path, tmp_path)
+    tensors, samples = run_statistics_pass(graph.load(), list(graph.activations), _feeds(graph, 2), 2048)
+    stats = Statistics("zoo", tensors, samples)
+    feed = _feeds(graph, 1, seed=1)[0]
+    fp32 = ort.InferenceSession(str(graph.prepared_path)).run(None, feed)
+    for method in methods():
+        for per_channel in (False, True):
+            config = QuantizationConfig(method=method, per_channel=per_channel, bins=1024)
+            result = quantize_model(graph, compute_thresholds(stats, config), config)
+            session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+            outputs = session.run(None, feed)
+            assert [o.shape for o in outputs] == [o.shape for o in fp32], (method, per_channel)
+            assert all(np.isfinite(o).all() for o in outputs), (method, per_channel)
+    kernels = int8_kernels(result.model)
+    assert kernels.get("QLinearConv", 0) > kernels.get("Conv", 0)
