@@ -122,6 +122,9 @@ class TestConfig(DataConfig):
 
     test_iterations: int = Field(default=0, ge=0, description="Samples to use; 0 means all.")
     objective: str = Field(default="auto", description="auto: top1 with labels, agreement without.")
+    decode: Annotated[str, AfterValidator(_resolve_source)] | None = Field(
+        default=None, description="map objective: module:function turning raw outputs into boxes."
+    )
 
 
 class QuantizationConfig(_Section):
