@@ -55,19 +55,20 @@ def _main(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show warnings and errors only.")] = False,
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-        force=True,
-    )
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # logs and CI: plain lines that are never wrapped
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("onnxruntime", "alembic", "optuna", "mlflow", "root"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def _fail(message: str, status: int = 2) -> None:
     for line in message.splitlines() or [message]:
-        console.print(f"autoquant: error: {line}", markup=False, highlight=False)
+        typer.echo(f"autoquant: error: {line}", err=True)
     raise typer.Exit(status)
 
 
@@ -119,7 +120,7 @@ def quantize(
     with progress_bar("FP32 statistics pass", pipeline.expected_samples(cfg, graph)) as advance:
         calibrated = pipeline.calibrate(cfg, progress=advance, use_cache=not no_cache)
     if calibrated.stats.from_cache:
-        console.print("statistics: reused from the cache, FP32 pass skipped")
+        typer.echo("statistics: reused from the cache, FP32 pass skipped", err=True)
     result = pipeline.quantize(calibrated, cfg.quantization)
     written = write_outputs(result, cfg, cfg.output.directory)
     kernels = int8_kernels(result.model)
@@ -148,7 +149,7 @@ def templates() -> None:
     from autoquant.preprocess import TEMPLATES
 
     for name, spec in TEMPLATES.items():
-        out.print(f"{name}: {spec}", markup=False, highlight=False)
+        typer.echo(f"{name}: {spec}")
 
 
 @app.command()
