@@ -10,6 +10,7 @@ from autoquant.errors import (
     DataError,
     ModelError,
     QuantizationError,
+    UserCodeError,
 )
 
 try:
@@ -25,6 +26,7 @@ __all__ = [
     "ModelError",
     "QuantizationError",
     "StudyConfig",
+    "UserCodeError",
     "__version__",
     "load_config",
 ]

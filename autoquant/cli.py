@@ -80,6 +80,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except AutoquantError as exc:
+            details = getattr(exc, "details", "")
+            if details:
+                typer.echo(details.rstrip(), err=True)
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted", status=130)
@@ -136,6 +139,87 @@ def quantize(
     table.add_row("INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if _is_int8(k)))
     table.add_row("output", str(written.model.parent))
     out.print(table)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    config: ConfigArg,
+    output: OutputOpt = None,
+    int8: Annotated[
+        Path | None, typer.Option("--int8", help="INT8 model to score; default <output>/model.int8.onnx.")
+    ] = None,
+) -> None:
+    """Score the FP32 and INT8 models on the test set: decay with its 95 % interval, and latency."""
+    from autoquant import pipeline
+    from autoquant.evaluate import measure_latency
+    from autoquant.outputs import MODEL_FILE
+
+    cfg = load(config, output)
+    int8_path = int8 or cfg.output.directory / MODEL_FILE
+    if not int8_path.is_file():
+        _fail(f"{int8_path}: no INT8 model; run `autoquant quantize {config}` first or pass --int8")
+    graph = pipeline.load_graph(cfg)
+    evaluator = pipeline.evaluator(cfg, graph)
+    total = len(evaluator.reader)
+    with progress_bar("FP32 reference", total) as advance:
+        evaluator.fp32_objective(advance)
+    with progress_bar("INT8 evaluation", total) as advance:
+        result = evaluator.evaluate(int8_path, advance)
+    feed = pipeline.sample_feeds(cfg, graph, 1)[0]
+    fp32_ms, int8_ms = measure_latency(graph.prepared_path, feed), measure_latency(int8_path, feed)
+    budget = cfg.search.accept_int8_decay
+    table = Table(title=f"autoquant evaluate ({evaluator.objective_label}, {result.samples} samples)",
+                  show_header=False)  # fmt: skip
+    table.add_row("FP32 score", f"{result.fp32_score:.4f}")
+    table.add_row("INT8 score", f"{result.score:.4f}")
+    ci = f" (95 % CI {result.decay_ci[0]:+.4f} .. {result.decay_ci[1]:+.4f})" if result.decay_ci else ""
+    verdict = "within" if result.decay <= budget else "over"
+    table.add_row(f"decay ({cfg.search.decay})", f"{result.decay:+.4f}{ci}, {verdict} budget {budget}")
+    table.add_row("latency, batch 1", f"FP32 {fp32_ms:.3f} ms, INT8 {int8_ms:.3f} ms ({fp32_ms / int8_ms:.2f}x)")
+    table.add_row("INT8 model", str(int8_path))
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
+    """Rank layers by how much quantizing each alone hurts; write sensitivity.json/.csv and report.html."""
+    from autoquant import pipeline
+    from autoquant.outputs import write_files
+    from autoquant.report import render_report, sensitivity_csv
+
+    cfg = load(config, output)
+    graph = pipeline.load_graph(cfg)
+    with progress_bar("FP32 statistics pass", pipeline.expected_samples(cfg, graph)) as advance:
+        calibrated = pipeline.calibrate(cfg, progress=advance)
+    with progress_bar("per-layer analysis", len(graph.nodes)) as advance:
+        sensitivity = pipeline.analyze_layers(cfg, calibrated, advance)
+    q = cfg.quantization
+    details = {
+        "model": str(cfg.model.path),
+        "quantization": f"{q.method}, {q.bins} bins, {'per-channel' if q.per_channel else 'per-tensor'} weights, "
+        f"{q.activation_scheme} activations",
+        "samples": str(sensitivity.samples),
+        "nodes": str(len(sensitivity.layers)),
+    }
+    html = render_report(sensitivity, f"autoquant sensitivity: {cfg.model.path.name}", details)
+    paths = write_files(
+        cfg.output.directory,
+        {
+            "sensitivity.json": sensitivity.to_json().encode(),
+            "sensitivity.csv": sensitivity_csv(sensitivity).encode(),
+            "report.html": html.encode(),
+        },
+    )
+    table = Table(title=f"most sensitive layers ({sensitivity.samples} samples)")
+    for column in ("rank", "node", "op", "SNR dB", "cosine", "L2"):
+        table.add_column(column)
+    for rank, layer in enumerate(sensitivity.layers[:10], 1):
+        d = layer.isolated
+        table.add_row(str(rank), layer.node, layer.op_type, f"{d.snr_db:.2f}", f"{d.cosine:.5f}", f"{d.l2:.4g}")
+    out.print(table)
+    out.print(f"report: {paths[2]}")
 
 
 def _is_int8(op_type: str) -> bool:

@@ -30,3 +30,15 @@ class CalibrationError(AutoquantError):
 
 class QuantizationError(AutoquantError):
     """The quantized model cannot be built or does not load."""
+
+
+class UserCodeError(AutoquantError):
+    """A user-supplied function (objective, decode, data callable) raised.
+
+    Attributes:
+        details: The user code's traceback, shown once by the CLI above the one-line message.
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details

@@ -85,6 +85,14 @@ class ModelGraph:
         """Load the prepared FP32 model."""
         return onnx.load(self.prepared_path)
 
+    def batch_size(self, requested: int) -> int:
+        """``requested``, unless the model's batch dimension is fixed, in which case that size."""
+        fixed = {spec.shape[0] for spec in self.inputs if spec.shape and spec.shape[0] is not None}
+        if len(fixed) == 1 and (size := fixed.pop()) != requested:
+            logger.debug("the model has a fixed batch size of %d; using it instead of %d", size, requested)
+            return size
+        return requested
+
 
 def read_model(path: Path) -> tuple[onnx.ModelProto, bytes]:
     """Read and parse an ONNX file, raising :class:`ModelError` on a missing or corrupt file."""
@@ -198,6 +206,16 @@ def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
         _name_nodes(prepared)
         save_model_checked(prepared, prepared_path)
     return _describe(prepared, path, model_hash, prepared_path)
+
+
+def session_for(model: onnx.ModelProto | bytes | Path) -> ort.InferenceSession:
+    """An onnxruntime CPU session with default options."""
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])  # fmt: skip
 
 
 def save_model_checked(model: onnx.ModelProto, path: Path) -> None:

@@ -65,28 +65,20 @@ def trt_calibration_cache(result: QuantizedModel) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) -> WrittenOutputs:
-    """Write the INT8 model, calibration tables, FP32 node list and resolved config to ``directory``.
+def write_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
+    """Write ``files`` (name -> content) into ``directory``: all are staged first, then each is
+    moved into place with ``os.replace``, so a failure while staging changes nothing.
 
     Raises:
-        QuantizationError: onnxruntime cannot load the INT8 model, or a file cannot be written.
+        QuantizationError: A file cannot be written.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".staging-"))
     try:
-        data = result.model.SerializeToString()
-        try:
-            ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise QuantizationError(f"onnxruntime cannot load the quantized model: {exc}") from None
-        files = {
-            MODEL_FILE: data,
-            TABLE_FILE: json.dumps(calibration_table(result), indent=2).encode(),
-            TRT_CACHE_FILE: trt_calibration_cache(result).encode(),
-            FP32_NODES_FILE: "".join(f"{n}\n" for n in result.fp32_nodes).encode(),
-            CONFIG_FILE: config.to_yaml().encode(),
-        }
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory, prefix=".staging-"))
+    except OSError as exc:
+        raise QuantizationError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
+    try:
         for name, content in files.items():
             (staging / name).write_bytes(content)
         for name in files:
@@ -95,13 +87,29 @@ def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) 
         raise QuantizationError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return WrittenOutputs(
-        model=directory / MODEL_FILE,
-        table=directory / TABLE_FILE,
-        trt_cache=directory / TRT_CACHE_FILE,
-        fp32_nodes=directory / FP32_NODES_FILE,
-        config=directory / CONFIG_FILE,
-    )
+    return [directory / name for name in files]
+
+
+def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) -> WrittenOutputs:
+    """Write the INT8 model, calibration tables, FP32 node list and resolved config to ``directory``.
+
+    Raises:
+        QuantizationError: onnxruntime cannot load the INT8 model, or a file cannot be written.
+    """
+    data = result.model.SerializeToString()
+    try:
+        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise QuantizationError(f"onnxruntime cannot load the quantized model: {exc}") from None
+    files = {
+        MODEL_FILE: data,
+        TABLE_FILE: json.dumps(calibration_table(result), indent=2).encode(),
+        TRT_CACHE_FILE: trt_calibration_cache(result).encode(),
+        FP32_NODES_FILE: "".join(f"{n}\n" for n in result.fp32_nodes).encode(),
+        CONFIG_FILE: config.to_yaml().encode(),
+    }
+    model, table, trt_cache, fp32_nodes, config_path = write_files(directory, files)
+    return WrittenOutputs(model=model, table=table, trt_cache=trt_cache, fp32_nodes=fp32_nodes, config=config_path)
 
 
 def int8_kernels(model: onnx.ModelProto | bytes) -> dict[str, int]:

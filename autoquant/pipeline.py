@@ -13,9 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
+from autoquant.analyze import Sensitivity, analyze
 from autoquant.config import DataConfig, QuantizationConfig, StudyConfig
 from autoquant.data import InputSpec, open_reader
 from autoquant.errors import ConfigError
+from autoquant.evaluate import Evaluator
 from autoquant.graph import ModelGraph, prepare_model
 from autoquant.quantize import QuantizedModel, quantize_model
 from autoquant.statistics import ProgressFn, Statistics, collect_statistics, statistics_key
@@ -54,15 +58,6 @@ def load_graph(config: StudyConfig) -> ModelGraph:
     return replace(graph, inputs=specs)
 
 
-def batch_size(graph: ModelGraph, requested: int) -> int:
-    """``requested``, unless the model's batch dimension is fixed, in which case that size."""
-    fixed = {spec.shape[0] for spec in graph.inputs if spec.shape and spec.shape[0] is not None}
-    if len(fixed) == 1 and (size := fixed.pop()) != requested:
-        logger.info("the model has a fixed batch size of %d; using it instead of %d", size, requested)
-        return size
-    return requested
-
-
 def data_fingerprint(data: DataConfig) -> str:
     """Hash of a data source's bytes and of how it is read (a callable is hashed by its name and file)."""
     digest = hashlib.sha256()
@@ -94,7 +89,7 @@ def calibrate(config: StudyConfig, progress: ProgressFn | None = None, use_cache
     key = statistics_key(graph.model_hash, data_fingerprint(calib), calib.histogram_bins, calib.calib_iterations)
 
     def batches():  # noqa: ANN202
-        return (batch.inputs for batch in reader.batches(batch_size(graph, calib.batch_size)))
+        return (batch.inputs for batch in reader.batches(graph.batch_size(calib.batch_size)))
 
     stats = collect_statistics(
         graph.load(),
@@ -121,10 +116,34 @@ def quantize(
     return quantize_model(calibrated.graph, ranges, quantization, ranking)
 
 
+def sample_feeds(config: StudyConfig, graph: ModelGraph, limit: int) -> list[dict[str, np.ndarray]]:
+    """The first ``limit`` test samples (calibration samples without a test set), as model feeds."""
+    data = config.test if config.test.source is not None else config.calibration
+    reader = open_reader(data, list(graph.inputs), limit=limit)
+    return [batch.inputs for batch in reader.batches(graph.batch_size(limit))]
+
+
+def evaluator(config: StudyConfig, graph: ModelGraph) -> Evaluator:
+    """An :class:`~autoquant.evaluate.Evaluator` on the config's test set, with its FP32 cache."""
+    return Evaluator(config, graph, cache_dir(config), data_fingerprint(config.test))
+
+
+def analyze_layers(
+    config: StudyConfig, calibrated: Calibrated, progress: ProgressFn | None = None
+) -> Sensitivity:
+    """Per-layer sensitivity of the config's quantization choices on ``search.data_limit`` samples."""
+    feeds = sample_feeds(config, calibrated.graph, config.search.data_limit)
+    ranges = compute_thresholds(calibrated.stats, config.quantization)
+    outputs = list(config.model.outputs) or list(calibrated.graph.outputs)
+    return analyze(calibrated.graph, ranges, config.quantization, feeds, outputs, progress)
+
+
 __all__ = [
     "Calibrated",
     "InputSpec",
-    "batch_size",
+    "analyze_layers",
+    "evaluator",
+    "sample_feeds",
     "cache_dir",
     "calibrate",
     "data_fingerprint",

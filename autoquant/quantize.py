@@ -90,6 +90,7 @@ def quantize_model(
     ranges: dict[str, TensorRange],
     config: QuantizationConfig,
     ranking: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> QuantizedModel:
     """Quantize the prepared model of ``graph`` to QDQ with the given activation ranges.
 
@@ -98,6 +99,7 @@ def quantize_model(
         ranges: Activation ranges, from :func:`autoquant.thresholds.compute_thresholds`.
         config: Weight granularity, activation scheme, exclusions and op types.
         ranking: Node names by decreasing sensitivity, for ``config.fp32_layers``.
+        only: Quantize only these nodes (the per-layer analysis); None quantizes every node.
 
     Returns:
         The quantized model (not yet written anywhere).
@@ -131,7 +133,7 @@ def quantize_model(
             QuantType.QInt8,
             activation_type,
             _tensors_range(ranges),
-            None,  # nodes_to_quantize: all
+            list(only) if only is not None else None,
             excluded,
             op_types_to_quantize(graph, config),
             extra_options,
@@ -139,6 +141,8 @@ def quantize_model(
         quantized = quantizer.quantize_model()
     except Exception as exc:
         raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from None
+    if only is not None:
+        excluded = [n.name for n in graph.nodes if n.name not in set(only)]
     return QuantizedModel(model=quantized, fp32_nodes=tuple(excluded), ranges=ranges)
 
 

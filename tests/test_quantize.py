@@ -196,7 +196,7 @@ def test_failed_write_leaves_nothing(calibrated: pipeline.Calibrated, tmp_path: 
     out = tmp_path / "out"
     with pytest.raises(QuantizationError, match="onnxruntime cannot load the quantized model"):
         write_outputs(type(result)(broken, result.fp32_nodes, result.ranges), load_config(DIGITS_CONFIG), out)
-    assert list(out.iterdir()) == []
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_thresholds_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:

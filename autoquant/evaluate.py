@@ -1,0 +1,260 @@
+"""Evaluate stage: score FP32 and INT8 models on the test set with ONNX Runtime.
+
+The FP32 outputs on the test set are computed once and cached on disk (keyed like the statistics:
+model hash, data fingerprint, sample count); the FP32 score is replayed from them, or taken from
+``search.fp32_score``. Each INT8 evaluation then runs the INT8 model once over the test set, batch
+by batch, and reports the decay with a bootstrap 95 % confidence interval over test samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from autoquant.config import StudyConfig
+from autoquant.data import Batch, DataReader, open_reader
+from autoquant.errors import AutoquantError, ConfigError, DataError, UserCodeError
+from autoquant.graph import ModelGraph, session_for
+from autoquant.objectives import (
+    Objective,
+    create_objective,
+    needs_labels,
+    needs_reference,
+    objective_name,
+    supports_resampling,
+)
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+BOOTSTRAP_RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The score of one model and its decay against FP32.
+
+    Attributes:
+        score: The objective's score of the evaluated model.
+        fp32_score: The FP32 score it is compared with.
+        decay: ``fp32_score - score`` (absolute) or that divided by ``fp32_score`` (relative).
+        decay_ci: Bootstrap 95 % interval of the decay, or None when the objective cannot resample.
+        samples: Test samples evaluated.
+        seconds: Wall time of the inference loop.
+    """
+
+    score: float
+    fp32_score: float
+    decay: float
+    decay_ci: tuple[float, float] | None
+    samples: int
+    seconds: float
+
+
+def compute_decay(fp32: float, score: float, mode: str) -> float:
+    """Accuracy decay: absolute ``fp32 - score`` or relative ``(fp32 - score) / fp32``."""
+    if mode == "relative":
+        if fp32 == 0:
+            raise DataError("relative decay needs a non-zero FP32 score; use search.decay: absolute")
+        return (fp32 - score) / abs(fp32)
+    return fp32 - score
+
+
+def _guarded(name: str, call: Callable[..., object], *args: object) -> object:
+    """Call objective code; anything but an autoquant error becomes a :class:`UserCodeError`."""
+    try:
+        return call(*args)
+    except AutoquantError:
+        raise
+    except Exception as exc:
+        raise UserCodeError(
+            f"the objective {name!r} raised {type(exc).__name__}: {exc}", traceback.format_exc()
+        ) from None
+
+
+def _check_score(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise DataError(f"the objective returned a non-finite {what} score ({value}); check the objective")
+    return float(value)
+
+
+class Evaluator:
+    """Scores models on a study's test set against the (cached) FP32 reference.
+
+    Args:
+        config: The study config (``test``, ``search.decay``, ``search.fp32_score``, ``model.outputs``).
+        graph: The prepared model.
+        cache_dir: Folder for the FP32 reference outputs, or None.
+        data_fingerprint: Hash of the test data, for the cache key.
+    """
+
+    def __init__(
+        self, config: StudyConfig, graph: ModelGraph, cache_dir: Path | None, data_fingerprint: str
+    ) -> None:
+        self.config = config
+        self.graph = graph
+        test = config.test
+        if test.source is None:
+            raise ConfigError("test.source is required to evaluate; point it at the test data")
+        self.reader: DataReader = open_reader(test, list(graph.inputs), limit=test.test_iterations)
+        self.has_labels = self._first_batch_has_labels()
+        self.output_names = self._output_names()
+        self.objective_name = test.objective
+        probe = self._new_objective()
+        self.objective_label = objective_name(probe)
+        self._needs_reference = needs_reference(probe)
+        if needs_labels(probe) and not self.has_labels:
+            raise ConfigError(
+                f"test.objective {test.objective!r} needs labels; set test.labels or use objective: agreement"
+            )
+        key = hashlib.sha256(
+            f"{graph.model_hash}|{data_fingerprint}|{test.test_iterations}|{self.output_names}".encode()
+        ).hexdigest()[:24]
+        self._cache_path = Path(cache_dir) / f"fp32-{key}.npz" if cache_dir is not None else None
+        self._reference: list[np.ndarray] | None = None
+        self._fp32: Objective | None = None
+        self.fp32_score: float | None = config.search.fp32_score
+
+    def _output_names(self) -> list[str]:
+        wanted = list(self.config.model.outputs) or list(self.graph.outputs)
+        unknown = sorted(set(wanted) - set(self.graph.outputs))
+        if unknown:
+            raise ConfigError(
+                f"model.outputs: {', '.join(unknown)} is not an output of the model; "
+                f"its outputs are: {', '.join(self.graph.outputs)}"
+            )
+        return wanted
+
+    def _new_objective(self) -> Objective:
+        return create_objective(self.objective_name, has_labels=self.has_labels, decode=self.config.test.decode)
+
+    def _first_batch_has_labels(self) -> bool:
+        batch = next(iter(self.reader.batches(1)))
+        return batch.labels is not None
+
+    def _batches(self) -> Iterator[Batch]:
+        return self.reader.batches(self.graph.batch_size(self.config.test.batch_size))
+
+    # ------------------------------------------------------------------ FP32 reference
+
+    def reference(self, progress: ProgressFn | None = None) -> list[np.ndarray]:
+        """FP32 outputs over the test set (one array per output, samples first), cached on disk."""
+        if self._reference is not None:
+            return self._reference
+        if self._cache_path is not None and self._cache_path.is_file():
+            with np.load(self._cache_path) as data:
+                self._reference = [data[f"out{i}"] for i in range(len(self.output_names))]
+            logger.info("FP32 reference outputs reused from the cache (%s)", self._cache_path.name)
+            return self._reference
+        session = session_for(self.graph.prepared_path)
+        parts: list[list[np.ndarray]] = [[] for _ in self.output_names]
+        for batch in self._batches():
+            for i, value in enumerate(session.run(self.output_names, batch.inputs)):
+                parts[i].append(value)
+            if progress is not None:
+                progress(len(batch.sample_ids))
+        self._reference = [np.concatenate(p) for p in parts]
+        if self._cache_path is not None:
+            _save_npz(self._cache_path, {f"out{i}": a for i, a in enumerate(self._reference)})
+        return self._reference
+
+    def fp32_objective(self, progress: ProgressFn | None = None) -> Objective:
+        """The objective replayed over the FP32 reference outputs."""
+        if self._fp32 is None:
+            reference = self.reference(progress)
+            objective = self._new_objective()
+            start = 0
+            for n, labels in self._label_batches():
+                outputs = [r[start : start + n] for r in reference]
+                _guarded(self.objective_name, objective.update, outputs, labels,
+                         outputs if self._needs_reference else None)  # fmt: skip
+                start += n
+            self._fp32 = objective
+            if self.fp32_score is None:
+                self.fp32_score = _check_score(_guarded(self.objective_name, objective.score), "FP32")
+        return self._fp32
+
+    def _label_batches(self) -> Iterator[tuple[int, list | None]]:
+        """Sample count and labels (None when unlabelled) per batch; the inputs are read and dropped."""
+        for batch in self._batches():
+            yield len(batch.sample_ids), batch.labels
+
+    # ------------------------------------------------------------------ INT8 evaluation
+
+    def evaluate(self, model: onnx.ModelProto | bytes | Path, progress: ProgressFn | None = None) -> Evaluation:
+        """Score ``model`` on the test set and compare it with FP32.
+
+        Raises:
+            DataError: Outputs that do not fit the objective, or a non-finite score.
+        """
+        fp32 = self.fp32_objective()
+        reference = self.reference()
+        session = session_for(model)
+        objective = self._new_objective()
+        start, seconds = 0, 0.0
+        for batch in self._batches():
+            began = time.perf_counter()
+            outputs = session.run(self.output_names, batch.inputs)
+            seconds += time.perf_counter() - began
+            n = len(batch.sample_ids)
+            ref = [r[start : start + n] for r in reference] if self._needs_reference else None
+            _guarded(self.objective_name, objective.update, outputs, batch.labels, ref)
+            start += n
+            if progress is not None:
+                progress(n)
+        score = _check_score(_guarded(self.objective_name, objective.score), "INT8")
+        assert self.fp32_score is not None
+        decay = compute_decay(self.fp32_score, score, self.config.search.decay)
+        ci = self._bootstrap(fp32, objective, start) if supports_resampling(objective) else None
+        return Evaluation(score, self.fp32_score, decay, ci, start, seconds)
+
+    def _bootstrap(self, fp32: Objective, int8: Objective, samples: int) -> tuple[float, float]:
+        rng = np.random.default_rng(self.config.search.seed)
+        fixed = self.config.search.fp32_score
+        decays = []
+        for _ in range(BOOTSTRAP_RESAMPLES):
+            indices = rng.integers(0, samples, samples)
+            base = fixed if fixed is not None else _guarded(self.objective_name, fp32.score, indices)
+            score = _guarded(self.objective_name, int8.score, indices)
+            decays.append(compute_decay(base, score, self.config.search.decay))
+        low, high = np.percentile(decays, [2.5, 97.5])
+        return float(low), float(high)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def measure_latency(
+    model: onnx.ModelProto | bytes | Path, feed: dict[str, np.ndarray], repeats: int = 50, warmup: int = 5
+) -> float:
+    """Median wall time in milliseconds of one run on ``feed`` (batch 1), after ``warmup`` runs."""
+    session = session_for(model)
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - began)
+    return float(np.median(times) * 1000.0)

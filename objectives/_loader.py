@@ -1,0 +1,68 @@
+"""Import the user callables named in the config: ``module:function`` or ``/path/file.py:function``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from autoquant.errors import ConfigError
+
+
+def _import_file(path: Path) -> ModuleType:
+    """Import a .py file under a module name unique to its resolved path (imported once per process)."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"_autoquant_objective_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    assert module_spec is not None and module_spec.loader is not None  # always for a .py file
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def load_callable(spec: str, key: str) -> Callable[..., Any]:
+    """Import the callable named by ``module:function`` or ``/path/file.py:function``.
+
+    Args:
+        spec: The config value.
+        key: The config key it comes from (``test.objective``, ``test.decode``), named in errors.
+
+    Returns:
+        The function or class.
+
+    Raises:
+        ConfigError: The spec is malformed, the import fails or the attribute is missing or not callable.
+    """
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name.isidentifier():
+        raise ConfigError(f"{key}: {spec!r} must be module:function or path/file.py:function")
+    try:
+        if target.endswith(".py"):
+            path = Path(target).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{key}: {spec!r}: no such file {str(path)!r}")
+            module = _import_file(path)
+        else:
+            module = importlib.import_module(target)
+    except ConfigError:
+        raise
+    except Exception as exc:  # any import-time error of user code
+        raise ConfigError(f"{key}: {spec!r}: cannot import {target} ({type(exc).__name__}: {exc})") from exc
+    function = getattr(module, name, None)
+    if function is None:
+        raise ConfigError(f"{key}: {spec!r}: {target} has no attribute {name!r}")
+    if not callable(function):
+        raise ConfigError(f"{key}: {spec!r}: {name} is a {type(function).__name__}, expected a function or class")
+    return function

@@ -1,0 +1,96 @@
+"""Per-layer sensitivity on the digits model, the report files, and the report in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from autoquant import pipeline
+from autoquant.analyze import Sensitivity, difference
+from autoquant.config import load_config
+from autoquant.quantize import quantize_model
+from autoquant.report import render_report, sensitivity_csv
+from autoquant.thresholds import compute_thresholds
+from tests.conftest import DIGITS_CONFIG
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path_factory.mktemp("out")})
+    calibrated = pipeline.calibrate(config)
+    return config, calibrated, pipeline.analyze_layers(config, calibrated)
+
+
+def test_difference_metrics_by_hand() -> None:
+    ref = [np.array([[3.0, 4.0], [1.0, 0.0]])]
+    out = [np.array([[3.0, 4.0], [0.0, 1.0]])]
+    d = difference(ref, out)
+    # signal 9+16+1 = 26, noise 0 + (1 + 1) = 2 -> 10*log10(13); cosines 1 and 0; L2 per sample 0 and 2.
+    assert d.snr_db == pytest.approx(10 * np.log10(13))
+    assert d.cosine == pytest.approx(0.5) and d.l2 == pytest.approx(1.0)
+    assert difference(ref, ref).snr_db == float("inf")
+
+
+def test_every_quantizable_node_is_ranked_with_real_names(analysed) -> None:  # noqa: ANN001
+    config, calibrated, sensitivity = analysed
+    assert sorted(sensitivity.ranking()) == sorted(n.name for n in calibrated.graph.nodes)
+    assert sensitivity.samples == config.search.data_limit == 8
+    snrs = [x.isolated.snr_db for x in sensitivity.layers]
+    assert snrs == sorted(snrs)
+    assert all(x.cumulative is not None for x in sensitivity.layers)
+    assert Sensitivity.from_json(sensitivity.to_json()) == sensitivity
+
+
+def _logit_snr(model, x: np.ndarray, reference: np.ndarray) -> float:  # noqa: ANN001
+    logits = ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})[0]
+    return 10 * np.log10((reference**2).sum() / ((reference - logits) ** 2).sum())
+
+
+def test_top_ranked_layer_hurts_more_than_lower_ranked_ones_on_the_whole_test_set(
+    analysed, digits_test_data  # noqa: ANN001
+) -> None:
+    config, calibrated, sensitivity = analysed
+    x, _ = digits_test_data  # 500 samples; the ranking saw only the first 8
+    reference = ort.InferenceSession(str(calibrated.graph.prepared_path)).run(None, {"input": x})[0]
+    ranges = compute_thresholds(calibrated.stats, config.quantization)
+    finite = [x.node for x in sensitivity.layers if np.isfinite(x.isolated.snr_db)]
+    top, middle, bottom = finite[0], finite[len(finite) // 2], finite[-1]
+    snr = {
+        name: _logit_snr(quantize_model(calibrated.graph, ranges, config.quantization, only=[name]).model, x, reference)
+        for name in (top, middle, bottom)
+    }
+    assert snr[top] < snr[middle] < snr[bottom]
+
+
+def test_report_files(analysed, tmp_path: Path) -> None:  # noqa: ANN001
+    _, _, sensitivity = analysed
+    rows = sensitivity_csv(sensitivity).splitlines()
+    assert rows[0].startswith("rank,node,op_type,snr_db") and len(rows) == len(sensitivity.layers) + 1
+    assert rows[1].split(",")[1] == sensitivity.layers[0].node
+    html = render_report(sensitivity, "digits", {"model": "model.onnx"})
+    assert "<svg" in html and "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
+    assert html.count("<rect") == len(sensitivity.layers)
+
+
+def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:  # noqa: ANN001
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium); .ci/run installs it")
+    _, _, sensitivity = analysed
+    page = tmp_path / "report.html"
+    page.write_text(render_report(sensitivity, "digits sensitivity", {"model": "model.onnx"}))
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400", f"--screenshot={shot}",
+         page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a blank page compresses to a few KB

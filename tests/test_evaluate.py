@@ -1,0 +1,139 @@
+"""Evaluation on the digits example: FP32 and INT8 scores, decay and its interval, bad objectives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoquant import pipeline
+from autoquant.config import QuantizationConfig, load_config
+from autoquant.errors import ConfigError, DataError, UserCodeError
+from autoquant.evaluate import compute_decay, measure_latency
+from tests.conftest import DIGITS_CONFIG, top1
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path_factory.mktemp("out")})
+    calibrated = pipeline.calibrate(config)
+    return config, calibrated, pipeline.quantize(calibrated, QuantizationConfig())
+
+
+def test_scores_and_decay_match_an_independent_computation(setup, digits_test_data) -> None:  # noqa: ANN001
+    config, calibrated, int8 = setup
+    x, y = digits_test_data
+    evaluator = pipeline.evaluator(config, calibrated.graph)
+    result = evaluator.evaluate(int8.model)
+    assert result.fp32_score == pytest.approx(0.994)  # the README's figure
+    assert result.fp32_score == pytest.approx(top1(calibrated.graph.prepared_path, x, y))
+    assert result.score == pytest.approx(top1(int8.model, x, y))
+    assert result.decay == pytest.approx(result.fp32_score - result.score)
+    low, high = result.decay_ci
+    assert low <= result.decay <= high and high - low < 0.05
+    assert result.samples == 500
+
+
+def test_fp32_model_against_itself_has_no_decay(setup) -> None:  # noqa: ANN001
+    config, calibrated, _ = setup
+    result = pipeline.evaluator(config, calibrated.graph).evaluate(calibrated.graph.prepared_path)
+    assert result.decay == 0.0 and result.decay_ci == (0.0, 0.0)
+
+
+def test_agreement_without_labels(setup) -> None:  # noqa: ANN001
+    config, calibrated, int8 = setup
+    unlabelled = config.replace(test={"labels": None})
+    evaluator = pipeline.evaluator(unlabelled, calibrated.graph)
+    assert evaluator.objective_name == "auto"
+    itself = evaluator.evaluate(calibrated.graph.prepared_path)
+    assert itself.fp32_score == 1.0 and itself.score == 1.0
+    result = evaluator.evaluate(int8.model)
+    x, _ = np.load(Path(config.test.source)), None
+    import onnxruntime as ort
+
+    fp32_pred = ort.InferenceSession(str(calibrated.graph.prepared_path)).run(None, {"input": x})[0].argmax(1)
+    int8_pred = ort.InferenceSession(int8.model.SerializeToString()).run(None, {"input": x})[0].argmax(1)
+    assert result.score == pytest.approx((fp32_pred == int8_pred).mean())
+
+
+def test_fp32_reference_is_cached(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    config, calibrated, int8 = setup
+    pipeline.evaluator(config, calibrated.graph).reference()
+    import autoquant.evaluate as evaluate_module
+
+    def no_fp32_session(model):  # noqa: ANN001, ANN202
+        if str(model) == str(calibrated.graph.prepared_path):
+            raise AssertionError("the FP32 model ran again")
+        return original(model)
+
+    original = evaluate_module.session_for
+    monkeypatch.setattr(evaluate_module, "session_for", no_fp32_session)
+    result = pipeline.evaluator(config, calibrated.graph).evaluate(int8.model)
+    assert result.fp32_score == pytest.approx(0.994)
+
+
+def test_configured_fp32_score_and_relative_decay(setup) -> None:  # noqa: ANN001
+    config, calibrated, int8 = setup
+    given = config.replace(search={"fp32_score": 0.99, "decay": "relative"})
+    result = pipeline.evaluator(given, calibrated.graph).evaluate(int8.model)
+    assert result.fp32_score == 0.99
+    assert result.decay == pytest.approx((0.99 - result.score) / 0.99)
+    assert compute_decay(0.8, 0.6, "relative") == pytest.approx(0.25)
+    with pytest.raises(DataError, match="non-zero FP32 score"):
+        compute_decay(0.0, 0.1, "relative")
+
+
+def test_objective_needing_labels_without_labels(setup) -> None:  # noqa: ANN001
+    config, calibrated, _ = setup
+    with pytest.raises(ConfigError, match="needs labels"):
+        pipeline.evaluator(config.replace(test={"labels": None, "objective": "top5"}), calibrated.graph)
+
+
+def _user_objective(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "my_objective.py"
+    path.write_text(body)
+    return f"{path}:make"
+
+
+def test_user_objective_that_raises_is_reported_with_its_traceback(setup, tmp_path: Path) -> None:  # noqa: ANN001
+    config, calibrated, int8 = setup
+    spec = _user_objective(
+        tmp_path,
+        "class Broken:\n"
+        "    def update(self, outputs, labels, reference):\n"
+        "        raise KeyError('logits_v2')\n"
+        "    def score(self):\n"
+        "        return 1.0\n"
+        "def make():\n"
+        "    return Broken()\n",
+    )
+    evaluator = pipeline.evaluator(config.replace(test={"objective": spec}), calibrated.graph)
+    with pytest.raises(UserCodeError, match="raised KeyError: 'logits_v2'") as info:
+        evaluator.evaluate(int8.model)
+    assert "my_objective.py" in info.value.details and "line 3" in info.value.details
+
+
+def test_nan_score_is_an_error(setup, tmp_path: Path) -> None:  # noqa: ANN001
+    config, calibrated, int8 = setup
+    spec = _user_objective(
+        tmp_path,
+        "class Nan:\n"
+        "    def update(self, outputs, labels, reference):\n"
+        "        pass\n"
+        "    def score(self):\n"
+        "        return float('nan')\n"
+        "def make():\n"
+        "    return Nan()\n",
+    )
+    evaluator = pipeline.evaluator(config.replace(test={"objective": spec}), calibrated.graph)
+    with pytest.raises(DataError, match="non-finite FP32 score"):
+        evaluator.evaluate(int8.model)
+
+
+def test_latency_is_measured_for_both_models(setup) -> None:  # noqa: ANN001
+    config, calibrated, int8 = setup
+    feed = pipeline.sample_feeds(config, calibrated.graph, 1)[0]
+    assert next(iter(feed.values())).shape[0] == 1
+    assert measure_latency(int8.model, feed, repeats=5, warmup=1) > 0
+    assert measure_latency(calibrated.graph.prepared_path, feed, repeats=5, warmup=1) > 0
