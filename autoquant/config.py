@@ -131,6 +131,7 @@ class QuantizationConfig(_Section):
     """The choices for one quantization; every one of them is also a search parameter."""
 
     per_channel: bool = False
+    depthwise_per_channel: bool = False
     activation_scheme: Literal["symmetric", "asymmetric"] = "symmetric"
     method: Literal[THRESHOLD_METHODS] = Field(default="kl", validation_alias=_aliases("method", "th_method"))
     bins: int = Field(default=2048, validation_alias=_aliases("bins", "bin"))

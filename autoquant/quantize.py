@@ -76,6 +76,11 @@ def fp32_nodes(graph: ModelGraph, config: QuantizationConfig, ranking: Sequence[
     return list(dict.fromkeys(names))
 
 
+def _depthwise_weights(graph: ModelGraph) -> list[str]:
+    depthwise = {n.name for n in graph.nodes if n.depthwise}
+    return [n.input[1] for n in graph.load().graph.node if n.name in depthwise]
+
+
 def _tensors_range(ranges: dict[str, TensorRange]):  # noqa: ANN202 - onnxruntime type
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
@@ -113,9 +118,11 @@ def quantize_model(
 
     excluded = fp32_nodes(graph, config, ranking)
     symmetric = config.activation_scheme == "symmetric"
-    overrides = {}
+    overrides: dict[str, list[dict]] = {}
     if config.first_input_unsigned and symmetric:
-        overrides = {spec.name: [{"quant_type": QuantType.QUInt8}] for spec in graph.inputs}
+        overrides.update({spec.name: [{"quant_type": QuantType.QUInt8}] for spec in graph.inputs})
+    if config.depthwise_per_channel and not config.per_channel:
+        overrides.update({weight: [{"axis": 0}] for weight in _depthwise_weights(graph)})
     extra_options = {
         "ActivationSymmetric": symmetric,
         "WeightSymmetric": True,

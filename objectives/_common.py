@@ -18,8 +18,10 @@ def as_outputs(outputs: Any, name: str, what: str = "outputs") -> list[np.ndarra
         DataError: Not a list or tuple, empty, or an output is a scalar.
     """
     if not isinstance(outputs, list | tuple):
-        raise DataError(f"{name}: expected {what} as a list of arrays (one per model output), "
-                        f"got {type(outputs).__name__}")
+        raise DataError(
+            f"{name}: expected {what} as a list of arrays (one per model output), "
+            f"got {type(outputs).__name__}"
+        )
     if not outputs:
         raise DataError(f"{name}: expected at least one array in {what}, got an empty list")
     arrays = [np.asarray(output) for output in outputs]
@@ -65,7 +67,9 @@ def check_reference(reference: Any, outputs: list[np.ndarray], name: str) -> lis
         raise DataError(f"{name}: needs the FP32 reference outputs, got reference=None")
     reference = as_outputs(reference, name, "reference")
     if len(reference) != len(outputs):
-        raise DataError(f"{name}: expected {len(outputs)} reference arrays (one per output), got {len(reference)}")
+        raise DataError(
+            f"{name}: expected {len(outputs)} reference arrays (one per output), got {len(reference)}"
+        )
     for index, (output, fp32) in enumerate(zip(outputs, reference)):
         if output.shape != fp32.shape:
             raise DataError(
@@ -81,8 +85,10 @@ def class_scores(outputs: list[np.ndarray], name: str, index: int = 0, min_class
         DataError: There is no such output, or it is not [N, C] with C >= ``min_classes``.
     """
     if index >= len(outputs):
-        raise DataError(f"{name}: expected at least {index + 1} outputs (class scores in output {index}), "
-                        f"got {len(outputs)}")
+        raise DataError(
+            f"{name}: expected at least {index + 1} outputs (class scores in output {index}), "
+            f"got {len(outputs)}"
+        )
     scores = outputs[index]
     while scores.ndim > 2 and scores.shape[-1] == 1:
         scores = scores[..., 0]

@@ -49,7 +49,9 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def match_detections(detections: Sequence[Detection], boxes: Sequence[Box], iou_threshold: float) -> np.ndarray:
+def match_detections(
+    detections: Sequence[Detection], boxes: Sequence[Box], iou_threshold: float
+) -> np.ndarray:
     """Which detections of one image are true positives (VOC greedy matching).
 
     By decreasing score, each detection takes the ground-truth box of its class with the highest
@@ -128,13 +130,21 @@ class MeanAveragePrecision:
         what = getattr(self.decode, "__qualname__", repr(self.decode))
         detections = self.decode(outputs)
         if not isinstance(detections, list | tuple) or len(detections) != size:
-            got = f"{len(detections)} lists" if isinstance(detections, list | tuple) else type(detections).__name__
-            raise DataError(f"{self.name}: decode {what} must return one list of Detection per sample "
-                            f"({size} for this batch), got {got}")
+            got = (
+                f"{len(detections)} lists"
+                if isinstance(detections, list | tuple)
+                else type(detections).__name__
+            )
+            raise DataError(
+                f"{self.name}: decode {what} must return one list of Detection per sample "
+                f"({size} for this batch), got {got}"
+            )
         for position, found in enumerate(detections):
             if not isinstance(found, list | tuple) or not all(isinstance(d, Detection) for d in found):
-                raise DataError(f"{self.name}: decode {what} must return lists of Detection, got "
-                                f"{reprlib.repr(found)} for sample {position}")
+                raise DataError(
+                    f"{self.name}: decode {what} must return lists of Detection, got "
+                    f"{reprlib.repr(found)} for sample {position}"
+                )
         return list(detections)
 
     def _flat(self) -> tuple[np.ndarray, ...]:
@@ -177,8 +187,10 @@ class MeanAveragePrecision:
         det_weight, truth_weight = weights[det_image], weights[truth_image]
         classes = np.unique(truth_cls[truth_weight > 0])
         if not classes.size:
-            raise DataError(f"{self.name}: the {int(weights.sum())} images scored have no ground-truth box, "
-                            f"so mAP is undefined; check test.labels")
+            raise DataError(
+                f"{self.name}: the {int(weights.sum())} images scored have no ground-truth box, "
+                f"so mAP is undefined; check test.labels"
+            )
         precisions = []
         for cls in classes:
             mask = (det_cls == cls) & (det_weight > 0)

@@ -64,5 +64,7 @@ def load_callable(spec: str, key: str) -> Callable[..., Any]:
     if function is None:
         raise ConfigError(f"{key}: {spec!r}: {target} has no attribute {name!r}")
     if not callable(function):
-        raise ConfigError(f"{key}: {spec!r}: {name} is a {type(function).__name__}, expected a function or class")
+        raise ConfigError(
+            f"{key}: {spec!r}: {name} is a {type(function).__name__}, expected a function or class"
+        )
     return function

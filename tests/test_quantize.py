@@ -238,3 +238,22 @@ def test_histogram_collector_matches_direct_feed_statistics() -> None:
     collector = HistogramCollector("x", 1024)
     collector.update(values)
     assert collector.result().maximum == 5.0
+
+
+def test_depthwise_per_channel_weights(calibrated: pipeline.Calibrated) -> None:
+    result = pipeline.quantize(calibrated, QuantizationConfig(depthwise_per_channel=True))
+    inits = {t.name: t for t in result.model.graph.initializer}
+    scale_count = {
+        node.input[0].removesuffix("_quantized"): int(np.prod(inits[node.input[1]].dims))
+        for node in result.model.graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith("_quantized")
+    }
+    fp32 = calibrated.graph.load()
+    dims = {t.name: list(t.dims) for t in fp32.graph.initializer}
+    depthwise = {n.name for n in calibrated.graph.nodes if n.depthwise}
+    assert len(depthwise) == 4
+    for node in fp32.graph.node:
+        if node.op_type == "Conv":
+            weight = node.input[1]
+            expected = dims[weight][0] if node.name in depthwise else 1  # one scale per output channel
+            assert scale_count[weight] == expected, node.name

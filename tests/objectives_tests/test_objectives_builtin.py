@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from autoquant.objectives import Top1, create_objective
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, top_k_accuracy_score
 from sklearn.metrics.pairwise import cosine_similarity
 
 from autoquant.data._labels import Box
 from autoquant.errors import DataError
-from autoquant.objectives import Top1, create_objective
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
@@ -188,7 +188,9 @@ def feed(name: str, outputs: np.ndarray, labels: np.ndarray | None, reference: n
 
 def test_digits_linear_model_matches_sklearn(digits_logits) -> None:
     fp32, int8, target = digits_logits
-    assert feed("top1", fp32, target, None) == pytest.approx(accuracy_score(target, fp32.argmax(1)), abs=1e-12)
+    assert feed("top1", fp32, target, None) == pytest.approx(
+        accuracy_score(target, fp32.argmax(1)), abs=1e-12
+    )
     top5 = top_k_accuracy_score(target, fp32, k=5, labels=np.arange(10))
     assert feed("top5", fp32, target, None) == pytest.approx(top5, abs=1e-12)
     agreement = accuracy_score(fp32.argmax(1), int8.argmax(1))
