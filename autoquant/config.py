@@ -52,6 +52,12 @@ def _resolve_source(value: str, info: ValidationInfo) -> str:
     return str(_resolve_path(Path(value), info))
 
 
+def _resolve_code(value: str, info: ValidationInfo) -> str:
+    """Resolve the file of a ``path/file.py:function`` spec; names and ``module:function`` stay."""
+    path, sep, func = value.rpartition(".py:")
+    return f"{_resolve_path(Path(path + '.py'), info)}:{func}" if sep else value
+
+
 def _aliases(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
@@ -121,8 +127,10 @@ class TestConfig(DataConfig):
     """Test data used to score a quantized model."""
 
     test_iterations: int = Field(default=0, ge=0, description="Samples to use; 0 means all.")
-    objective: str = Field(default="auto", description="auto: top1 with labels, agreement without.")
-    decode: Annotated[str, AfterValidator(_resolve_source)] | None = Field(
+    objective: Annotated[str, AfterValidator(_resolve_code)] = Field(
+        default="auto", description="auto: top1 with labels, agreement without."
+    )
+    decode: Annotated[str, AfterValidator(_resolve_code)] | None = Field(
         default=None, description="map objective: module:function turning raw outputs into boxes."
     )
 

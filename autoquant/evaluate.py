@@ -193,15 +193,18 @@ class Evaluator:
 
     # ------------------------------------------------------------------ INT8 evaluation
 
-    def evaluate(self, model: onnx.ModelProto | bytes | Path, progress: ProgressFn | None = None) -> Evaluation:
-        """Score ``model`` on the test set and compare it with FP32.
+    def evaluate(
+        self, model: onnx.ModelProto | bytes | Path | ort.InferenceSession, progress: ProgressFn | None = None
+    ) -> Evaluation:
+        """Score ``model`` (or a session built for it) on the test set and compare it with FP32.
 
         Raises:
             DataError: Outputs that do not fit the objective, or a non-finite score.
+            UserCodeError: A user objective raised.
         """
         fp32 = self.fp32_objective()
         reference = self.reference()
-        session = session_for(model)
+        session = model if isinstance(model, ort.InferenceSession) else session_for(model)
         objective = self._new_objective()
         start, seconds = 0, 0.0
         for batch in self._batches():
@@ -246,10 +249,13 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def measure_latency(
-    model: onnx.ModelProto | bytes | Path, feed: dict[str, np.ndarray], repeats: int = 50, warmup: int = 5
+    model: onnx.ModelProto | bytes | Path | ort.InferenceSession,
+    feed: dict[str, np.ndarray],
+    repeats: int = 50,
+    warmup: int = 5,
 ) -> float:
     """Median wall time in milliseconds of one run on ``feed`` (batch 1), after ``warmup`` runs."""
-    session = session_for(model)
+    session = model if isinstance(model, ort.InferenceSession) else session_for(model)
     for _ in range(warmup):
         session.run(None, feed)
     times = []

@@ -114,3 +114,11 @@ def test_replace_derives_a_new_config() -> None:
     config = load_config(DIGITS_CONFIG)
     changed = config.replace(quantization={"method": "mse"})
     assert changed.quantization.method == "mse" and config.quantization.method == "kl"
+
+
+def test_objective_and_decode_files_resolve_against_the_config(tmp_path: Path) -> None:
+    body = "model: {path: m}\ncalibration: {source: x}\ntest: {objective: %s, decode: %s}\n"
+    config = load_config(write_config(tmp_path, body % ("my/obj.py:make", "pkg.mod:decode")))
+    assert config.test.objective == f"{tmp_path / 'my' / 'obj.py'}:make"
+    assert config.test.decode == "pkg.mod:decode"
+    assert load_config(write_config(tmp_path, body % ("top5", "null"))).test.objective == "top5"
