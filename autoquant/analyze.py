@@ -94,8 +94,11 @@ class Sensitivity:
         return cls(layers=layers, samples=int(data["samples"]))
 
 
-def _run(model: onnx.ModelProto | str, feeds: Sequence[dict[str, np.ndarray]], names: list[str]) -> list[np.ndarray]:
-    session = session_for(model if isinstance(model, onnx.ModelProto) else model)
+def run_outputs(
+    model: onnx.ModelProto | str, feeds: Sequence[dict[str, np.ndarray]], names: list[str]
+) -> list[np.ndarray]:
+    """Run ``model`` over ``feeds`` and join the ``names`` outputs along the sample axis."""
+    session = session_for(model)
     parts = [session.run(names, feed) for feed in feeds]
     return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
 
@@ -118,8 +121,8 @@ def cumulative_differences(
     """Per node, the difference between its output tensor in ``quantized`` and in the FP32 model."""
     tensors = layer_outputs(graph)
     names = list(dict.fromkeys(tensors.values()))
-    fp32 = dict(zip(names, _run(_with_outputs(graph.load(), names), feeds, names), strict=True))
-    int8 = dict(zip(names, _run(_with_outputs(quantized, names), feeds, names), strict=True))
+    fp32 = dict(zip(names, run_outputs(_with_outputs(graph.load(), names), feeds, names), strict=True))
+    int8 = dict(zip(names, run_outputs(_with_outputs(quantized, names), feeds, names), strict=True))
     return {node: difference([fp32[t]], [int8[t]]) for node, t in tensors.items()}
 
 
@@ -142,7 +145,7 @@ def analyze(
         progress: Called with 1 after each node.
     """
     names = list(output_names)
-    reference = _run(str(graph.prepared_path), feeds, names)
+    reference = run_outputs(str(graph.prepared_path), feeds, names)
     full = quantize_model(graph, ranges, config)
     cumulative = cumulative_differences(graph, full.model, feeds)
     layers = []
@@ -152,7 +155,7 @@ def analyze(
             LayerSensitivity(
                 node=node.name,
                 op_type=node.op_type,
-                isolated=difference(reference, _run(isolated.model, feeds, names)),
+                isolated=difference(reference, run_outputs(isolated.model, feeds, names)),
                 cumulative=cumulative.get(node.name),
             )
         )

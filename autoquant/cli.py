@@ -31,8 +31,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+# Outside a terminal (logs, CI, pipes) rich would wrap at 80 columns; lines stay whole instead.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigArg = Annotated[Path, typer.Argument(help="The study config (YAML).", show_default=False)]
 OutputOpt = Annotated[
@@ -64,6 +65,12 @@ def _main(
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("onnxruntime", "alembic", "optuna", "mlflow", "root"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -220,6 +227,36 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
         table.add_row(str(rank), layer.node, layer.op_type, f"{d.snr_db:.2f}", f"{d.cosine:.5f}", f"{d.l2:.4g}")
     out.print(table)
     out.print(f"report: {paths[2]}")
+
+
+@app.command()
+@handle_errors
+def tune(
+    config: ConfigArg,
+    output: OutputOpt = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the stored study and start over.")] = False,
+) -> None:
+    """Search for the best INT8 model within the budget (resumes the stored study)."""
+    from autoquant import tune as tuning
+    from autoquant.display import LiveReporter, summary_table
+
+    cfg = load(config, output)
+    reporter = LiveReporter(console, cfg.search.accept_int8_decay, cfg.test.test_iterations or 0)
+    try:
+        with reporter:
+            result = tuning.tune(cfg, reporter=reporter, fresh=fresh)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; the best model so far is in {cfg.output.directory}", status=130)
+    out.print(summary_table(result))
+    best = result.best
+    if best is None:
+        _fail("no trial completed")
+    verdict = "within" if best.within_budget else "OVER"
+    out.print(
+        f"best: trial {best.number} ({best.key}), decay {best.decay:+.4f} {verdict} the budget "
+        f"{result.budget}; FP32 nodes: {', '.join(best.fp32_nodes) or 'none'}"
+    )
+    out.print(f"outputs: {result.output}")
 
 
 def _is_int8(op_type: str) -> bool:

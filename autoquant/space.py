@@ -15,6 +15,8 @@ A space file has ``parameters`` and, optionally, ``strategies``::
       - {name: default}
       - {name: per_channel, per_channel: true}
 
+``strategies_from: fast`` takes the strategies of another space.
+
 A parameter is named after a ``quantization`` key, unless it has ``sets``, which map each choice to
 several keys. ``when`` makes a parameter conditional on earlier ones. ``search: bisect`` marks a
 parameter that the sampler leaves alone and the blacklist bisection sets (``high: null``: the number
@@ -193,6 +195,8 @@ def load_space(source: str | Path, overrides: dict[str, Any] | None = None) -> S
     try:
         data = yaml.safe_load(text) or {}
         parameters = dict(data.get("parameters") or {})
+        if "strategies_from" in data:  # e.g. full mode runs the fast strategies first
+            data["strategies"] = load_space(data.pop("strategies_from")).strategies
         for name, override in (overrides or {}).items():
             parameters[name] = override if isinstance(override, dict) else {"choices": [override]}
         return SearchSpace.model_validate({**data, "parameters": parameters, "source": where})

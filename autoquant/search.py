@@ -1,0 +1,328 @@
+"""Search stage: an Optuna study over the quantization choices.
+
+Every trial quantizes with one set of choices (thresholds come from the cached statistics; the
+FP32 pass never runs again), evaluates the INT8 model and returns its decay. What the selection
+needs is stored as trial user attributes, so a resumed study knows its past.
+
+* **fast** mode runs the known-good strategies of ``search_spaces/fast.yaml`` in order and stops at
+  the first whose decay is within ``accept_int8_decay``;
+* **full** mode runs those strategies, then trials sampled by a seeded multivariate TPE, then a
+  binary search for the smallest ``fp32_layers`` (the most sensitive layers kept in FP32) that
+  meets the budget, then the per-layer threshold scale tuning, confirmed by one full trial.
+
+The best trial is the one within budget with the fewest FP32 nodes, then the lowest latency, then
+the smallest decay; if none is within budget, the one with the smallest decay. The outputs of the
+best trial are written after every improving trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoquant.analyze import difference, run_outputs
+from autoquant.config import QuantizationConfig, StudyConfig
+from autoquant.errors import AutoquantError
+from autoquant.evaluate import Evaluator, measure_latency
+from autoquant.graph import session_for
+from autoquant.pipeline import Calibrated
+from autoquant.quantize import QuantizedModel, quantize_model
+from autoquant.space import SearchSpace, Value
+from autoquant.thresholds import compute_thresholds
+
+logger = logging.getLogger(__name__)
+
+SCALE_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.2)
+DEFAULT_SAMPLED_TRIALS = 12
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one finished trial measured (also stored as the trial's user attributes)."""
+
+    number: int
+    key: str
+    params: dict[str, Value]
+    score: float
+    decay: float
+    decay_ci: tuple[float, float] | None
+    fp32_nodes: tuple[str, ...]
+    latency_ms: float
+    within_budget: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    layer_scales: dict[str, float] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, Any]:
+        """User attributes for Optuna storage (JSON-serialisable)."""
+        return {
+            "key": self.key, "score": self.score, "decay": self.decay,
+            "decay_ci": list(self.decay_ci) if self.decay_ci else None, "fp32_nodes": list(self.fp32_nodes),
+            "latency_ms": self.latency_ms, "within_budget": self.within_budget, "timings": self.timings,
+            "layer_scales": self.layer_scales,
+        }  # fmt: skip
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> TrialOutcome | None:
+        """Rebuild the outcome of a completed trial, or None for one that did not complete."""
+        a = trial.user_attrs
+        if trial.state != TrialState.COMPLETE or "decay" not in a:
+            return None
+        ci = a.get("decay_ci")
+        return cls(
+            number=trial.number, key=a.get("key", ""), params=dict(trial.params), score=a["score"],
+            decay=a["decay"], decay_ci=tuple(ci) if ci else None, fp32_nodes=tuple(a["fp32_nodes"]),
+            latency_ms=a["latency_ms"], within_budget=a["within_budget"], timings=a.get("timings", {}),
+            layer_scales=a.get("layer_scales", {}),
+        )  # fmt: skip
+
+
+def selection_key(outcome: TrialOutcome) -> tuple:
+    """Sort key of the selection rule: smaller is better."""
+    if outcome.within_budget:
+        return (0, len(outcome.fp32_nodes), outcome.latency_ms, outcome.decay, outcome.number)
+    return (1, outcome.decay, len(outcome.fp32_nodes), outcome.latency_ms, outcome.number)
+
+
+def best_outcome(outcomes: Sequence[TrialOutcome]) -> TrialOutcome | None:
+    """The best outcome by :func:`selection_key`."""
+    return min(outcomes, key=selection_key, default=None)
+
+
+class Reporter(Protocol):
+    """What a live display is told; every method is optional in effect (see :class:`NullReporter`)."""
+
+    def phase(self, message: str) -> None: ...
+    def trial_started(self, number: int, key: str, params: dict[str, Value]) -> None: ...
+    def progress(self, samples: int) -> None: ...
+    def trial_finished(self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None) -> None: ...
+
+
+class NullReporter:
+    """A reporter that shows nothing."""
+
+    def phase(self, message: str) -> None:
+        """Ignore a phase change."""
+
+    def trial_started(self, number: int, key: str, params: dict[str, Value]) -> None:
+        """Ignore a trial start."""
+
+    def progress(self, samples: int) -> None:
+        """Ignore evaluation progress."""
+
+    def trial_finished(self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None) -> None:
+        """Ignore a finished trial."""
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial needs, built once per study."""
+
+    config: StudyConfig
+    calibrated: Calibrated
+    evaluator: Evaluator
+    space: SearchSpace
+    latency_feed: dict[str, np.ndarray]
+    analysis_feeds: list[dict[str, np.ndarray]]
+    ranking_fn: Callable[[QuantizationConfig], list[str]]
+    on_best: Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
+    reporter: Reporter = field(default_factory=NullReporter)
+    _rankings: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> int:
+        """Number of quantizable nodes."""
+        return len(self.calibrated.graph.nodes)
+
+    def ranking(self, quantization: QuantizationConfig) -> list[str]:
+        """Sensitivity ranking for these choices (computed once per distinct choice set)."""
+        key = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}}).model_dump_json()
+        if key not in self._rankings:
+            self._rankings[key] = self.ranking_fn(quantization)
+        return self._rankings[key]
+
+
+def run_choice(
+    ctx: SearchContext, quantization: QuantizationConfig, number: int, key: str, params: dict[str, Value]
+) -> tuple[TrialOutcome, QuantizedModel]:
+    """Quantize with ``quantization``, evaluate and measure; the body of every trial."""
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+    ranges = compute_thresholds(ctx.calibrated.stats, quantization)
+    timings["thresholds"] = time.perf_counter() - began
+    ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
+    began = time.perf_counter()
+    result = quantize_model(ctx.calibrated.graph, ranges, quantization, ranking)
+    timings["quantize"] = time.perf_counter() - began
+    began = time.perf_counter()
+    session = session_for(result.model)
+    timings["session"] = time.perf_counter() - began
+    evaluation = ctx.evaluator.evaluate(session, ctx.reporter.progress)
+    timings["inference"] = evaluation.seconds
+    latency = measure_latency(session, ctx.latency_feed, repeats=20, warmup=3)
+    outcome = TrialOutcome(
+        number=number, key=key, params=params, score=evaluation.score, decay=evaluation.decay,
+        decay_ci=evaluation.decay_ci, fp32_nodes=result.fp32_nodes, latency_ms=latency,
+        within_budget=evaluation.decay <= ctx.config.search.accept_int8_decay, timings=timings,
+        layer_scales=dict(quantization.layer_scales),
+    )  # fmt: skip
+    return outcome, result
+
+
+def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective: suggest, quantize, evaluate; record attributes; write a new best."""
+    base = ctx.config.quantization
+
+    def objective(trial: optuna.Trial) -> float:
+        key = trial.user_attrs.get("key") or f"sampled:{trial.number}"
+        trial.set_user_attr("key", key)
+        params = ctx.space.suggest(trial, base, ctx.nodes, bisect=key.startswith("bisect"))
+        quantization = ctx.space.apply(params, base)
+        scales = trial.user_attrs.get("scales")
+        if scales:
+            quantization = quantization.model_copy(update={"layer_scales": scales})
+        ctx.reporter.trial_started(trial.number, key, params)
+        try:
+            outcome, result = run_choice(ctx, quantization, trial.number, key, params)
+        except AutoquantError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            ctx.reporter.trial_finished(None, str(exc), current_best(study))
+            raise
+        for name, value in outcome.attrs().items():
+            trial.set_user_attr(name, value)
+        previous = current_best(study)
+        best = best_outcome([o for o in (previous, outcome) if o is not None])
+        if best is outcome:
+            ctx.on_best(outcome, result, quantization)
+        ctx.reporter.trial_finished(outcome, None, best)
+        return outcome.decay
+
+    return objective
+
+
+def outcomes(study: optuna.Study) -> list[TrialOutcome]:
+    """Outcomes of every completed trial."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [o for o in map(TrialOutcome.from_trial, done) if o is not None]
+
+
+def current_best(study: optuna.Study) -> TrialOutcome | None:
+    """The best completed trial so far."""
+    return best_outcome(outcomes(study))
+
+
+def _finished(study: optuna.Study, key: str) -> FrozenTrial | None:
+    states = (TrialState.COMPLETE, TrialState.FAIL)
+    return next((t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("key") == key), None)
+
+
+def run_keyed(
+    study: optuna.Study, objective: Callable, key: str, params: dict[str, Value] | None, **attrs: Any
+) -> FrozenTrial:
+    """Run the trial named ``key`` once: a finished one is reused, a waiting one is not enqueued twice."""
+    done = _finished(study, key)
+    if done is not None:
+        return done
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if params is not None and not any(t.user_attrs.get("key") == key for t in waiting):
+        study.enqueue_trial(params, user_attrs={"key": key, **attrs})
+    study.optimize(objective, n_trials=1, catch=(AutoquantError,))
+    return _finished(study, key) or study.trials[-1]
+
+
+def within_budget(trial: FrozenTrial) -> bool:
+    """Whether a finished trial met the budget."""
+    return bool(trial.state == TrialState.COMPLETE and trial.user_attrs.get("within_budget"))
+
+
+def run_fast(ctx: SearchContext, study: optuna.Study, objective: Callable, stop_at_first: bool) -> None:
+    """The known-good strategies, in order; stop at the first within budget when ``stop_at_first``."""
+    base = ctx.config.quantization
+    strategies = ctx.space.strategies
+    ctx.reporter.phase(f"{len(strategies)} known-good strategies")
+    for strategy in strategies:
+        name = str(strategy.get("name", len(strategies)))
+        partial = {k: v for k, v in strategy.items() if k != "name"}
+        trial = run_keyed(study, objective, f"strategy:{name}", ctx.space.complete(partial, base))
+        if stop_at_first and within_budget(trial):
+            return
+
+
+def run_sampled(ctx: SearchContext, study: optuna.Study, objective: Callable, count: int, deadline: float) -> None:
+    """``count`` trials sampled by the study's sampler (counting those a resumed study already ran)."""
+    ctx.reporter.phase(f"{count} sampled trials")
+    done = sum(1 for t in study.trials if t.user_attrs.get("key", "").startswith("sampled:") and t.state.is_finished())
+    for _ in range(max(0, count - done)):
+        if time.monotonic() > deadline:
+            return
+        study.optimize(objective, n_trials=1, catch=(AutoquantError,))
+
+
+def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
+    """Binary-search the smallest k such that keeping the k most sensitive nodes in FP32 meets the budget.
+
+    The choices are those of the best trial by decay. k = 0 is taken as failing (else there is
+    nothing to search) and k = all nodes as passing; about log2(nodes) trials run.
+    """
+    base_outcome = min(outcomes(study), key=lambda o: o.decay, default=None)
+    if base_outcome is None or (base_outcome.within_budget and not base_outcome.fp32_nodes):
+        return
+    params = {k: v for k, v in base_outcome.params.items() if k != "fp32_layers"}
+    ctx.reporter.phase("binary search over the FP32 blacklist")
+    ctx.ranking(ctx.space.apply(params, ctx.config.quantization))  # compute the ranking before the trials
+    low, high = 0, ctx.nodes
+    while high - low > 1:
+        k = (low + high) // 2
+        trial = run_keyed(study, objective, f"bisect:{k}", {**params, "fp32_layers": k})
+        low, high = (low, k) if within_budget(trial) else (k, high)
+
+
+def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
+    """Greedy per-tensor threshold scales on ``data_limit`` samples, then one confirming trial.
+
+    For each quantized tensor in topological order (tensors of ``ignore_layer_list`` nodes are
+    skipped), every scale in :data:`SCALE_CANDIDATES` is tried and kept if it lowers the squared
+    distance between the INT8 and FP32 model outputs.
+    """
+    if _finished(study, "scales") is not None:
+        return
+    base_outcome = min(outcomes(study), key=lambda o: (o.decay, len(o.fp32_nodes)), default=None)
+    if base_outcome is None:
+        return
+    ctx.reporter.phase("per-layer threshold scales")
+    params = dict(base_outcome.params)
+    quantization = ctx.space.apply(params, ctx.config.quantization)
+    scales = greedy_scales(ctx, quantization)
+    run_keyed(study, objective, "scales", params, scales=scales)
+
+
+def greedy_scales(ctx: SearchContext, quantization: QuantizationConfig) -> dict[str, float]:
+    """The seed auto-tuning tool's loop: one tensor at a time, keep the scale that lowers the L2."""
+    graph = ctx.calibrated.graph
+    names = list(ctx.evaluator.output_names)
+    reference = run_outputs(str(graph.prepared_path), ctx.analysis_feeds, names)
+    ignored = set(ctx.config.search.ignore_layer_list)
+    skip = {t for n in graph.nodes if n.name in ignored for t in (*n.inputs, *n.outputs)}
+    ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
+    scales: dict[str, float] = {}
+
+    def error(candidate: dict[str, float]) -> float:
+        q = quantization.model_copy(update={"layer_scales": candidate})
+        model = quantize_model(graph, compute_thresholds(ctx.calibrated.stats, q), q, ranking).model
+        return difference(reference, run_outputs(model, ctx.analysis_feeds, names)).l2
+
+    best = error(scales)
+    for tensor in graph.activations:
+        if tensor in skip:
+            continue
+        for scale in SCALE_CANDIDATES:
+            value = error({**scales, tensor: scale})
+            if value < best:
+                best, scales = value, {**scales, tensor: scale}
+    return scales

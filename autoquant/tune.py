@@ -1,0 +1,216 @@
+"""``autoquant tune``: run a whole study and keep its best model on disk.
+
+The study lives in an Optuna storage (default: SQLite ``study.db`` in the output folder), so the
+same command resumes it; ``fresh=True`` deletes it first. ``tune`` owns its study: trials a killed
+run left RUNNING are marked failed when it starts again. The best trial's outputs are rewritten
+after every improving trial, with ``best_config.yaml`` (``autoquant quantize best_config.yaml``
+reproduces the model) and ``study_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from autoquant import pipeline
+from autoquant.config import QuantizationConfig, StudyConfig
+from autoquant.errors import ConfigError
+from autoquant.outputs import write_files, write_outputs
+from autoquant.quantize import QuantizedModel
+from autoquant.search import (
+    DEFAULT_SAMPLED_TRIALS,
+    NullReporter,
+    Reporter,
+    SearchContext,
+    TrialOutcome,
+    best_outcome,
+    bisect_fp32_layers,
+    make_objective,
+    outcomes,
+    run_fast,
+    run_sampled,
+    tune_scales,
+)
+from autoquant.space import load_space
+
+logger = logging.getLogger(__name__)
+
+BEST_CONFIG_FILE = "best_config.yaml"
+SUMMARY_FILE = "study_summary.json"
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The end of a study."""
+
+    study_name: str
+    storage: str
+    fp32_score: float
+    budget: float
+    best: TrialOutcome | None
+    trials: tuple[TrialOutcome, ...]
+    failed: int
+    output: Path
+
+    @property
+    def within_budget(self) -> bool:
+        """Whether the best trial met the budget."""
+        return bool(self.best and self.best.within_budget)
+
+
+def storage_url(config: StudyConfig) -> str:
+    """The Optuna storage: ``storage.url`` or SQLite ``study.db`` in the output folder."""
+    return config.storage.url or f"sqlite:///{config.output.directory / 'study.db'}"
+
+
+def study_name(config: StudyConfig) -> str:
+    """``search.study_name`` or the output folder's name."""
+    return config.search.study_name or config.output.directory.name
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage for database URLs, a journal file for ``*.log``/``*.journal`` paths."""
+    if url.endswith((".log", ".journal")) and "://" not in url:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:
+        raise ConfigError(f"storage.url {url!r}: cannot open the Optuna storage ({type(exc).__name__}: {exc})") from None
+
+
+def open_study(config: StudyConfig, fresh: bool = False) -> optuna.Study:
+    """Create or load the study; a fresh start deletes a stored study of the same name."""
+    storage = open_storage(storage_url(config))
+    name = study_name(config)
+    if fresh and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        optuna.delete_study(study_name=name, storage=storage)
+        logger.info("deleted the stored study %r (--fresh)", name)
+    sampler = optuna.samplers.TPESampler(
+        seed=config.search.seed, multivariate=True, group=True, n_startup_trials=5
+    )
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction="minimize", sampler=sampler, load_if_exists=True
+    )
+    _fail_interrupted(study)
+    return study
+
+
+def _fail_interrupted(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed run of this single-owner study are failed, to be redone."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        logger.info("trial %d was interrupted by a previous run; it will run again", trial.number)
+
+
+def best_config(config: StudyConfig, quantization: QuantizationConfig, fp32_nodes: tuple[str, ...]) -> StudyConfig:
+    """A config that ``autoquant quantize`` turns into the same model: the FP32 nodes are listed by name."""
+    fixed = quantization.model_copy(
+        update={"nodes_to_exclude": list(fp32_nodes), "first_layer_fp32": False, "fp32_layers": 0}
+    )
+    return config.replace(quantization=fixed)
+
+
+def summary(result: TuneResult) -> dict:
+    """The study summary written to ``study_summary.json``."""
+
+    def row(o: TrialOutcome) -> dict:
+        return {"number": o.number, "key": o.key, **o.attrs(), "params": o.params}
+
+    return {
+        "study_name": result.study_name,
+        "storage": result.storage,
+        "fp32_score": result.fp32_score,
+        "accept_int8_decay": result.budget,
+        "within_budget": result.within_budget,
+        "best": row(result.best) if result.best else None,
+        "completed_trials": len(result.trials),
+        "failed_trials": result.failed,
+        "trials": [row(o) for o in result.trials],
+    }
+
+
+def _result(config: StudyConfig, study: optuna.Study, fp32_score: float) -> TuneResult:
+    done = outcomes(study)
+    failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    return TuneResult(
+        study_name=study.study_name, storage=storage_url(config), fp32_score=fp32_score,
+        budget=config.search.accept_int8_decay, best=best_outcome(done), trials=tuple(done), failed=failed,
+        output=config.output.directory,
+    )  # fmt: skip
+
+
+def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = False) -> TuneResult:
+    """Run (or resume) the study described by ``config``.
+
+    Args:
+        config: The study config.
+        reporter: Receives phase, trial and progress events (e.g. a live display).
+        fresh: Delete a stored study of the same name and start over.
+
+    Returns:
+        The best trial and every completed one.
+
+    Raises:
+        AutoquantError: Bad config, model or data (before any trial), or no trial could complete.
+    """
+    reporter = reporter or NullReporter()
+    space = load_space(config.search.space or config.search.mode, config.search.overrides)
+    calibrated = pipeline.calibrate(config)
+    graph = calibrated.graph
+    evaluator = pipeline.evaluator(config, graph)
+    reporter.phase("FP32 reference on the test set")
+    evaluator.fp32_objective(reporter.progress)
+    fp32_score = evaluator.fp32_score
+    study = open_study(config, fresh)
+    out = config.output.directory
+
+    def on_best(outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig) -> None:
+        chosen = best_config(config, quantization, result.fp32_nodes)
+        write_outputs(result, chosen, out)
+        write_files(out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})
+        logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
+
+    def ranking(quantization: QuantizationConfig) -> list[str]:
+        sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
+        write_files(out, {"sensitivity.json": sensitivity.to_json().encode()})
+        return sensitivity.ranking()
+
+    ctx = SearchContext(
+        config=config, calibrated=calibrated, evaluator=evaluator, space=space,
+        latency_feed=pipeline.sample_feeds(config, graph, 1)[0],
+        analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
+        ranking_fn=ranking, on_best=on_best, reporter=reporter,
+    )  # fmt: skip
+    objective = make_objective(ctx, study)
+    timeout = config.search.timeout
+    deadline = time.monotonic() + timeout if timeout else math.inf
+    try:
+        if config.search.mode == "fast":
+            run_fast(ctx, study, objective, stop_at_first=True)
+        else:
+            run_fast(ctx, study, objective, stop_at_first=False)
+            run_sampled(ctx, study, objective, config.search.n_trials or DEFAULT_SAMPLED_TRIALS, deadline)
+            if time.monotonic() < deadline:
+                bisect_fp32_layers(ctx, study, objective)
+            if time.monotonic() < deadline:
+                tune_scales(ctx, study, objective)
+    finally:
+        result = _result(config, study, fp32_score)
+        if result.trials:
+            write_files(out, {SUMMARY_FILE: json.dumps(summary(result), indent=2).encode()})
+    if not result.trials:
+        failures = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
+        raise ConfigError(f"no trial completed; the last failure: {failures[-1] if failures else 'unknown'}")
+    return result
