@@ -13,6 +13,23 @@ from autoquant.errors import (
     UserCodeError,
 )
 
+
+
+def tune(config, reporter=None, fresh: bool = False):  # noqa: ANN001, ANN201 - lazy import keeps `import autoquant` light
+    """Run or resume the study of ``config`` (see :func:`autoquant.study.tune`)."""
+    from autoquant.study import tune as _tune
+
+    return _tune(config, reporter=reporter, fresh=fresh)
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name == "Tuner":
+        from autoquant.ask_tell import Tuner
+
+        return Tuner
+    raise AttributeError(f"module 'autoquant' has no attribute {name!r}")
+
+
 try:
     __version__ = version("autoquant")
 except PackageNotFoundError:  # running from a checkout without installation
@@ -26,7 +43,9 @@ __all__ = [
     "ModelError",
     "QuantizationError",
     "StudyConfig",
+    "Tuner",
     "UserCodeError",
     "__version__",
     "load_config",
+    "tune",
 ]

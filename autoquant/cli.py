@@ -237,7 +237,7 @@ def tune(
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the stored study and start over.")] = False,
 ) -> None:
     """Search for the best INT8 model within the budget (resumes the stored study)."""
-    from autoquant import tune as tuning
+    from autoquant import study as tuning
     from autoquant.display import LiveReporter, summary_table
 
     cfg = load(config, output)

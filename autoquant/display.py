@@ -8,7 +8,7 @@ from rich.table import Table
 
 from autoquant.search import TrialOutcome
 from autoquant.space import Value
-from autoquant.tune import TuneResult
+from autoquant.study import TuneResult
 
 
 def _decay(outcome: TrialOutcome, budget: float) -> str:

@@ -1,4 +1,4 @@
-"""``autoquant tune``: run a whole study and keep its best model on disk.
+"""The study behind ``autoquant tune``: run a whole study and keep its best model on disk.
 
 The study lives in an Optuna storage (default: SQLite ``study.db`` in the output folder), so the
 same command resumes it; ``fresh=True`` deletes it first. ``tune`` owns its study: trials a killed
@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +99,9 @@ def open_study(config: StudyConfig, fresh: bool = False) -> optuna.Study:
     if fresh and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         optuna.delete_study(study_name=name, storage=storage)
         logger.info("deleted the stored study %r (--fresh)", name)
-    sampler = optuna.samplers.TPESampler(
-        seed=config.search.seed, multivariate=True, group=True, n_startup_trials=5
-    )
+    with warnings.catch_warnings():  # multivariate and group are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=config.search.seed, multivariate=True, group=True, n_startup_trials=5)
     study = optuna.create_study(
         storage=storage, study_name=name, direction="minimize", sampler=sampler, load_if_exists=True
     )
@@ -122,6 +124,19 @@ def best_config(config: StudyConfig, quantization: QuantizationConfig, fp32_node
     return config.replace(quantization=fixed)
 
 
+def best_writer(config: StudyConfig) -> Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]:
+    """A callback that writes a new best trial's model, tables and ``best_config.yaml``."""
+    out = config.output.directory
+
+    def on_best(outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig) -> None:
+        chosen = best_config(config, quantization, result.fp32_nodes)
+        write_outputs(result, chosen, out)
+        write_files(out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})
+        logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
+
+    return on_best
+
+
 def summary(result: TuneResult) -> dict:
     """The study summary written to ``study_summary.json``."""
 
@@ -141,7 +156,7 @@ def summary(result: TuneResult) -> dict:
     }
 
 
-def _result(config: StudyConfig, study: optuna.Study, fp32_score: float) -> TuneResult:
+def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) -> TuneResult:
     done = outcomes(study)
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     return TuneResult(
@@ -176,12 +191,6 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
     study = open_study(config, fresh)
     out = config.output.directory
 
-    def on_best(outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig) -> None:
-        chosen = best_config(config, quantization, result.fp32_nodes)
-        write_outputs(result, chosen, out)
-        write_files(out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})
-        logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
-
     def ranking(quantization: QuantizationConfig) -> list[str]:
         sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
         write_files(out, {"sensitivity.json": sensitivity.to_json().encode()})
@@ -191,7 +200,7 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
         config=config, calibrated=calibrated, evaluator=evaluator, space=space,
         latency_feed=pipeline.sample_feeds(config, graph, 1)[0],
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
-        ranking_fn=ranking, on_best=on_best, reporter=reporter,
+        ranking_fn=ranking, on_best=best_writer(config), reporter=reporter,
     )  # fmt: skip
     objective = make_objective(ctx, study)
     timeout = config.search.timeout
@@ -207,7 +216,7 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
             if time.monotonic() < deadline:
                 tune_scales(ctx, study, objective)
     finally:
-        result = _result(config, study, fp32_score)
+        result = study_result(config, study, fp32_score)
         if result.trials:
             write_files(out, {SUMMARY_FILE: json.dumps(summary(result), indent=2).encode()})
     if not result.trials:

@@ -1,0 +1,235 @@
+"""The search on the digits example: spaces, fast and full modes, resume, failures, ask-and-tell."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import autoquant
+from autoquant.config import QuantizationConfig, load_config
+from autoquant.errors import ConfigError
+from autoquant.search import TrialOutcome, best_outcome
+from autoquant.space import load_space
+from autoquant.study import storage_url, study_name
+from tests.conftest import top1, write_config
+
+# ---------------------------------------------------------------- spaces
+
+
+def test_builtin_spaces_load_from_the_package() -> None:
+    fast, full = load_space("fast"), load_space("full")
+    assert [s["name"] for s in fast.strategies][:3] == ["default", "per_channel", "mse"]
+    assert full.strategies == fast.strategies  # strategies_from: fast
+    assert full.parameters["fp32_layers"].search == "bisect"
+    assert full.parameters["ratio_range"].when == {"ratio_search": [True]}
+
+
+def test_conditional_parameters_and_sets() -> None:
+    full = load_space("full")
+    base = QuantizationConfig()
+    params = full.complete({"method": "kl", "ratio_search": True, "ratio_range": "wide"}, base)
+    assert params["ratio_range"] == "wide" and "max_percentile" not in params
+    q = full.apply(params, base)
+    assert (q.start_ratio, q.end_ratio, q.step_ratio) == (0.3, 1.7, 0.01)
+    params = full.complete({"method": "percentile", "max_percentile": 0.9999}, base)
+    assert "bins" not in params and "ratio_search" not in params and params["max_percentile"] == 0.9999
+    assert full.apply(params, base).method == "percentile"
+
+
+def test_sampled_trials_respect_conditions() -> None:
+    full = load_space("full")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(40):
+        trial = study.ask()
+        params = full.suggest(trial, QuantizationConfig(), nodes=23)
+        assert "fp32_layers" not in params
+        assert ("bins" in params) == (params["method"] in ("kl", "symkl", "jsd", "mse"))
+        assert ("ratio_range" in params) == bool(params.get("ratio_search"))
+        full.apply(params, QuantizationConfig())  # always a valid config
+        study.tell(trial, 0.0)
+
+
+def test_overrides_and_bad_space_files(tmp_path: Path) -> None:
+    space = load_space("full", {"method": "mse", "bins": {"choices": [2048, 4096]}})
+    assert space.parameters["method"].choices == ["mse"] and space.parameters["bins"].choices == [2048, 4096]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("parameters:\n  bins: {choices: [1024], when: {method: [kl]}}\n  method: {choices: [kl]}\n")
+    with pytest.raises(ConfigError, match="'when' may only name parameters declared before it"):
+        load_space(bad)
+    bad.write_text("parameters:\n  bogus_key: {choices: [1]}\n")
+    with pytest.raises(ConfigError, match="not quantization keys"):
+        load_space(bad)
+    with pytest.raises(ConfigError, match="no built-in search space 'fastest'"):
+        load_space("fastest")
+
+
+def test_selection_rule() -> None:
+    def outcome(number: int, decay: float, nodes: int, latency: float, ok: bool) -> TrialOutcome:
+        return TrialOutcome(number, "k", {}, 0.9, decay, None, tuple(f"n{i}" for i in range(nodes)), latency, ok)
+
+    a = outcome(0, 0.004, 1, 1.0, True)
+    b = outcome(1, 0.001, 2, 0.5, True)  # smaller decay but more FP32 nodes
+    c = outcome(2, 0.003, 1, 0.8, True)  # as few FP32 nodes as a, faster
+    d = outcome(3, 0.0001, 0, 0.1, False)
+    assert best_outcome([a, b, c, d]) is c
+    assert best_outcome([outcome(4, 0.02, 0, 1, False), outcome(5, 0.01, 3, 1, False)]).number == 5
+
+
+# ---------------------------------------------------------------- studies on the digits model
+
+
+def _study_config(digits_config: Path, tmp_path: Path, search: str, name: str = "study.yaml") -> Path:
+    text = digits_config.read_text().replace("search:\n  mode: fast\n  accept_int8_decay: 0.005\n", search)
+    return write_config(tmp_path, text, name)
+
+
+def _load_study(config_path: Path) -> optuna.Study:
+    config = load_config(config_path)
+    return optuna.load_study(study_name=study_name(config), storage=storage_url(config))
+
+
+def test_fast_mode_stops_at_the_first_passing_strategy(digits_config: Path, tmp_path: Path, digits_test_data) -> None:  # noqa: ANN001
+    config = load_config(digits_config)
+    result = autoquant.tune(config)
+    # default (KL, per-tensor) loses 0.8 points and per-channel KL 1.6: both over the 0.5 budget;
+    # the third strategy (MSE thresholds) keeps 0.994 and ends the study.
+    assert [o.key for o in result.trials] == ["strategy:default", "strategy:per_channel", "strategy:mse"]
+    assert result.best.key == "strategy:mse" and result.within_budget
+    x, y = digits_test_data
+    written = config.output.directory / "model.int8.onnx"
+    assert config.search.accept_int8_decay >= 0.994 - top1(written, x, y) == pytest.approx(result.best.decay)
+    summary = json.loads((config.output.directory / "study_summary.json").read_text())
+    assert summary["best"]["number"] == result.best.number and summary["completed_trials"] == 3
+    again = autoquant.tune(config)  # resumes: nothing left to do
+    assert len(again.trials) == 3
+
+
+def test_best_config_reproduces_the_model_bit_for_bit(digits_config: Path, tmp_path: Path) -> None:
+    config = load_config(digits_config)
+    autoquant.tune(config)
+    out = config.output.directory
+    result = subprocess.run(
+        [sys.executable, "-m", "autoquant", "quantize", str(out / "best_config.yaml"), "-o", str(tmp_path / "re")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "re" / "model.int8.onnx").read_bytes() == (out / "model.int8.onnx").read_bytes()
+
+
+TIGHT = """search:
+  mode: full
+  accept_int8_decay: 0.0
+  space: kl_only.yaml
+  n_trials: 2
+"""
+
+
+def test_full_mode_meets_a_budget_plain_quantization_cannot(
+    digits_config: Path, tmp_path: Path, digits_test_data  # noqa: ANN001
+) -> None:
+    (tmp_path / "kl_only.yaml").write_text(
+        "parameters:\n  per_channel: {choices: [false, true]}\n  method: {choices: [kl]}\n"
+        "  fp32_layers: {int: {low: 0, high: null}, search: bisect}\nstrategies:\n  - {name: default}\n"
+    )
+    config = load_config(_study_config(digits_config, tmp_path, TIGHT))
+    result = autoquant.tune(config)
+    plain = [o for o in result.trials if o.key in ("strategy:default",) or o.key.startswith("sampled:")]
+    assert plain and all(not o.within_budget for o in plain)
+    assert result.within_budget and result.best.key.startswith(("bisect:", "scales"))
+    bisections = [o for o in result.trials if o.key.startswith("bisect:")]
+    assert len(bisections) <= int(np.ceil(np.log2(23))) + 1
+    x, y = digits_test_data  # independent check of the written model
+    out = config.output.directory
+    assert top1(out / "model.int8.onnx", x, y) >= 0.994
+    assert (out / "fp32_nodes.txt").read_text().splitlines() == list(result.best.fp32_nodes)
+    assert any(o.key == "scales" for o in result.trials)
+
+
+FAILING_OBJECTIVE = """
+import numpy as np
+calls = 0
+
+class Top1:
+    def __init__(self):
+        global calls
+        calls += 1
+        self.fail = calls == 4  # probe, FP32 replay, trial 0, then trial 1 fails
+        self.hits = []
+    def update(self, outputs, labels, reference):
+        if self.fail:
+            raise RuntimeError("metric server unreachable")
+        self.hits.extend(np.argmax(outputs[0], axis=1) == np.asarray(labels))
+    def score(self):
+        return float(np.mean(self.hits))
+"""
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(digits_config: Path, tmp_path: Path) -> None:
+    (tmp_path / "flaky.py").write_text(FAILING_OBJECTIVE)
+    text = digits_config.read_text().replace("  batch_size: 100\n", "  batch_size: 100\n  objective: flaky.py:Top1\n")
+    config = load_config(write_config(tmp_path, text))
+    result = autoquant.tune(config)
+    study = _load_study(tmp_path / "study.yaml")
+    states = [t.state for t in study.trials]
+    assert states[:3] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert "metric server unreachable" in study.trials[1].user_attrs["fail_reason"]
+    assert result.failed == 1 and result.best.key == "strategy:mse"
+
+
+SLOW_FULL = """search:
+  mode: full
+  accept_int8_decay: 0.0
+  n_trials: 6
+"""
+
+
+def test_killed_study_resumes_without_repeating_work(digits_config: Path, tmp_path: Path) -> None:
+    config_path = _study_config(digits_config, tmp_path, SLOW_FULL)
+    command = [sys.executable, "-m", "autoquant", "tune", str(config_path)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    completed = 0
+    while completed < 4 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            completed = len(_load_study(config_path).get_trials(states=(TrialState.COMPLETE,)))
+        except Exception:  # the study does not exist yet
+            completed = 0
+    assert process.poll() is None, "the study finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = len(_load_study(config_path).trials)
+    assert (tmp_path / "out" / "model.int8.onnx").is_file()  # the best so far is on disk
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    study = _load_study(config_path)
+    keys = [t.user_attrs["key"] for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(keys) == len(set(keys))  # every completed trial once
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) <= 1  # at most the killed trial
+    assert len(study.trials) == len(keys) + len(failed)
+    assert len(keys) >= killed_at - 1
+
+
+def test_ask_and_tell_in_the_users_code(digits_config: Path, digits_test_data) -> None:  # noqa: ANN001
+    x, y = digits_test_data
+    tuner = autoquant.Tuner(load_config(digits_config))
+    seen = []
+    for trial in tuner:
+        predictions = np.concatenate([trial.run(x[i : i + 100])[0].argmax(1) for i in range(0, 500, 100)])
+        trial.report(float((predictions == y).mean()))
+        seen.append((trial.fp32, trial.score))
+    assert seen[0] == (True, pytest.approx(0.994))
+    result = tuner.result()
+    assert result.fp32_score == pytest.approx(0.994) and result.within_budget
+    assert [o.key for o in result.trials] == ["strategy:default", "strategy:per_channel", "strategy:mse"]
