@@ -62,9 +62,10 @@ def _main(
     else:  # logs and CI: plain lines that are never wrapped
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    for noisy in ("onnxruntime", "alembic", "optuna", "mlflow", "root"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # Our loggers at the chosen level; other libraries (onnxruntime's quantizer logs on the root
+    # logger) only show errors unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, handlers=[handler], force=True)
+    logging.getLogger("autoquant").setLevel(level)
     import warnings
 
     import optuna
@@ -129,8 +130,6 @@ def quantize(
     graph = pipeline.load_graph(cfg)
     with progress_bar("FP32 statistics pass", pipeline.expected_samples(cfg, graph)) as advance:
         calibrated = pipeline.calibrate(cfg, progress=advance, use_cache=not no_cache)
-    if calibrated.stats.from_cache:
-        typer.echo("statistics: reused from the cache, FP32 pass skipped", err=True)
     result = pipeline.quantize(calibrated, cfg.quantization)
     written = write_outputs(result, cfg, cfg.output.directory)
     kernels = int8_kernels(result.model)

@@ -113,6 +113,7 @@ def quantize_model(
         QuantizationError: Bad node names, or onnxruntime's quantizer fails.
     """
     from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.onnx_model import ONNXModel
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import update_opset_version
 
@@ -146,6 +147,11 @@ def quantize_model(
             extra_options,
         )
         quantized = quantizer.quantize_model()
+        # onnxruntime sorts nodes when it loads a model, but the ONNX spec (and onnx.checker)
+        # wants them sorted in the file: the quantizer appends Q/DQ nodes at the end.
+        sortable = ONNXModel(quantized)
+        sortable.topological_sort()
+        quantized = sortable.model
     except Exception as exc:
         raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from None
     if only is not None:

@@ -17,6 +17,7 @@ best trial are written after every improving trial.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoquant.analyze import difference, run_outputs
+from autoquant.analyze import Sensitivity, difference, run_outputs
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import AutoquantError
 from autoquant.evaluate import Evaluator, measure_latency
@@ -36,6 +37,7 @@ from autoquant.pipeline import Calibrated
 from autoquant.quantize import QuantizedModel, quantize_model
 from autoquant.space import SearchSpace, Value
 from autoquant.thresholds import compute_thresholds
+from autoquant.tracking import MlflowTracker, NullTracker
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +132,12 @@ class SearchContext:
     space: SearchSpace
     latency_feed: dict[str, np.ndarray]
     analysis_feeds: list[dict[str, np.ndarray]]
-    ranking_fn: Callable[[QuantizationConfig], list[str]]
+    ranking_fn: Callable[[QuantizationConfig], Sensitivity]
     on_best: Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
     reporter: Reporter = field(default_factory=NullReporter)
+    tracker: NullTracker | MlflowTracker = field(default_factory=NullTracker)
     _rankings: dict[str, list[str]] = field(default_factory=dict)
+    new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
 
     @property
     def nodes(self) -> int:
@@ -144,7 +148,9 @@ class SearchContext:
         """Sensitivity ranking for these choices (computed once per distinct choice set)."""
         key = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}}).model_dump_json()
         if key not in self._rankings:
-            self._rankings[key] = self.ranking_fn(quantization)
+            sensitivity = self.ranking_fn(quantization)
+            self._rankings[key] = sensitivity.ranking()
+            self.new_sensitivity = sensitivity.to_json()
         return self._rankings[key]
 
 
@@ -192,10 +198,12 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
             outcome, result = run_choice(ctx, quantization, trial.number, key, params)
         except AutoquantError as exc:
             trial.set_user_attr("fail_reason", str(exc))
+            ctx.tracker.log_failure(trial.number, params, str(exc))
             ctx.reporter.trial_finished(None, str(exc), current_best(study))
             raise
         for name, value in outcome.attrs().items():
             trial.set_user_attr(name, value)
+        log_trial(ctx, outcome, result)
         previous = current_best(study)
         best = best_outcome([o for o in (previous, outcome) if o is not None])
         if best is outcome:
@@ -204,6 +212,25 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
         return outcome.decay
 
     return objective
+
+
+def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel) -> None:
+    """Send a completed trial to the tracker: metrics, tags and its tables."""
+    from autoquant.outputs import calibration_table
+
+    low, high = outcome.decay_ci or (float("nan"), float("nan"))
+    metrics = {"score": outcome.score, "decay": outcome.decay, "decay_ci_low": low, "decay_ci_high": high,
+               "fp32_nodes": len(outcome.fp32_nodes), "latency_ms": outcome.latency_ms,
+               "model_size_bytes": result.model.ByteSize(),
+               **{f"time_{k}": v for k, v in outcome.timings.items()}}  # fmt: skip
+    artifacts = {
+        "calibration_table.json": json.dumps(calibration_table(result), indent=2),
+        "fp32_nodes.txt": "".join(f"{n}\n" for n in outcome.fp32_nodes),
+    }
+    if ctx.new_sensitivity is not None:
+        artifacts["sensitivity.json"], ctx.new_sensitivity = ctx.new_sensitivity, None
+    tags = {"key": outcome.key, "within_budget": outcome.within_budget}
+    ctx.tracker.log_trial(outcome.number, outcome.params, metrics, tags, artifacts)
 
 
 def outcomes(study: optuna.Study) -> list[TrialOutcome]:

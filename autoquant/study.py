@@ -24,7 +24,9 @@ from optuna.trial import TrialState
 from autoquant import pipeline
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import ConfigError
-from autoquant.outputs import write_files, write_outputs
+from autoquant.analyze import Sensitivity
+from autoquant.outputs import MODEL_FILE, write_files, write_outputs
+from autoquant.report import render_report
 from autoquant.quantize import QuantizedModel
 from autoquant.search import (
     DEFAULT_SAMPLED_TRIALS,
@@ -41,11 +43,13 @@ from autoquant.search import (
     tune_scales,
 )
 from autoquant.space import load_space
+from autoquant.tracking import check_reachable, make_tracker, tracking_uri
 
 logger = logging.getLogger(__name__)
 
 BEST_CONFIG_FILE = "best_config.yaml"
 SUMMARY_FILE = "study_summary.json"
+REPORT_FILE = "report.html"
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,8 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
     """
     reporter = reporter or NullReporter()
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
+    if config.tracking.enabled:  # fail in seconds, before any calibration work
+        check_reachable(tracking_uri(config))
     calibrated = pipeline.calibrate(config)
     graph = calibrated.graph
     evaluator = pipeline.evaluator(config, graph)
@@ -190,17 +196,21 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
     fp32_score = evaluator.fp32_score
     study = open_study(config, fresh)
     out = config.output.directory
+    tracker = make_tracker(config, study.study_name, calibrated.stats.key, fp32_score)
+    tracker.attach(study)
 
-    def ranking(quantization: QuantizationConfig) -> list[str]:
+    def ranking(quantization: QuantizationConfig) -> Sensitivity:
         sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
-        write_files(out, {"sensitivity.json": sensitivity.to_json().encode()})
-        return sensitivity.ranking()
+        write_files(out, {"sensitivity.json": sensitivity.to_json().encode(),
+                          REPORT_FILE: render_report(sensitivity, f"autoquant sensitivity: {study.study_name}",
+                                                     {"model": str(config.model.path)}).encode()})  # fmt: skip
+        return sensitivity
 
     ctx = SearchContext(
         config=config, calibrated=calibrated, evaluator=evaluator, space=space,
         latency_feed=pipeline.sample_feeds(config, graph, 1)[0],
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
-        ranking_fn=ranking, on_best=best_writer(config), reporter=reporter,
+        ranking_fn=ranking, on_best=best_writer(config), reporter=reporter, tracker=tracker,
     )  # fmt: skip
     objective = make_objective(ctx, study)
     timeout = config.search.timeout
@@ -219,6 +229,9 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
         result = study_result(config, study, fp32_score)
         if result.trials:
             write_files(out, {SUMMARY_FILE: json.dumps(summary(result), indent=2).encode()})
+            tracker.finish(summary(result), out / MODEL_FILE, out / REPORT_FILE)
+            logger.info("MLflow: the study waited %.2f s; logging took %.2f s in the background",
+                        tracker.seconds, tracker.busy_seconds)  # fmt: skip
     if not result.trials:
         failures = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
         raise ConfigError(f"no trial completed; the last failure: {failures[-1] if failures else 'unknown'}")

@@ -42,6 +42,7 @@ def test_every_method_and_granularity_quantizes_the_digits_model(
 ) -> None:
     x, y = digits_test_data
     result = pipeline.quantize(calibrated, QuantizationConfig(method=method, per_channel=per_channel))
+    onnx.checker.check_model(result.model, full_check=True)  # a valid ONNX file, nodes sorted
     kernels = int8_kernels(result.model)
     assert kernels.get("QLinearConv", 0) >= 7 and kernels.get("QGemm", 0) == 1 and "Gemm" not in kernels
     # With int8 activations onnxruntime keeps the Relu before each residual branch, and the two

@@ -1,0 +1,266 @@
+"""Tracking stage: the study as a parent MLflow run, every trial as a nested child run.
+
+The parent run's id is stored in the Optuna study (user attribute ``mlflow_parent_run_id``), so a
+resumed study and other workers attach their trials to the same parent. The store is checked
+before any calibration work: an unreachable tracking server fails within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from autoquant.config import StudyConfig
+from autoquant.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PARENT_ATTR = "mlflow_parent_run_id"
+_TIMEOUT_S = 5.0
+
+
+def tracking_uri(config: StudyConfig) -> str:
+    """``tracking.uri``, or ``sqlite:///mlflow.db`` in the output folder's parent."""
+    return config.tracking.uri or f"sqlite:///{config.output.directory.parent / 'mlflow.db'}"
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast when an ``http(s)://`` tracking server does not answer its health check.
+
+    Raises:
+        ConfigError: The server cannot be reached within a few seconds.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_TIMEOUT_S) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise ConfigError(
+        f"tracking.uri {uri}: the MLflow tracking server does not answer ({reason}); start it with "
+        f"`mlflow server`, fix tracking.uri, or set tracking: {{enabled: false}}"
+    )
+
+
+class NullTracker:
+    """Tracking turned off: every call does nothing."""
+
+    seconds = 0.0
+    busy_seconds = 0.0
+
+    def attach(self, study: Any) -> None:
+        """Do nothing."""
+
+    def log_trial(self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]) -> None:
+        """Do nothing."""
+
+    def log_failure(self, number: int, params: dict, reason: str) -> None:
+        """Do nothing."""
+
+    def finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
+        """Do nothing."""
+
+
+class MlflowTracker:
+    """Logs a study to MLflow with :class:`mlflow.MlflowClient` (no global active run).
+
+    Every MLflow call runs on one background thread, so trials do not wait for the store; the
+    parent run is created before the first trial and :meth:`finish` waits for everything.
+
+    Attributes:
+        seconds: Time the study waited for MLflow (attach and finish; trial logging is queued).
+        busy_seconds: Time the background thread spent in MLflow calls.
+    """
+
+    def __init__(self, config: StudyConfig, study_name: str, stats_key: str, fp32_score: float) -> None:
+        from mlflow import MlflowClient
+
+        self.config = config
+        self.uri = tracking_uri(config)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.study_name = study_name
+        self.stats_key = stats_key
+        self.fp32_score = fp32_score
+        self.parent_id: str | None = None
+        self.experiment_id: str | None = None
+        self.seconds = 0.0
+        self.busy_seconds = 0.0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoquant-mlflow")
+        self._pending: list[Future] = []
+
+    def _submit(self, call: Callable[..., Any], *args: Any) -> Future:
+        def timed() -> Any:
+            began = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                self.busy_seconds += time.perf_counter() - began
+
+        future = self._worker.submit(timed)
+        self._pending.append(future)
+        return future
+
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - began
+
+    def _experiment(self) -> str:
+        name = self.config.tracking.experiment or self.study_name
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
+            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def attach(self, study: Any) -> None:
+        """Reuse the study's parent run, or create it and store its id in the study."""
+        stored = study.user_attrs.get(PARENT_ATTR)
+        with self._waiting():
+            self.parent_id = self._submit(self._attach, stored).result()
+        if self.parent_id != stored:
+            study.set_user_attr(PARENT_ATTR, self.parent_id)
+
+    def _attach(self, stored: str | None) -> str:
+        self.experiment_id = self._experiment()
+        if stored is not None:
+            try:
+                self.client.get_run(stored)
+                self.client.update_run(stored, status="RUNNING")
+                return stored
+            except Exception:  # deleted from the store: start a new parent
+                logger.info("MLflow parent run %s is gone; starting a new one", stored)
+        run = self.client.create_run(self.experiment_id, run_name=self.study_name,
+                                     tags={"autoquant.study": self.study_name})  # fmt: skip
+        self.parent_id = run.info.run_id
+        self._log_parent_start()
+        return run.info.run_id
+
+    def _log_parent_start(self) -> None:
+        from mlflow.entities import Metric, Param
+
+        search = self.config.search
+        params = {"mode": search.mode, "accept_int8_decay": search.accept_int8_decay, "decay": search.decay,
+                  "stats_cache_key": self.stats_key, "model": str(self.config.model.path)}  # fmt: skip
+        self.client.log_batch(
+            self.parent_id,
+            metrics=[Metric("fp32_score", self.fp32_score, int(time.time() * 1000), 0)],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[],
+        )
+        self.client.log_text(self.parent_id, self.config.to_yaml(), "config.yaml")
+
+    def log_trial(self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]) -> None:
+        """Queue one nested child run for a completed trial."""
+        self._submit(self._log_trial, number, dict(params), dict(metrics), dict(tags), dict(artifacts))
+
+    def _log_trial(self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{number}", tags=self._trial_tags(number, "COMPLETE", tags)
+        )
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
+        for name, text in artifacts.items():
+            self.client.log_text(run.info.run_id, text, name)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def log_failure(self, number: int, params: dict, reason: str) -> None:
+        """Queue a child run marked FAILED, with the reason as a tag."""
+        self._submit(self._log_failure, number, dict(params), reason)
+
+    def _log_failure(self, number: int, params: dict, reason: str) -> None:
+        from mlflow.entities import Param
+
+        tags = self._trial_tags(number, "FAIL", {"fail_reason": reason[:5000]})
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags)
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.set_terminated(run.info.run_id, "FAILED")
+
+    def _trial_tags(self, number: int, state: str, extra: dict) -> dict[str, str]:
+        import onnxruntime
+
+        from autoquant import __version__
+
+        return {
+            "mlflow.parentRunId": self.parent_id, "trial_number": str(number), "state": state,
+            "mode": self.config.search.mode, "worker_host": socket.gethostname(),
+            "autoquant_version": __version__, "onnxruntime_version": onnxruntime.__version__,
+            **{k: str(v) for k, v in extra.items()},
+        }  # fmt: skip
+
+    def finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
+        """Log the summary, the best model (mlflow.onnx flavour) and the report; wait for every call.
+
+        Raises:
+            Exception: The first error of a queued MLflow call.
+        """
+        with self._waiting():
+            self._submit(self._finish, summary, model_path, report_path)
+            pending, self._pending = self._pending, []
+            errors = [f.exception() for f in pending if f.exception() is not None]
+        if errors:
+            raise errors[0]
+
+    def _finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
+        import mlflow
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        best = summary.get("best") or {}
+        metrics = {"best_decay": best.get("decay"), "best_score": best.get("score"),
+                   "best_fp32_nodes": len(best.get("fp32_nodes", [])) if best else None,
+                   "completed_trials": summary.get("completed_trials"),
+                   "failed_trials": summary.get("failed_trials")}  # fmt: skip
+        self.client.log_batch(
+            self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        )
+        self.client.log_text(self.parent_id, json.dumps(summary, indent=2), "study_summary.json")
+        if report_path is not None and report_path.is_file():
+            self.client.log_artifact(self.parent_id, str(report_path))
+        if model_path is not None and model_path.is_file():
+            previous = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(self.uri)
+            try:
+                with mlflow.start_run(run_id=self.parent_id):
+                    mlflow.onnx.log_model(
+                        onnx.load(model_path), name="best_model", save_as_external_data=False,
+                        pip_requirements=["onnx", "onnxruntime"],  # inferring them takes seconds
+                    )  # fmt: skip
+            finally:
+                mlflow.set_tracking_uri(previous)
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+
+def make_tracker(
+    config: StudyConfig, study_name: str, stats_key: str, fp32_score: float
+) -> NullTracker | MlflowTracker:
+    """The tracker the config asks for (call :func:`check_reachable` first, before any real work)."""
+    if not config.tracking.enabled:
+        return NullTracker()
+    return MlflowTracker(config, study_name, stats_key, fp32_score)

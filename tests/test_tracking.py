@@ -1,0 +1,144 @@
+"""MLflow tracking of a digits study: a local store, a real `mlflow server`, an unreachable server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import autoquant
+from autoquant.config import load_config
+from autoquant.study import storage_url, study_name
+from autoquant.tracking import PARENT_ATTR
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _config(digits_config: Path, tmp_path: Path, tracking: str) -> Path:
+    text = digits_config.read_text().replace("output:", f"tracking: {tracking}\noutput:")
+    return write_config(tmp_path, text, "tracked.yaml")
+
+
+def _check_store(uri: str, config_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    import mlflow.onnx
+
+    config = load_config(config_path)
+    study = optuna.load_study(study_name=study_name(config), storage=storage_url(config))
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(study.study_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs[PARENT_ATTR]
+    parent = parents[0]
+    children = {int(r.data.tags["trial_number"]): r for r in runs if r not in parents}
+    assert sorted(children) == [t.number for t in study.trials]
+    for trial in study.trials:
+        child = children[trial.number]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params == {k: str(v) for k, v in trial.params.items()}
+        assert child.data.tags["state"] == ("COMPLETE" if trial.state == TrialState.COMPLETE else "FAIL")
+        assert child.data.tags["onnxruntime_version"] == ort.__version__
+        if trial.state == TrialState.COMPLETE:
+            assert child.data.metrics["score"] == pytest.approx(trial.user_attrs["score"])
+            assert child.data.metrics["decay"] == pytest.approx(trial.value)
+            assert child.data.metrics["fp32_nodes"] == len(trial.user_attrs["fp32_nodes"])
+            assert child.data.metrics["latency_ms"] == pytest.approx(trial.user_attrs["latency_ms"])
+            names = {a.path for a in client.list_artifacts(child.info.run_id)}
+            assert {"calibration_table.json", "fp32_nodes.txt"} <= names
+    assert parent.data.metrics["fp32_score"] == pytest.approx(0.994)
+    assert {"config.yaml", "study_summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    assert models, "the best model was not logged"
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.onnx.load_model(f"models:/{models[0].model_id}")
+    session = ort.InferenceSession(model.SerializeToString())
+    x = np.load(Path(config.test.source))[:4]
+    assert session.run(None, {"input": x})[0].shape == (4, 10)
+
+
+def test_local_store(digits_config: Path, tmp_path: Path) -> None:
+    db = tmp_path / "store" / "mlflow.db"
+    config_path = _config(digits_config, tmp_path, f"{{uri: 'sqlite:///{db}'}}")
+    result = autoquant.tune(load_config(config_path))
+    assert len(result.trials) == 3
+    _check_store(f"sqlite:///{db}", config_path)
+    # A resumed study reuses its parent run.
+    autoquant.tune(load_config(config_path))
+    _check_store(f"sqlite:///{db}", config_path)
+
+
+def test_default_store_is_beside_the_output_folder(digits_config: Path, tmp_path: Path) -> None:
+    config = load_config(digits_config)
+    autoquant.tune(config)
+    assert (config.output.directory.parent / "mlflow.db").is_file()
+    _check_store(f"sqlite:///{config.output.directory.parent / 'mlflow.db'}", digits_config)
+
+
+def test_tracking_can_be_turned_off(digits_config: Path, tmp_path: Path) -> None:
+    config = load_config(_config(digits_config, tmp_path, "{enabled: false}"))
+    autoquant.tune(config)
+    assert not (config.output.directory.parent / "mlflow.db").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on a free localhost port, stopped afterwards."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_real_tracking_server(digits_config: Path, tmp_path: Path, mlflow_server: str) -> None:
+    config_path = _config(digits_config, tmp_path, f"{{uri: '{mlflow_server}'}}")
+    autoquant.tune(load_config(config_path))
+    _check_store(mlflow_server, config_path)
+
+
+def test_unreachable_server_fails_fast_and_writes_nothing(digits_config: Path, tmp_path: Path) -> None:
+    config_path = _config(digits_config, tmp_path, f"{{uri: 'http://127.0.0.1:{_free_port()}'}}")
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "autoquant", "tune", str(config_path)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert time.monotonic() - began < 10
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the MLflow tracking server does not answer" in result.stderr
+    assert not (tmp_path / "out").exists()
