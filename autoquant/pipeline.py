@@ -92,7 +92,7 @@ def calibrate(config: StudyConfig, progress: ProgressFn | None = None, use_cache
         return (batch.inputs for batch in reader.batches(graph.batch_size(calib.batch_size)))
 
     stats = collect_statistics(
-        graph.load(),
+        graph.load,
         list(graph.activations),
         batches,
         key,

@@ -96,15 +96,18 @@ class HistogramCollector:
         x = np.asarray(values).ravel()
         if x.dtype != np.float32 and x.dtype != np.float64:
             x = x.astype(np.float32)
-        finite = np.isfinite(x)
-        if not finite.all():
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())  # NaN and inf show up here, so the usual case
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # needs no separate isfinite pass
+            finite = np.isfinite(x)
             nan = int(np.isnan(x).sum())
             self.nan_count += nan
             self.inf_count += int(x.size - finite.sum()) - nan
             x = x[finite]
-        if x.size == 0:
-            return
-        lo, hi = float(x.min()), float(x.max())
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
         self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
         self.count += x.size
         peak = max(-lo, hi)
@@ -113,10 +116,20 @@ class HistogramCollector:
         if self.range == 0.0:  # every value so far is zero
             self.histogram[self.bins] += x.size
             return
-        # bins / range is a power of two, so the scaling is exact in floating point.
-        index = np.floor(x * (self.bins / self.range)).astype(np.int64)
-        index += self.bins
-        self.histogram += np.bincount(index, minlength=2 * self.bins)
+        self.histogram += np.bincount(self._indices(x), minlength=2 * self.bins)
+
+    def _indices(self, x: np.ndarray) -> np.ndarray:
+        """Histogram positions ``bins + floor(x * bins / range)``, computed exactly.
+
+        ``bins / range`` is a power of two, so the product is exact; its floor is an integer in
+        ``[-bins, bins)`` and adding ``bins`` is exact too, in float32 as in float64.
+        """
+        scale = self.bins / self.range
+        dtype = x.dtype if scale < 2.0**100 else np.dtype(np.float64)  # float32 cannot hold the scale
+        scaled = x.astype(dtype, copy=False) * dtype.type(scale)
+        np.floor(scaled, out=scaled)
+        scaled += dtype.type(self.bins)
+        return scaled.astype(np.intp)
 
     def _grow(self, peak: float) -> None:
         if peak == 0.0:
@@ -161,8 +174,7 @@ class Statistics:
 
 
 def _augmented_session(model: onnx.ModelProto, tensors: Iterable[str]) -> ort.InferenceSession:
-    """A session over ``model`` that also returns ``tensors`` as outputs."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    """A session over ``model`` that also returns ``tensors`` as outputs (``model`` gains them too)."""
     existing = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
     for name in tensors:
         if name not in existing:
@@ -182,7 +194,7 @@ def run_statistics_pass(
     """Run the FP32 model once over ``batches`` and collect statistics of ``tensors``.
 
     Args:
-        model: The prepared FP32 model.
+        model: The prepared FP32 model; the tensors are added to its outputs.
         tensors: Names of the tensors to collect (graph inputs included).
         batches: Feeds, input name -> array with the batch dim first.
         bins: Fine histogram bins per sign (a power of two).
@@ -264,7 +276,7 @@ def load_statistics(path: Path, key: str) -> Statistics:
 
 
 def collect_statistics(
-    model: onnx.ModelProto,
+    load_model: Callable[[], onnx.ModelProto],
     tensors: list[str],
     batches: Callable[[], Iterable[dict[str, np.ndarray]]],
     key: str,
@@ -275,7 +287,7 @@ def collect_statistics(
     """Return the statistics for ``key``, from the cache when present, else from one FP32 pass.
 
     Args:
-        model: The prepared FP32 model.
+        load_model: Returns the prepared FP32 model (called only on a cache miss).
         tensors: Tensor names to collect.
         batches: Called (only on a cache miss) to get the calibration feeds.
         key: Cache key, see :func:`statistics_key`.
@@ -289,7 +301,7 @@ def collect_statistics(
         if set(tensors) <= set(stats.tensors):
             logger.info("statistics cache hit (%s): skipping the FP32 pass", path.name)
             return stats
-    tensor_stats, samples = run_statistics_pass(model, tensors, batches(), bins, progress)
+    tensor_stats, samples = run_statistics_pass(load_model(), tensors, batches(), bins, progress)
     stats = Statistics(key=key, tensors=tensor_stats, samples=samples)
     if path is not None:
         save_statistics(stats, path)

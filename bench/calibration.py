@@ -135,10 +135,14 @@ def run_child(spec: dict, repeat: int) -> list[dict]:
             err = (proc.stderr.strip().splitlines() or ["?"])[-1][:100]
             return [{"seconds": float("nan"), "peak": float("nan"), "base": float("nan"), "note": f"FAILED: {err}"}]
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    for k, row in enumerate(runs[0]):
-        row["seconds"] = statistics.median(r[k]["seconds"] for r in runs)
-        row["peak"] = max(r[k]["peak"] for r in runs)
-    return runs[0]
+    rows = []
+    for k in range(len(runs[0])):  # the run with the median time (its note), the max peak, every time
+        times = [r[k]["seconds"] for r in runs]
+        row = dict(runs[times.index(statistics.median_low(times))][k], peak=max(r[k]["peak"] for r in runs))
+        if repeat > 1:
+            row["note"] += "; runs " + "/".join(f"{t:.2f}" for t in times)
+        rows.append(row)
+    return rows
 
 
 def machine_line() -> str:
