@@ -22,7 +22,7 @@ Takes: ~1 min per repeat on 2 cores (ORT's calibrators keep every activation of 
 
 from __future__ import annotations
 
-import argparse, datetime, json, os, platform, statistics, subprocess, sys, tempfile, time  # noqa: E401
+import argparse, datetime, hashlib, json, os, platform, statistics, subprocess, sys, tempfile, time  # noqa: E401
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +150,10 @@ def machine_line() -> str:
     cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
                 if x.startswith("model name")), platform.processor())
     return (f"Machine: nproc={len(os.sched_getaffinity(0))}, CPU {cpu}; Python {platform.python_version()}, "
-            f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy {np.__version__}; "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.")
+            f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy {np.__version__}; autoquant "
+            + ", ".join(f"{f}.py {hashlib.sha256((ROOT / 'autoquant' / f'{f}.py').read_bytes()).hexdigest()[:8]}"
+                        for f in ("statistics", "thresholds", "quantize"))
+            + f"; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.")
 
 
 def write_section(name: str, text: str) -> None:
