@@ -43,7 +43,7 @@ from autoquant.search import (
     tune_scales,
 )
 from autoquant.space import load_space
-from autoquant.tracking import check_reachable, make_tracker, tracking_uri
+from autoquant.tracking import make_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +186,7 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
     """
     reporter = reporter or NullReporter()
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
-    if config.tracking.enabled:  # fail in seconds, before any calibration work
-        check_reachable(tracking_uri(config))
+    tracker = make_tracker(config)  # fails in seconds, before any calibration work
     calibrated = pipeline.calibrate(config)
     graph = calibrated.graph
     evaluator = pipeline.evaluator(config, graph)
@@ -196,8 +195,7 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
     fp32_score = evaluator.fp32_score
     study = open_study(config, fresh)
     out = config.output.directory
-    tracker = make_tracker(config, study.study_name, calibrated.stats.key, fp32_score)
-    tracker.attach(study)
+    tracker.attach(study, calibrated.stats.key, fp32_score)
 
     def ranking(quantization: QuantizationConfig) -> Sensitivity:
         sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
@@ -230,8 +228,9 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
         if result.trials:
             write_files(out, {SUMMARY_FILE: json.dumps(summary(result), indent=2).encode()})
             tracker.finish(summary(result), out / MODEL_FILE, out / REPORT_FILE)
-            logger.info("MLflow: the study waited %.2f s; logging took %.2f s in the background",
-                        tracker.seconds, tracker.busy_seconds)  # fmt: skip
+            if config.tracking.enabled:
+                logger.info("MLflow: the study waited %.2f s; logging took %.2f s in the background",
+                            tracker.seconds, tracker.busy_seconds)  # fmt: skip
     if not result.trials:
         failures = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
         raise ConfigError(f"no trial completed; the last failure: {failures[-1] if failures else 'unknown'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 import urllib.error
@@ -62,7 +63,7 @@ class NullTracker:
     seconds = 0.0
     busy_seconds = 0.0
 
-    def attach(self, study: Any) -> None:
+    def attach(self, study: Any, stats_key: str, fp32_score: float) -> None:
         """Do nothing."""
 
     def log_trial(self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]) -> None:
@@ -86,21 +87,28 @@ class MlflowTracker:
         busy_seconds: Time the background thread spent in MLflow calls.
     """
 
-    def __init__(self, config: StudyConfig, study_name: str, stats_key: str, fp32_score: float) -> None:
-        from mlflow import MlflowClient
-
+    def __init__(self, config: StudyConfig) -> None:
         self.config = config
         self.uri = tracking_uri(config)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.study_name = study_name
-        self.stats_key = stats_key
-        self.fp32_score = fp32_score
+        self.client: Any = None
+        self.study_name = ""
+        self.stats_key = ""
+        self.fp32_score = float("nan")
         self.parent_id: str | None = None
         self.experiment_id: str | None = None
         self.seconds = 0.0
         self.busy_seconds = 0.0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoquant-mlflow")
         self._pending: list[Future] = []
+        self._submit(self._connect)  # importing mlflow takes seconds: overlap it with calibration
+
+    def _connect(self) -> None:
+        # MLflow 3 sends usage telemetry to its servers from every client call; a study's trials
+        # should not wait on that (and our machines may have no route there). Users can opt in.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
 
     def _submit(self, call: Callable[..., Any], *args: Any) -> Future:
         def timed() -> Any:
@@ -132,8 +140,9 @@ class MlflowTracker:
             location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
-    def attach(self, study: Any) -> None:
+    def attach(self, study: Any, stats_key: str, fp32_score: float) -> None:
         """Reuse the study's parent run, or create it and store its id in the study."""
+        self.study_name, self.stats_key, self.fp32_score = study.study_name, stats_key, fp32_score
         stored = study.user_attrs.get(PARENT_ATTR)
         with self._waiting():
             self.parent_id = self._submit(self._attach, stored).result()
@@ -257,10 +266,13 @@ class MlflowTracker:
         self.client.set_terminated(self.parent_id, "FINISHED")
 
 
-def make_tracker(
-    config: StudyConfig, study_name: str, stats_key: str, fp32_score: float
-) -> NullTracker | MlflowTracker:
-    """The tracker the config asks for (call :func:`check_reachable` first, before any real work)."""
+def make_tracker(config: StudyConfig) -> NullTracker | MlflowTracker:
+    """The tracker the config asks for; an ``http(s)://`` store must answer within seconds.
+
+    Raises:
+        ConfigError: The tracking server does not answer.
+    """
     if not config.tracking.enabled:
         return NullTracker()
-    return MlflowTracker(config, study_name, stats_key, fp32_score)
+    check_reachable(tracking_uri(config))
+    return MlflowTracker(config)

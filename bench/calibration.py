@@ -1,28 +1,28 @@
 """Calibration benchmark: time and peak memory of autoquant's statistics pass vs onnxruntime's calibrators.
 
-Models: the digits example (real examples/digits/data/calib.npy, 200 samples) and the onnx wheel's
-light_resnet50 (seeded uniform random images, --samples, default 32), batch 1 for every contender
-(plus fp32/autoquant at batch 50 on digits). Each contender runs in its OWN fresh subprocess, timed
-with perf_counter around the work only; prepare_model runs in the parent first (warm cache):
-  fp32                     plain ORT session on the prepared model + one pass, outputs only (the floor)
+Models: the digits example (its real calib.npy, 200 samples) and the onnx wheel's light_resnet50 (seeded
+uniform random images, --samples, default 32), batch 1 (digits also at batch 50). Every contender runs
+in its OWN fresh subprocess, timed with perf_counter around the work only (prepare_model is cached first):
+  fp32                     ORT session on the prepared model + one pass, outputs only (the floor)
   autoquant stats          run_statistics_pass(graph.load(), graph.activations, feeds, bins=8192)
-  autoquant thresholds     compute_thresholds on those statistics: kl/2048 bins (default), every method
+  autoquant thresholds     compute_thresholds on those statistics: kl/2048 bins (default); every method
   autoquant quantize_model QDQ model from the kl ranges (in memory, not saved)
-  ort-entropy/-percentile  quantize_static(QDQ, CalibrationMethod.X) as a whole, and create_calibrator +
+  ort-entropy/-percentile  quantize_static(QDQ, CalibrationMethod.X) whole, and create_calibrator +
                            collect_data + compute_data alone (the fair match for "autoquant stats")
-Peak RSS is the child's VmHWM, read right after the work; every child imports the same modules and
-loads the same data before "RSS before". "x fp32" is relative to the fp32 row of the same model and
-batch. Times are the median over --repeat runs (this 2-core VM is noisy), RSS the maximum.
-Writes its section of bench/RESULTS.md. --profile prints cProfile of the autoquant stats pass.
+Peak RSS = the child's VmHWM right after the work; every child imports the same modules and loads the
+same data first ("RSS before"). "x fp32" = vs the fp32 row of the same model and batch. Contenders run
+round-robin --repeat times, each run after waiting (<= --wait-idle s) for idle CPUs; "seconds" is the
+best run (all runs in the notes: on a shared machine other people's jobs slow some runs down).
+Writes its section of bench/RESULTS.md. --profile: only cProfile autoquant's statistics pass.
 
 Run:   source /tmp/venv/bin/activate && python bench/calibration.py [--samples 32] [--repeat 3]
-Takes: ~1 min per repeat on 2 cores (ORT's calibrators keep every activation of every sample in RAM:
-       ~4 GB for 32 resnet50 samples, grows linearly with --samples).
+Takes: ~80 s per repeat on 2 cores (plus idle waits); ORT's calibrators keep every activation of every sample in RAM
+       (~4 GB for 32 resnet50 samples, linear in --samples).
 """
 
 from __future__ import annotations
 
-import argparse, datetime, hashlib, json, os, platform, statistics, subprocess, sys, tempfile, time  # noqa: E401
+import argparse, datetime, hashlib, json, os, platform, subprocess, sys, tempfile, time  # noqa: E401
 from pathlib import Path
 
 import numpy as np
@@ -125,22 +125,38 @@ def child(spec: dict) -> list[dict]:
     return rows
 
 
-def run_child(spec: dict, repeat: int) -> list[dict]:
-    runs = []
-    for _ in range(repeat):
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-        if proc.returncode != 0 or spec.get("profile"):
-            print(proc.stderr, file=sys.stderr)
-        if proc.returncode != 0:
-            err = (proc.stderr.strip().splitlines() or ["?"])[-1][:100]
-            return [{"seconds": float("nan"), "peak": float("nan"), "base": float("nan"), "note": f"FAILED: {err}"}]
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+def wait_idle(limit: float) -> float:
+    """Wait (up to ``limit`` s) until the CPUs are >= 90 % idle over 0.5 s; return the busy fraction."""
+    def ticks() -> list[int]:
+        return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    deadline = time.monotonic() + limit
+    while True:
+        a = ticks(); time.sleep(0.5); b = ticks()  # noqa: E702
+        busy = 1.0 - (b[3] + b[4] - a[3] - a[4]) / max(1, sum(b) - sum(a))
+        if busy < 0.1 or time.monotonic() > deadline:
+            return busy
+
+
+def run_child(spec: dict, wait: float = 0.0) -> list[dict]:
+    wait_idle(wait)  # the machine may be shared: do not start a timed run in someone else's busy spell
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode != 0 or spec.get("profile"):
+        print(proc.stderr, file=sys.stderr)
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["?"])[-1][:100]
+        return [{"seconds": float("nan"), "peak": float("nan"), "base": float("nan"), "note": f"FAILED: {err}"}]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[list[dict]]) -> list[dict]:
+    """Per row: the fastest run (with its note), the largest peak RSS, and every time in the note."""
+    if any(len(r) != len(runs[0]) or "FAILED" in r[0]["note"] for r in runs):
+        return next(r for r in runs if "FAILED" in r[0]["note"])
     rows = []
-    for k in range(len(runs[0])):  # the run with the median time (its note), the max peak, every time
+    for k in range(len(runs[0])):
         times = [r[k]["seconds"] for r in runs]
-        row = dict(runs[times.index(statistics.median_low(times))][k], peak=max(r[k]["peak"] for r in runs))
-        if repeat > 1:
-            row["note"] += "; runs " + "/".join(f"{t:.2f}" for t in times)
+        row = dict(runs[times.index(min(times))][k], peak=max(r[k]["peak"] for r in runs))
+        row["note"] += "; runs " + "/".join(f"{t:.2f}" for t in times) if len(runs) > 1 else ""
         rows.append(row)
     return rows
 
@@ -171,10 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=32, help="random images for light_resnet50 (default 32)")
     parser.add_argument("--digits-samples", type=int, default=200, help="samples of digits calib.npy (default 200)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per contender: median time, max RSS (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender: best time, max RSS (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default="digits,resnet50", help="comma list of digits,resnet50")
     parser.add_argument("--profile", action="store_true", help="only print cProfile of autoquant's statistics pass")
+    parser.add_argument("--wait-idle", type=float, default=10.0, help="max s to wait for an idle CPU before each run")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,7 +200,7 @@ def main() -> None:
         return
     from autoquant.graph import prepare_model
 
-    started, table = time.perf_counter(), []
+    started, table, plan = time.perf_counter(), [], []
     with tempfile.TemporaryDirectory(prefix="aqbench-") as cache:
         for model in args.models.split(","):
             source, n = source_model(model), args.digits_samples if model == "digits" else args.samples
@@ -191,28 +208,32 @@ def main() -> None:
             common = {"model": model, "samples": n, "seed": args.seed, "source": str(source), "cache": cache,
                       "batch": 1, "save": f"{cache}/stats-{model}.npz"}
             if args.profile:
-                run_child({**common, "kind": "autoquant", "profile": True}, 1)
+                run_child({**common, "kind": "autoquant", "profile": True})
                 continue
-            plan = [("fp32", {"kind": "fp32"}), ("autoquant stats", {"kind": "autoquant"}),
-                    (None, {"kind": "autoquant-post"})]
-            plan += [(f"{k} {'quantize_static' if w else 'calibrate only'}", {"kind": k, "whole": w})
-                     for k in ("ort-entropy", "ort-percentile") for w in (True, False)]
+            steps = [("fp32", {"kind": "fp32"}), ("autoquant stats", {"kind": "autoquant"}),
+                     (None, {"kind": "autoquant-post"})]  # thresholds + quantize, on the saved statistics
+            steps += [(f"{k} {'quantize_static' if w else 'calibrate only'}", {"kind": k, "whole": w})
+                      for k in ("ort-entropy", "ort-percentile") for w in (True, False)]
             if model == "digits":
-                plan += [("fp32 (batch 50)", {"kind": "fp32", "batch": 50}),
-                         ("autoquant stats (batch 50)", {"kind": "autoquant", "batch": 50, "save": None})]
-            for label, extra in plan:
-                spec = {**common, **extra}
-                for row in run_child(spec, args.repeat):
-                    row = {"model": model, "samples": n, "batch": spec["batch"], "contender": label, **row}
-                    table.append(row)
-                    print(f"  {model:9s} {row['contender']:36s} {row['seconds']:7.2f} s {row['peak']:6.0f} MB",
-                          file=sys.stderr)
-            by = {r["contender"]: r for r in table if r["model"] == model}
-            parts = [by.get(c) for c in ("autoquant stats", "autoquant thresholds kl", "autoquant quantize_model")]
-            if all(parts):
-                table.append({**parts[0], "contender": "autoquant stats+kl+quantize",
-                              "seconds": sum(p["seconds"] for p in parts), "peak": max(p["peak"] for p in parts),
-                              "note": "sum of the 3 steps (compare quantize_static)"})
+                steps += [("fp32 (batch 50)", {"kind": "fp32", "batch": 50}),
+                          ("autoquant stats (batch 50)", {"kind": "autoquant", "batch": 50, "save": None})]
+            plan += [(label, {**common, **extra}) for label, extra in steps]
+        runs = [[] for _ in plan]
+        for rep in range(args.repeat):  # round-robin, so that a busy spell hits every contender alike
+            for (label, spec), spec_runs in zip(plan, runs):
+                spec_runs.append(run_child(spec, args.wait_idle))
+                for row in spec_runs[-1]:
+                    print(f"  run {rep + 1} {spec['model']:9s} {row.get('contender', label):36s} "
+                          f"{row['seconds']:7.2f} s {row['peak']:6.0f} MB", file=sys.stderr)
+    for (label, spec), spec_runs in zip(plan, runs):
+        table += [{"model": spec["model"], "samples": spec["samples"], "batch": spec["batch"], "contender": label, **row}
+                  for row in summarize(spec_runs)]
+        by = {r["contender"]: r for r in table if r["model"] == spec["model"]}
+        parts = [by.get(c) for c in ("autoquant stats", "autoquant thresholds kl", "autoquant quantize_model")]
+        if all(parts) and spec["kind"] == "autoquant-post":
+            table.append({**parts[0], "contender": "autoquant stats+kl+quantize",
+                          "seconds": sum(p["seconds"] for p in parts), "peak": max(p["peak"] for p in parts),
+                          "note": "sum of the 3 steps above (compare quantize_static)"})
     if args.profile:
         return
     lines = ["| model | samples x batch | contender | seconds | x fp32 | peak RSS MB | x fp32 RSS | RSS before MB | notes |",
@@ -220,12 +241,12 @@ def main() -> None:
     for r in table:
         floor = next(f for f in table if f["model"] == r["model"] and f["contender"].startswith("fp32")
                      and f["batch"] == r["batch"])
-        lines.append(f"| {r['model']} | {r['samples']} x {r['batch']} | {r['contender']} | {r['seconds']:.2f} | "
+        lines.append(f"| {r['model']} | {r['samples']} x {r['batch']} | {r['contender']} | {r['seconds']:.3f} | "
                      f"{r['seconds'] / floor['seconds']:.2f} | {r['peak']:.0f} | {r['peak'] / floor['peak']:.2f} | "
                      f"{r['base']:.0f} | {r['note']} |")
     text = "\n".join(["## Calibration: autoquant statistics vs onnxruntime calibrators", "",
                       f"`python bench/calibration.py --samples {args.samples} --repeat {args.repeat}` "
-                      f"(median of {args.repeat} runs). " + machine_line(), "", *lines, "",
+                      f"(best of {args.repeat} interleaved runs). " + machine_line(), "", *lines, "",
                       f"Script wall time: {time.perf_counter() - started:.0f} s."])
     print(text)
     if not args.no_write:

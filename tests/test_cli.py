@@ -34,7 +34,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 def test_help_lists_the_commands_and_version() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("quantize", "check", "templates"):
+    for command in ("quantize", "evaluate", "analyze", "tune", "check", "templates"):
         assert command in result.stdout
     assert run("--version").stdout.strip() == f"autoquant {__version__}"
     assert "--output" in run("quantize", "--help").stdout
@@ -138,3 +138,18 @@ def test_check_prints_the_plan(digits_config: Path) -> None:
     result = run("check", str(digits_config))
     assert result.returncode == 0, result.stderr
     assert "200 samples" in result.stdout and "500 samples" in result.stdout and "/stem/Conv" in result.stdout
+
+
+def test_evaluate_and_analyze_commands(digits_config: Path, tmp_path: Path) -> None:
+    missing = run("evaluate", str(digits_config))
+    assert_one_line_error(missing, "no INT8 model", "autoquant quantize")
+    assert run("quantize", str(digits_config)).returncode == 0
+    result = run("evaluate", str(digits_config))
+    assert result.returncode == 0, result.stderr
+    assert "FP32 score" in result.stdout and "0.9940" in result.stdout and "95 % CI" in result.stdout
+    assert "latency, batch 1" in result.stdout
+    result = run("analyze", str(digits_config))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert {"sensitivity.json", "sensitivity.csv", "report.html"} <= {p.name for p in out.iterdir()}
+    assert "/blocks/blocks.0/dw/Conv" in result.stdout
