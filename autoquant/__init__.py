@@ -14,15 +14,14 @@ from autoquant.errors import (
 )
 
 
-
-def tune(config, reporter=None, fresh: bool = False):  # noqa: ANN001, ANN201 - lazy import keeps `import autoquant` light
+def tune(config, reporter=None, fresh: bool = False):
     """Run or resume the study of ``config`` (see :func:`autoquant.study.tune`)."""
     from autoquant.study import tune as _tune
 
     return _tune(config, reporter=reporter, fresh=fresh)
 
 
-def __getattr__(name: str):  # noqa: ANN202
+def __getattr__(name: str):
     if name == "Tuner":
         from autoquant.ask_tell import Tuner
 

@@ -118,8 +118,20 @@ def layer_outputs(graph: ModelGraph) -> dict[str, str]:
 def cumulative_differences(
     graph: ModelGraph, quantized: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]
 ) -> dict[str, Difference]:
-    """Per node, the difference between its output tensor in ``quantized`` and in the FP32 model."""
-    tensors = layer_outputs(graph)
+    """Per node, the difference between its output tensor in ``quantized`` and in the FP32 model.
+
+    Nodes whose output the quantizer removed (a Relu folded into uint8 activations) are left out;
+    a Conv whose Relu was folded into it is compared after the Relu.
+    """
+    produced = {t for node in quantized.graph.node for t in node.output}
+    # Where uint8 activations fold a Relu or Clip into its producer, the producer's feature is the
+    # activation's output, the tensor both models compute.
+    folded = {n.inputs[0]: n.outputs[0] for n in graph.nodes if n.op_type in ("Relu", "Clip") and n.outputs}
+    tensors = {}
+    for node, tensor in layer_outputs(graph).items():
+        tensor = tensor if tensor in produced else folded.get(tensor, "")
+        if tensor in produced:
+            tensors[node] = tensor
     names = list(dict.fromkeys(tensors.values()))
     fp32 = dict(zip(names, run_outputs(_with_outputs(graph.load(), names), feeds, names), strict=True))
     int8 = dict(zip(names, run_outputs(_with_outputs(quantized, names), feeds, names), strict=True))

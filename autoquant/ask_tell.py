@@ -35,8 +35,8 @@ from autoquant.graph import session_for
 from autoquant.quantize import QuantizedModel, quantize_model
 from autoquant.search import DEFAULT_SAMPLED_TRIALS, TrialOutcome, best_outcome, outcomes
 from autoquant.space import Value, load_space
-from autoquant.thresholds import compute_thresholds
 from autoquant.study import TuneResult, best_writer, open_study, study_result
+from autoquant.thresholds import compute_thresholds
 
 
 @dataclass

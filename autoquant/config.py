@@ -140,7 +140,7 @@ class QuantizationConfig(_Section):
 
     per_channel: bool = False
     depthwise_per_channel: bool = False
-    activation_scheme: Literal["symmetric", "asymmetric"] = "symmetric"
+    activation_scheme: Literal["symmetric", "asymmetric"] = "asymmetric"
     method: Literal[THRESHOLD_METHODS] = Field(default="kl", validation_alias=_aliases("method", "th_method"))
     bins: int = Field(default=2048, validation_alias=_aliases("bins", "bin"))
     max_percentile: float = Field(default=0.99999, gt=0.0, le=1.0)

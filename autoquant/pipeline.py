@@ -88,7 +88,7 @@ def calibrate(config: StudyConfig, progress: ProgressFn | None = None, use_cache
     reader = open_reader(calib, list(graph.inputs), limit=calib.calib_iterations)
     key = statistics_key(graph.model_hash, data_fingerprint(calib), calib.histogram_bins, calib.calib_iterations)
 
-    def batches():  # noqa: ANN202
+    def batches():
         return (batch.inputs for batch in reader.batches(graph.batch_size(calib.batch_size)))
 
     stats = collect_statistics(
@@ -142,12 +142,12 @@ __all__ = [
     "Calibrated",
     "InputSpec",
     "analyze_layers",
-    "evaluator",
-    "sample_feeds",
     "cache_dir",
     "calibrate",
     "data_fingerprint",
+    "evaluator",
     "expected_samples",
     "load_graph",
     "quantize",
+    "sample_feeds",
 ]

@@ -81,7 +81,7 @@ def _depthwise_weights(graph: ModelGraph) -> list[str]:
     return [n.input[1] for n in graph.load().graph.node if n.name in depthwise]
 
 
-def _tensors_range(ranges: dict[str, TensorRange]):  # noqa: ANN202 - onnxruntime type
+def _tensors_range(ranges: dict[str, TensorRange]):
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
     data = {

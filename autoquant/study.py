@@ -22,12 +22,12 @@ import optuna
 from optuna.trial import TrialState
 
 from autoquant import pipeline
+from autoquant.analyze import Sensitivity
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import ConfigError
-from autoquant.analyze import Sensitivity
 from autoquant.outputs import MODEL_FILE, write_files, write_outputs
-from autoquant.report import render_report
 from autoquant.quantize import QuantizedModel
+from autoquant.report import render_report
 from autoquant.search import (
     DEFAULT_SAMPLED_TRIALS,
     NullReporter,

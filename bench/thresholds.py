@@ -19,11 +19,11 @@ import statistics
 import time
 
 import numpy as np
+from calibration import machine_line, write_section  # bench/ is on sys.path when run as a script
 
 from autoquant.config import QuantizationConfig
 from autoquant.statistics import HistogramCollector, Statistics
 from autoquant.thresholds import compute_thresholds, methods
-from calibration import machine_line, write_section  # bench/ is on sys.path when run as a script
 
 KINDS = ("laplace", "normal", "relu", "outliers")
 
@@ -74,26 +74,45 @@ def main() -> None:
 
     started = time.perf_counter()
     configs = [(m, {"method": m}) for m in methods()]
-    configs += [("kl asymmetric", {"method": "kl", "activation_scheme": "asymmetric"}),
-                ("kl ratio_search", {"method": "kl", "ratio_search": True})]
-    lines = ["| method | fine bins | tensors | median s | min s | ms / tensor |", "|---|---:|---:|---:|---:|---:|"]
+    configs += [
+        ("kl asymmetric", {"method": "kl", "activation_scheme": "asymmetric"}),
+        ("kl ratio_search", {"method": "kl", "ratio_search": True}),
+    ]
+    lines = [
+        "| method | fine bins | tensors | median s | min s | ms / tensor |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     verdict = []
     for fine in (int(b) for b in args.fine_bins.split(",")):
         stats = synthetic_statistics(args.tensors, args.values, fine, args.seed)
         for label, options in configs:
             median, best = time_call(stats, QuantizationConfig(bins=args.bins, **options), args.repeat)
-            lines.append(f"| {label} | {fine} | {args.tensors} | {median:.3f} | {best:.3f} | "
-                         f"{1e3 * median / args.tensors:.2f} |")
+            lines.append(
+                f"| {label} | {fine} | {args.tensors} | {median:.3f} | {best:.3f} | "
+                f"{1e3 * median / args.tensors:.2f} |"
+            )
             print(f"  {label:16s} fine={fine:5d} {median:.3f} s", flush=True)
             if label == "kl":
-                verdict.append(f"kl with {fine} fine bins: {median:.3f} s "
-                               f"({'PASS' if median < 1.0 else 'FAIL'}: target well under 1 s for 50 tensors)")
-    text = "\n".join([
-        "## Thresholds: compute_thresholds per method", "",
-        f"`python bench/thresholds.py --tensors {args.tensors} --values {args.values} --repeat {args.repeat}`: "
-        f"synthetic statistics ({'/'.join(KINDS)} data, seeded), QuantizationConfig bins={args.bins}, "
-        f"median of {args.repeat} calls. " + machine_line(), "", *lines, "", *(f"- {v}" for v in verdict), "",
-        f"Script wall time: {time.perf_counter() - started:.0f} s."])
+                verdict.append(
+                    f"kl with {fine} fine bins: {median:.3f} s "
+                    f"({'PASS' if median < 1.0 else 'FAIL'}: target well under 1 s for 50 tensors)"
+                )
+    text = "\n".join(
+        [
+            "## Thresholds: compute_thresholds per method",
+            "",
+            f"`python bench/thresholds.py --tensors {args.tensors} --values {args.values} "
+            f"--repeat {args.repeat}`: "
+            f"synthetic statistics ({'/'.join(KINDS)} data, seeded), QuantizationConfig bins={args.bins}, "
+            f"median of {args.repeat} calls. " + machine_line(),
+            "",
+            *lines,
+            "",
+            *(f"- {v}" for v in verdict),
+            "",
+            f"Script wall time: {time.perf_counter() - started:.0f} s.",
+        ]
+    )
     print(text)
     if not args.no_write:
         write_section("thresholds", text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from autoquant.objectives._base import register_objective
 from autoquant.objectives._common import (
     MeanObjective,

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from autoquant.objectives._loader import load_callable
 
 from autoquant.errors import ConfigError
+from autoquant.objectives._loader import load_callable
 
 AUTO = "auto"
 

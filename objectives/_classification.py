@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from autoquant.objectives._base import register_objective
-from autoquant.objectives._common import MeanObjective, check_labels, class_ids, class_scores, top_classes
 
 from autoquant.errors import DataError
+from autoquant.objectives._base import register_objective
+from autoquant.objectives._common import MeanObjective, check_labels, class_ids, class_scores, top_classes
 
 
 class TopK(MeanObjective):

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from autoquant.objectives._base import register_objective
-from autoquant.objectives._common import as_outputs, batch_size, check_labels, resample
 
 from autoquant.data._labels import Box
 from autoquant.errors import DataError
+from autoquant.objectives._base import register_objective
+from autoquant.objectives._common import as_outputs, batch_size, check_labels, resample
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ relative to the image size, in [0, 1]); the label boxes must use the same units.
 from __future__ import annotations
 
 import numpy as np
-from autoquant.objectives._detection import Detection
 
 from autoquant.errors import DataError
+from autoquant.objectives._detection import Detection
 
 MIN_SCORE = 0.01
 

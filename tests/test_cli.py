@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from autoquant import __version__
 from tests.conftest import DIGITS, write_config

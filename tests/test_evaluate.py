@@ -15,13 +15,13 @@ from tests.conftest import DIGITS_CONFIG, top1
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def setup(tmp_path_factory: pytest.TempPathFactory):
     config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path_factory.mktemp("out")})
     calibrated = pipeline.calibrate(config)
     return config, calibrated, pipeline.quantize(calibrated, QuantizationConfig())
 
 
-def test_scores_and_decay_match_an_independent_computation(setup, digits_test_data) -> None:  # noqa: ANN001
+def test_scores_and_decay_match_an_independent_computation(setup, digits_test_data) -> None:
     config, calibrated, int8 = setup
     x, y = digits_test_data
     evaluator = pipeline.evaluator(config, calibrated.graph)
@@ -35,13 +35,13 @@ def test_scores_and_decay_match_an_independent_computation(setup, digits_test_da
     assert result.samples == 500
 
 
-def test_fp32_model_against_itself_has_no_decay(setup) -> None:  # noqa: ANN001
+def test_fp32_model_against_itself_has_no_decay(setup) -> None:
     config, calibrated, _ = setup
     result = pipeline.evaluator(config, calibrated.graph).evaluate(calibrated.graph.prepared_path)
     assert result.decay == 0.0 and result.decay_ci == (0.0, 0.0)
 
 
-def test_agreement_without_labels(setup) -> None:  # noqa: ANN001
+def test_agreement_without_labels(setup) -> None:
     config, calibrated, int8 = setup
     unlabelled = config.replace(test={"labels": None})
     evaluator = pipeline.evaluator(unlabelled, calibrated.graph)
@@ -57,12 +57,12 @@ def test_agreement_without_labels(setup) -> None:  # noqa: ANN001
     assert result.score == pytest.approx((fp32_pred == int8_pred).mean())
 
 
-def test_fp32_reference_is_cached(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_fp32_reference_is_cached(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     config, calibrated, int8 = setup
     pipeline.evaluator(config, calibrated.graph).reference()
     import autoquant.evaluate as evaluate_module
 
-    def no_fp32_session(model):  # noqa: ANN001, ANN202
+    def no_fp32_session(model):
         if str(model) == str(calibrated.graph.prepared_path):
             raise AssertionError("the FP32 model ran again")
         return original(model)
@@ -73,7 +73,7 @@ def test_fp32_reference_is_cached(setup, monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.fp32_score == pytest.approx(0.994)
 
 
-def test_configured_fp32_score_and_relative_decay(setup) -> None:  # noqa: ANN001
+def test_configured_fp32_score_and_relative_decay(setup) -> None:
     config, calibrated, int8 = setup
     given = config.replace(search={"fp32_score": 0.99, "decay": "relative"})
     result = pipeline.evaluator(given, calibrated.graph).evaluate(int8.model)
@@ -84,7 +84,7 @@ def test_configured_fp32_score_and_relative_decay(setup) -> None:  # noqa: ANN00
         compute_decay(0.0, 0.1, "relative")
 
 
-def test_objective_needing_labels_without_labels(setup) -> None:  # noqa: ANN001
+def test_objective_needing_labels_without_labels(setup) -> None:
     config, calibrated, _ = setup
     with pytest.raises(ConfigError, match="needs labels"):
         pipeline.evaluator(config.replace(test={"labels": None, "objective": "top5"}), calibrated.graph)
@@ -96,7 +96,7 @@ def _user_objective(tmp_path: Path, body: str) -> str:
     return f"{path}:make"
 
 
-def test_user_objective_that_raises_is_reported_with_its_traceback(setup, tmp_path: Path) -> None:  # noqa: ANN001
+def test_user_objective_that_raises_is_reported_with_its_traceback(setup, tmp_path: Path) -> None:
     config, calibrated, int8 = setup
     spec = _user_objective(
         tmp_path,
@@ -114,7 +114,7 @@ def test_user_objective_that_raises_is_reported_with_its_traceback(setup, tmp_pa
     assert "my_objective.py" in info.value.details and "line 3" in info.value.details
 
 
-def test_nan_score_is_an_error(setup, tmp_path: Path) -> None:  # noqa: ANN001
+def test_nan_score_is_an_error(setup, tmp_path: Path) -> None:
     config, calibrated, int8 = setup
     spec = _user_objective(
         tmp_path,
@@ -131,7 +131,7 @@ def test_nan_score_is_an_error(setup, tmp_path: Path) -> None:  # noqa: ANN001
         evaluator.evaluate(int8.model)
 
 
-def test_latency_is_measured_for_both_models(setup) -> None:  # noqa: ANN001
+def test_latency_is_measured_for_both_models(setup) -> None:
     config, calibrated, int8 = setup
     feed = pipeline.sample_feeds(config, calibrated.graph, 1)[0]
     assert next(iter(feed.values())).shape[0] == 1

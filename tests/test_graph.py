@@ -62,7 +62,7 @@ def test_symbolic_shape_failure_falls_back_and_leaves_no_files(
 ) -> None:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def fail(*args, **kwargs):
         raise RuntimeError("symbolic shape inference is not supported for this model")
 
     monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", staticmethod(fail))

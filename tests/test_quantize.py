@@ -59,7 +59,7 @@ def test_asymmetric_activations_give_an_all_int8_graph(calibrated: pipeline.Cali
     assert not {"Conv", "Add", "Gemm", "Relu"} & set(kernels)
 
 
-def test_default_int8_model_is_within_one_point_of_fp32(calibrated: pipeline.Calibrated, digits_test_data) -> None:  # noqa: ANN001
+def test_default_int8_model_is_within_one_point_of_fp32(calibrated: pipeline.Calibrated, digits_test_data) -> None:
     x, y = digits_test_data
     fp32 = top1(calibrated.graph.prepared_path, x, y)
     int8 = top1(pipeline.quantize(calibrated, QuantizationConfig()).model, x, y)
@@ -88,8 +88,9 @@ def test_bad_exclusions_are_named(calibrated: pipeline.Calibrated) -> None:
 
 
 def test_activation_schemes_and_unsigned_input(calibrated: pipeline.Calibrated) -> None:
-    ranges = compute_thresholds(calibrated.stats, QuantizationConfig(method="max"))
-    symmetric = quantize_model(calibrated.graph, ranges, QuantizationConfig(method="max"))
+    sym_cfg = QuantizationConfig(method="max", activation_scheme="symmetric")
+    ranges = compute_thresholds(calibrated.stats, sym_cfg)
+    symmetric = quantize_model(calibrated.graph, ranges, sym_cfg)
     params = activation_quant_params(symmetric.model)
     relu = "/Relu_output_0"
     assert params[relu].dtype == "int8" and params[relu].zero_point == 0
@@ -98,7 +99,7 @@ def test_activation_schemes_and_unsigned_input(calibrated: pipeline.Calibrated) 
     asym_cfg = QuantizationConfig(method="max", activation_scheme="asymmetric")
     asymmetric = quantize_model(calibrated.graph, compute_thresholds(calibrated.stats, asym_cfg), asym_cfg)
     assert activation_quant_params(asymmetric.model)[relu].dtype == "uint8"
-    unsigned_cfg = QuantizationConfig(method="max", first_input_unsigned=True)
+    unsigned_cfg = QuantizationConfig(method="max", activation_scheme="symmetric", first_input_unsigned=True)
     unsigned = quantize_model(calibrated.graph, ranges, unsigned_cfg)
     params = activation_quant_params(unsigned.model)
     assert params["input"].dtype == "uint8" and params[relu].dtype == "int8"
@@ -130,7 +131,7 @@ def _concat_model(opset: int) -> onnx.ModelProto:
     return model
 
 
-def _stats_for(graph, seed: int = 0) -> Statistics:  # noqa: ANN001
+def _stats_for(graph, seed: int = 0) -> Statistics:
     rng = np.random.default_rng(seed)
     feeds = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
     from autoquant.statistics import run_statistics_pass
@@ -168,7 +169,7 @@ def test_outputs_are_written_together(calibrated: pipeline.Calibrated, tmp_path:
     from tests.conftest import DIGITS_CONFIG
 
     config = load_config(DIGITS_CONFIG)
-    result = pipeline.quantize(calibrated, QuantizationConfig(first_layer_fp32=True))
+    result = pipeline.quantize(calibrated, QuantizationConfig(first_layer_fp32=True, activation_scheme="symmetric"))
     written = write_outputs(result, config, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         ["model.int8.onnx", "calibration_table.json", "calibration.cache", "fp32_nodes.txt", "config.resolved.yaml"]
@@ -220,7 +221,7 @@ def test_second_run_skips_the_fp32_pass(tmp_path: Path, monkeypatch: pytest.Monk
     first = pipeline.calibrate(config)
     assert not first.stats.from_cache
 
-    def no_pass(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def no_pass(*args, **kwargs):
         raise AssertionError("the FP32 pass ran again")
 
     monkeypatch.setattr(statistics, "run_statistics_pass", no_pass)

@@ -98,7 +98,7 @@ def _load_study(config_path: Path) -> optuna.Study:
     return optuna.load_study(study_name=study_name(config), storage=storage_url(config))
 
 
-def test_fast_mode_stops_at_the_first_passing_strategy(digits_config: Path, tmp_path: Path, digits_test_data) -> None:  # noqa: ANN001
+def test_fast_mode_stops_at_the_first_passing_strategy(digits_config: Path, tmp_path: Path, digits_test_data) -> None:
     config = load_config(digits_config)
     result = autoquant.tune(config)
     # default (KL, per-tensor) loses 0.8 points and per-channel KL 1.6: both over the 0.5 budget;
@@ -134,8 +134,9 @@ TIGHT = """search:
 """
 
 
+@pytest.mark.slow
 def test_full_mode_meets_a_budget_plain_quantization_cannot(
-    digits_config: Path, tmp_path: Path, digits_test_data  # noqa: ANN001
+    digits_config: Path, tmp_path: Path, digits_test_data
 ) -> None:
     (tmp_path / "kl_only.yaml").write_text(
         "parameters:\n  per_channel: {choices: [false, true]}\n  method: {choices: [kl]}\n"
@@ -193,6 +194,7 @@ SLOW_FULL = """search:
 """
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_without_repeating_work(digits_config: Path, tmp_path: Path) -> None:
     config_path = _study_config(digits_config, tmp_path, SLOW_FULL)
     command = [sys.executable, "-m", "autoquant", "tune", str(config_path)]
@@ -221,7 +223,7 @@ def test_killed_study_resumes_without_repeating_work(digits_config: Path, tmp_pa
     assert len(keys) >= killed_at - 1
 
 
-def test_ask_and_tell_in_the_users_code(digits_config: Path, digits_test_data) -> None:  # noqa: ANN001
+def test_ask_and_tell_in_the_users_code(digits_config: Path, digits_test_data) -> None:
     x, y = digits_test_data
     tuner = autoquant.Tuner(load_config(digits_config))
     seen = []

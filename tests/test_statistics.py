@@ -89,7 +89,7 @@ def test_bins_must_be_a_power_of_two() -> None:
         HistogramCollector("t", bins=1000)
 
 
-def test_statistics_file_round_trip(tmp_path) -> None:  # noqa: ANN001
+def test_statistics_file_round_trip(tmp_path) -> None:
     rng = np.random.default_rng(3)
     tensors = {}
     for name in ("a", "onnx::Conv_90", "/blocks/0/Relu_output_0"):

@@ -23,6 +23,9 @@ from autoquant.thresholds import (
 )
 
 
+SYM = {"activation_scheme": "symmetric"}
+
+
 def _stats(values: np.ndarray, name: str = "t", bins: int = 8192):
     collector = HistogramCollector(name, bins=bins)
     collector.update(values.astype(np.float32))
@@ -105,10 +108,10 @@ def test_max_and_percentile_thresholds() -> None:
     rng = np.random.default_rng(5)
     x = rng.uniform(-2.0, 1.0, 100_000).astype(np.float32)
     s = _stats(x)
-    assert tensor_range(s, QuantizationConfig(method="max")).threshold == pytest.approx(np.abs(x).max())
-    t = tensor_range(s, QuantizationConfig(method="percentile", max_percentile=0.9)).threshold
+    assert tensor_range(s, QuantizationConfig(method="max", **SYM)).threshold == pytest.approx(np.abs(x).max())
+    t = tensor_range(s, QuantizationConfig(method="percentile", max_percentile=0.9, **SYM)).threshold
     assert t == pytest.approx(np.quantile(np.abs(x), 0.9), abs=2 * s.range / s.bins)
-    assert tensor_range(s, QuantizationConfig(method="percentile", max_percentile=1.0)).threshold == pytest.approx(
+    assert tensor_range(s, QuantizationConfig(method="percentile", max_percentile=1.0, **SYM)).threshold == pytest.approx(
         np.abs(x).max(), abs=s.range / s.bins
     )
 
@@ -129,7 +132,7 @@ def test_asymmetric_ranges_per_side() -> None:
     skewed = np.concatenate([rng.uniform(-1, 0, 1000), rng.uniform(0, 5, 1000)])
     r = tensor_range(_stats(skewed), QuantizationConfig(method="max", activation_scheme="asymmetric"))
     assert r.lowest == pytest.approx(skewed.min()) and r.highest == pytest.approx(skewed.max())
-    r = tensor_range(_stats(skewed), QuantizationConfig(method="max"))
+    r = tensor_range(_stats(skewed), QuantizationConfig(method="max", **SYM))
     assert r.lowest == -r.highest == pytest.approx(-skewed.max())
 
 
@@ -162,14 +165,18 @@ def test_coarse_histogram_is_an_exact_merge_when_bins_divide() -> None:
 
 def test_degenerate_tensors_have_defined_ranges_and_warn(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    zero = tensor_range(_stats(np.zeros(100), "zeros"), QuantizationConfig())
+    zero = tensor_range(_stats(np.zeros(100), "zeros"), QuantizationConfig(**SYM))
     assert (zero.lowest, zero.highest) == (-1.0, 1.0)
-    const = tensor_range(_stats(np.full(100, 2.5), "const"), QuantizationConfig(method="kl"))
+    zero = tensor_range(_stats(np.zeros(100), "zeros"), QuantizationConfig(activation_scheme="asymmetric"))
+    assert (zero.lowest, zero.highest) == (0.0, 1.0)
+    const = tensor_range(_stats(np.full(100, 2.5), "const"), QuantizationConfig(method="kl", **SYM))
     assert (const.lowest, const.highest) == (-2.5, 2.5)
+    const = tensor_range(_stats(np.full(100, 2.5), "const"), QuantizationConfig(activation_scheme="asymmetric"))
+    assert (const.lowest, const.highest) == (0.0, 2.5)
     noisy = np.concatenate([np.linspace(-1, 1, 1000), [np.nan, np.inf, -np.inf]])
-    r = tensor_range(_stats(noisy, "noisy"), QuantizationConfig(method="max"))
+    r = tensor_range(_stats(noisy, "noisy"), QuantizationConfig(method="max", **SYM))
     assert r.threshold == pytest.approx(1.0)
-    empty = tensor_range(_stats(np.array([np.nan]), "nan_only"), QuantizationConfig())
+    empty = tensor_range(_stats(np.array([np.nan]), "nan_only"), QuantizationConfig(**SYM))
     assert empty.highest == 1.0
     text = caplog.text
     for name in ("zeros", "const", "noisy", "nan_only"):

@@ -31,9 +31,8 @@ def _config(digits_config: Path, tmp_path: Path, tracking: str) -> Path:
 
 
 def _check_store(uri: str, config_path: Path) -> None:
-    from mlflow import MlflowClient
-
     import mlflow.onnx
+    from mlflow import MlflowClient
 
     config = load_config(config_path)
     study = optuna.load_study(study_name=study_name(config), storage=storage_url(config))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
-import autoquant.objectives.example_user_objective as example
 import numpy as np
 import pytest
+
+import autoquant.objectives.example_user_objective as example
+from autoquant.data._labels import Box
+from autoquant.errors import ConfigError, DataError
 from autoquant.objectives import (
     Agreement,
     Top1,
@@ -19,9 +22,6 @@ from autoquant.objectives import (
     registered_objectives,
     supports_resampling,
 )
-
-from autoquant.data._labels import Box
-from autoquant.errors import ConfigError, DataError
 
 SSD = "autoquant.objectives.ssd_decode:decode"
 EXAMPLE = Path(example.__file__)

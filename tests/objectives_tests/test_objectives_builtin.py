@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from autoquant.objectives import Top1, create_objective
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, top_k_accuracy_score
 from sklearn.metrics.pairwise import cosine_similarity
 
 from autoquant.data._labels import Box
 from autoquant.errors import DataError
+from autoquant.objectives import Top1, create_objective
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from autoquant.objectives import Detection, MeanAveragePrecision, average_precision, create_objective
-from autoquant.objectives.ssd_decode import decode as ssd_decode
 
 from autoquant.data._labels import Box
 from autoquant.errors import DataError
+from autoquant.objectives import Detection, MeanAveragePrecision, average_precision, create_objective
+from autoquant.objectives.ssd_decode import decode as ssd_decode
 
 SSD = "autoquant.objectives.ssd_decode:decode"
 
