@@ -98,7 +98,9 @@ class Tuner:
         base = self.config.quantization
         for strategy in self.space.strategies:
             partial = {k: v for k, v in strategy.items() if k != "name"}
-            trial = yield from self._one(self.space.complete(partial, base), f"strategy:{strategy.get('name', '')}")
+            trial = yield from self._one(
+                self.space.complete(partial, base), f"strategy:{strategy.get('name', '')}"
+            )
             if self.config.search.mode == "fast" and trial.within_budget:
                 return
         if self.config.search.mode == "full":
@@ -123,10 +125,16 @@ class Tuner:
             raise DataError(f"trial {trial.number} ended without trial.report(score)")
         decay = compute_decay(self.fp32_score, trial.score, self.config.search.decay)
         outcome = TrialOutcome(
-            number=trial.number, key=key, params=chosen, score=trial.score, decay=decay, decay_ci=None,
-            fp32_nodes=result.fp32_nodes, latency_ms=measure_latency(session, self._feed, repeats=20, warmup=3),
+            number=trial.number,
+            key=key,
+            params=chosen,
+            score=trial.score,
+            decay=decay,
+            decay_ci=None,
+            fp32_nodes=result.fp32_nodes,
+            latency_ms=measure_latency(session, self._feed, repeats=20, warmup=3),
             within_budget=decay <= self.config.search.accept_int8_decay,
-        )  # fmt: skip
+        )
         for name, value in outcome.attrs().items():
             optuna_trial.set_user_attr(name, value)
         if best_outcome([*outcomes(self.study), outcome]) is outcome:

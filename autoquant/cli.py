@@ -37,7 +37,8 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigArg = Annotated[Path, typer.Argument(help="The study config (YAML).", show_default=False)]
 OutputOpt = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Output folder; overrides the config's output.directory.")
+    Path | None,
+    typer.Option("--output", "-o", help="Output folder; overrides the config's output.directory."),
 ]
 
 
@@ -175,14 +176,17 @@ def evaluate(
     feed = pipeline.sample_feeds(cfg, graph, 1)[0]
     fp32_ms, int8_ms = measure_latency(graph.prepared_path, feed), measure_latency(int8_path, feed)
     budget = cfg.search.accept_int8_decay
-    table = Table(title=f"autoquant evaluate ({evaluator.objective_label}, {result.samples} samples)",
-                  show_header=False)  # fmt: skip
+    table = Table(
+        title=f"autoquant evaluate ({evaluator.objective_label}, {result.samples} samples)", show_header=False
+    )
     table.add_row("FP32 score", f"{result.fp32_score:.4f}")
     table.add_row("INT8 score", f"{result.score:.4f}")
     ci = f" (95 % CI {result.decay_ci[0]:+.4f} .. {result.decay_ci[1]:+.4f})" if result.decay_ci else ""
     verdict = "within" if result.decay <= budget else "over"
     table.add_row(f"decay ({cfg.search.decay})", f"{result.decay:+.4f}{ci}, {verdict} budget {budget}")
-    table.add_row("latency, batch 1", f"FP32 {fp32_ms:.3f} ms, INT8 {int8_ms:.3f} ms ({fp32_ms / int8_ms:.2f}x)")
+    table.add_row(
+        "latency, batch 1", f"FP32 {fp32_ms:.3f} ms, INT8 {int8_ms:.3f} ms ({fp32_ms / int8_ms:.2f}x)"
+    )
     table.add_row("INT8 model", str(int8_path))
     out.print(table)
 
@@ -223,7 +227,9 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
         table.add_column(column)
     for rank, layer in enumerate(sensitivity.layers[:10], 1):
         d = layer.isolated
-        table.add_row(str(rank), layer.node, layer.op_type, f"{d.snr_db:.2f}", f"{d.cosine:.5f}", f"{d.l2:.4g}")
+        table.add_row(
+            str(rank), layer.node, layer.op_type, f"{d.snr_db:.2f}", f"{d.cosine:.5f}", f"{d.l2:.4g}"
+        )
     out.print(table)
     out.print(f"report: {paths[2]}")
 

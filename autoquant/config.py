@@ -252,7 +252,9 @@ class StudyConfig(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> StudyConfig:
         if self.calibration.source is None:
-            raise ValueError("calibration.source is required: an image list or folder, npy/npz, LMDB or callable")
+            raise ValueError(
+                "calibration.source is required: an image list or folder, npy/npz, LMDB or callable"
+            )
         if self.quantization.bins > self.calibration.histogram_bins:
             raise ValueError(
                 f"quantization.bins ({self.quantization.bins}) must not exceed "

@@ -25,9 +25,14 @@ class LiveReporter:
         self.budget = budget
         self.total = total_samples
         self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True, disable=not console.is_terminal,
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        )
         self.task: int | None = None
 
     def __enter__(self) -> LiveReporter:
@@ -52,7 +57,9 @@ class LiveReporter:
         if self.task is not None:
             self._bar.advance(self.task, samples)
 
-    def trial_finished(self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None) -> None:
+    def trial_finished(
+        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+    ) -> None:
         """Print the trial's line and the current best."""
         if self.task is not None:
             self._bar.remove_task(self.task)
@@ -73,14 +80,24 @@ def summary_table(result: TuneResult) -> Table:
     """The end-of-study table: every completed trial, best first, and the verdict."""
     from autoquant.search import selection_key
 
-    table = Table(title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, "
-                        f"budget {result.budget}")  # fmt: skip
+    table = Table(
+        title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}"
+    )
     for column in ("trial", "how", "score", "decay", "95 % CI", "FP32 nodes", "latency ms", ""):
         table.add_column(column)
     for o in sorted(result.trials, key=selection_key):
         ci = f"{o.decay_ci[0]:+.4f} .. {o.decay_ci[1]:+.4f}" if o.decay_ci else "n/a"
         mark = "best" if result.best and o.number == result.best.number else ""
         style = "green" if o.within_budget else None
-        table.add_row(str(o.number), o.key, f"{o.score:.4f}", f"{o.decay:+.4f}", ci, str(len(o.fp32_nodes)),
-                      f"{o.latency_ms:.3f}", mark, style=style)  # fmt: skip
+        table.add_row(
+            str(o.number),
+            o.key,
+            f"{o.score:.4f}",
+            f"{o.decay:+.4f}",
+            ci,
+            str(len(o.fp32_nodes)),
+            f"{o.latency_ms:.3f}",
+            mark,
+            style=style,
+        )
     return table

@@ -138,7 +138,9 @@ class Evaluator:
         return wanted
 
     def _new_objective(self) -> Objective:
-        return create_objective(self.objective_name, has_labels=self.has_labels, decode=self.config.test.decode)
+        return create_objective(
+            self.objective_name, has_labels=self.has_labels, decode=self.config.test.decode
+        )
 
     def _first_batch_has_labels(self) -> bool:
         batch = next(iter(self.reader.batches(1)))
@@ -178,8 +180,13 @@ class Evaluator:
             start = 0
             for n, labels in self._label_batches():
                 outputs = [r[start : start + n] for r in reference]
-                _guarded(self.objective_name, objective.update, outputs, labels,
-                         outputs if self._needs_reference else None)  # fmt: skip
+                _guarded(
+                    self.objective_name,
+                    objective.update,
+                    outputs,
+                    labels,
+                    outputs if self._needs_reference else None,
+                )
                 start += n
             self._fp32 = objective
             if self.fp32_score is None:

@@ -29,11 +29,38 @@ MIN_OPSET = 13
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Op types whose tensors onnxruntime's QDQ quantizer can quantize.
 QUANTIZABLE_OPS = (
-    "Add", "ArgMax", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "ConvTranspose", "Flatten",
-    "Gather", "GatherElements", "Gemm", "GlobalAveragePool", "InstanceNormalization", "LayerNormalization",
-    "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax",
-    "Split", "Squeeze", "Transpose", "Unsqueeze", "Where",
-)  # fmt: skip
+    "Add",
+    "ArgMax",
+    "AveragePool",
+    "BatchNormalization",
+    "Clip",
+    "Concat",
+    "Conv",
+    "ConvTranspose",
+    "Flatten",
+    "Gather",
+    "GatherElements",
+    "Gemm",
+    "GlobalAveragePool",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "LeakyRelu",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Pad",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Squeeze",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+)
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
@@ -159,7 +186,9 @@ def _preprocess(model: onnx.ModelProto, source: Path) -> onnx.ModelProto:
         except Exception as exc:  # symbolic shape inference fails on some real models
             logger.warning(
                 "%s: symbolic shape inference failed (%s: %s); falling back to ONNX shape inference",
-                source, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                source,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
             )
             try:
                 quant_pre_process(model, out, skip_symbolic_shape=True)
@@ -192,7 +221,9 @@ def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
         _check_loads(data, path)
         opset = _opset(model)
         if opset < MIN_OPSET:
-            logger.info("%s: upgrading the opset from %d to %d (per-channel QDQ needs it)", path, opset, MIN_OPSET)
+            logger.info(
+                "%s: upgrading the opset from %d to %d (per-channel QDQ needs it)", path, opset, MIN_OPSET
+            )
             try:
                 model = onnx.version_converter.convert_version(model, MIN_OPSET)
             except Exception as exc:
@@ -214,8 +245,9 @@ def session_for(model: onnx.ModelProto | bytes | Path) -> ort.InferenceSession:
         model = model.SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])  # fmt: skip
+    return ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def save_model_checked(model: onnx.ModelProto, path: Path) -> None:

@@ -109,7 +109,9 @@ def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) 
         CONFIG_FILE: config.to_yaml().encode(),
     }
     model, table, trt_cache, fp32_nodes, config_path = write_files(directory, files)
-    return WrittenOutputs(model=model, table=table, trt_cache=trt_cache, fp32_nodes=fp32_nodes, config=config_path)
+    return WrittenOutputs(
+        model=model, table=table, trt_cache=trt_cache, fp32_nodes=fp32_nodes, config=config_path
+    )
 
 
 def int8_kernels(model: onnx.ModelProto | bytes) -> dict[str, int]:

@@ -52,7 +52,9 @@ def load_graph(config: StudyConfig) -> ModelGraph:
             f"its inputs are: {', '.join(sorted(names))}"
         )
     specs = tuple(
-        replace(spec, shape=tuple(config.model.inputs[spec.name])) if spec.name in config.model.inputs else spec
+        replace(spec, shape=tuple(config.model.inputs[spec.name]))
+        if spec.name in config.model.inputs
+        else spec
         for spec in graph.inputs
     )
     return replace(graph, inputs=specs)
@@ -66,7 +68,13 @@ def data_fingerprint(data: DataConfig) -> str:
     source = Path(str(data.source).rsplit(".py:", 1)[0] + ".py") if ".py:" in str(data.source) else None
     path = source or Path(str(data.source))
     digest.update(str(data.source).encode())
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else [path]
+        if path.is_file()
+        else []
+    )
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
         with file.open("rb") as f:
@@ -86,7 +94,9 @@ def calibrate(config: StudyConfig, progress: ProgressFn | None = None, use_cache
     graph = load_graph(config)
     calib = config.calibration
     reader = open_reader(calib, list(graph.inputs), limit=calib.calib_iterations)
-    key = statistics_key(graph.model_hash, data_fingerprint(calib), calib.histogram_bins, calib.calib_iterations)
+    key = statistics_key(
+        graph.model_hash, data_fingerprint(calib), calib.histogram_bins, calib.calib_iterations
+    )
 
     def batches():
         return (batch.inputs for batch in reader.batches(graph.batch_size(calib.batch_size)))

@@ -26,10 +26,29 @@ logger = logging.getLogger(__name__)
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Ops that onnxruntime's CPU provider runs in INT8 after QDQ fusion (QLinear* kernels and
 #: data-movement ops that pass INT8 through).
-ORT_INT8_OPS = COMPUTE_OPS + (
-    "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "MaxPool", "LeakyRelu", "Sigmoid", "Softmax",
-    "Relu", "Clip", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Resize", "Gather", "Split", "Slice",
-)  # fmt: skip
+ORT_INT8_OPS = (
+    *COMPUTE_OPS,
+    "Add",
+    "Mul",
+    "Concat",
+    "AveragePool",
+    "GlobalAveragePool",
+    "MaxPool",
+    "LeakyRelu",
+    "Sigmoid",
+    "Softmax",
+    "Relu",
+    "Clip",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Resize",
+    "Gather",
+    "Split",
+    "Slice",
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +104,8 @@ def _tensors_range(ranges: dict[str, TensorRange]):
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
     data = {
-        name: TensorData(lowest=np.float32(r.lowest), highest=np.float32(r.highest)) for name, r in ranges.items()
+        name: TensorData(lowest=np.float32(r.lowest), highest=np.float32(r.highest))
+        for name, r in ranges.items()
     }
     return TensorsData(CalibrationMethod.MinMax, data)
 
@@ -133,7 +153,9 @@ def quantize_model(
     activation_type = QuantType.QInt8 if symmetric else QuantType.QUInt8
     model = graph.load()
     try:
-        model = update_opset_version(model, QuantType.QInt8, activation_type, tensor_quant_overrides=overrides)
+        model = update_opset_version(
+            model, QuantType.QInt8, activation_type, tensor_quant_overrides=overrides
+        )
         quantizer = QDQQuantizer(
             model,
             config.per_channel,

@@ -9,8 +9,17 @@ import math
 
 from autoquant.analyze import Sensitivity
 
-_COLUMNS = ("rank", "node", "op_type", "snr_db", "cosine", "l2", "cumulative_snr_db", "cumulative_cosine",
-            "cumulative_l2")  # fmt: skip
+_COLUMNS = (
+    "rank",
+    "node",
+    "op_type",
+    "snr_db",
+    "cosine",
+    "l2",
+    "cumulative_snr_db",
+    "cumulative_cosine",
+    "cumulative_l2",
+)
 _CAP_DB = 60.0  # bars of exact layers (infinite SNR) are drawn at this height
 
 
@@ -19,9 +28,18 @@ def _rows(sensitivity: Sensitivity) -> list[tuple]:
     for rank, layer in enumerate(sensitivity.layers, 1):
         c = layer.cumulative
         rows.append(
-            (rank, layer.node, layer.op_type, layer.isolated.snr_db, layer.isolated.cosine, layer.isolated.l2,
-             c.snr_db if c else "", c.cosine if c else "", c.l2 if c else "")
-        )  # fmt: skip
+            (
+                rank,
+                layer.node,
+                layer.op_type,
+                layer.isolated.snr_db,
+                layer.isolated.cosine,
+                layer.isolated.l2,
+                c.snr_db if c else "",
+                c.cosine if c else "",
+                c.l2 if c else "",
+            )
+        )
     return rows
 
 
@@ -47,34 +65,46 @@ def _bar_chart(sensitivity: Sensitivity) -> str:
     height = row_h * len(layers) + 40
     finite = [x.isolated.snr_db for x in layers if math.isfinite(x.isolated.snr_db)]
     top = max([_CAP_DB, *finite]) if finite else _CAP_DB
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + chart_w + 80}" height="{height}" '
-             f'font-family="sans-serif" font-size="11">']  # fmt: skip
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + chart_w + 80}" height="{height}" '
+        f'font-family="sans-serif" font-size="11">'
+    ]
     for i, layer in enumerate(layers):
         snr = layer.isolated.snr_db
         value = top if not math.isfinite(snr) else max(snr, 0.0)
         width = chart_w * value / top
         y = 10 + i * row_h
         colour = "#d62728" if i < max(1, len(layers) // 10) else ("#bbbbbb" if math.isinf(snr) else "#1f77b4")
-        parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{html.escape(layer.node)}</text>')
-        parts.append(f'<rect x="{label_w}" y="{y + 2}" width="{width:.1f}" height="{row_h - 5}" fill="{colour}"/>')
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{html.escape(layer.node)}</text>'
+        )
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 2}" width="{width:.1f}" height="{row_h - 5}" fill="{colour}"/>'
+        )
         parts.append(f'<text x="{label_w + width + 4:.1f}" y="{y + 12}">{_fmt(snr)}</text>')
     axis_y = height - 16
-    parts.append(f'<text x="{label_w}" y="{axis_y + 12}">isolated SNR of the model outputs, dB '
-                 f'(higher is better; grey = exact)</text></svg>')  # fmt: skip
+    parts.append(
+        f'<text x="{label_w}" y="{axis_y + 12}">isolated SNR of the model outputs, dB '
+        f"(higher is better; grey = exact)</text></svg>"
+    )
     return "".join(parts)
 
 
 def render_report(sensitivity: Sensitivity, title: str, details: dict[str, str]) -> str:
     """A self-contained HTML page: details, bar chart of per-node SNR, top offenders, full table."""
     offenders = sensitivity.layers[: min(5, len(sensitivity.layers))]
-    detail_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in details.items())
+    detail_rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in details.items()
+    )
     offender_items = "".join(
         f"<li><code>{html.escape(x.node)}</code> ({html.escape(x.op_type)}): SNR {_fmt(x.isolated.snr_db)} dB, "
         f"cosine {_fmt(x.isolated.cosine)}</li>"
         for x in offenders
     )
     header = "".join(f"<th>{c}</th>" for c in _COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in _rows(sensitivity))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in _rows(sensitivity)
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

@@ -64,11 +64,16 @@ class TrialOutcome:
     def attrs(self) -> dict[str, Any]:
         """User attributes for Optuna storage (JSON-serialisable)."""
         return {
-            "key": self.key, "score": self.score, "decay": self.decay,
-            "decay_ci": list(self.decay_ci) if self.decay_ci else None, "fp32_nodes": list(self.fp32_nodes),
-            "latency_ms": self.latency_ms, "within_budget": self.within_budget, "timings": self.timings,
+            "key": self.key,
+            "score": self.score,
+            "decay": self.decay,
+            "decay_ci": list(self.decay_ci) if self.decay_ci else None,
+            "fp32_nodes": list(self.fp32_nodes),
+            "latency_ms": self.latency_ms,
+            "within_budget": self.within_budget,
+            "timings": self.timings,
             "layer_scales": self.layer_scales,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialOutcome | None:
@@ -78,11 +83,18 @@ class TrialOutcome:
             return None
         ci = a.get("decay_ci")
         return cls(
-            number=trial.number, key=a.get("key", ""), params=dict(trial.params), score=a["score"],
-            decay=a["decay"], decay_ci=tuple(ci) if ci else None, fp32_nodes=tuple(a["fp32_nodes"]),
-            latency_ms=a["latency_ms"], within_budget=a["within_budget"], timings=a.get("timings", {}),
+            number=trial.number,
+            key=a.get("key", ""),
+            params=dict(trial.params),
+            score=a["score"],
+            decay=a["decay"],
+            decay_ci=tuple(ci) if ci else None,
+            fp32_nodes=tuple(a["fp32_nodes"]),
+            latency_ms=a["latency_ms"],
+            within_budget=a["within_budget"],
+            timings=a.get("timings", {}),
             layer_scales=a.get("layer_scales", {}),
-        )  # fmt: skip
+        )
 
 
 def selection_key(outcome: TrialOutcome) -> tuple:
@@ -103,7 +115,9 @@ class Reporter(Protocol):
     def phase(self, message: str) -> None: ...
     def trial_started(self, number: int, key: str, params: dict[str, Value]) -> None: ...
     def progress(self, samples: int) -> None: ...
-    def trial_finished(self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None) -> None: ...
+    def trial_finished(
+        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+    ) -> None: ...
 
 
 class NullReporter:
@@ -118,7 +132,9 @@ class NullReporter:
     def progress(self, samples: int) -> None:
         """Ignore evaluation progress."""
 
-    def trial_finished(self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None) -> None:
+    def trial_finished(
+        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+    ) -> None:
         """Ignore a finished trial."""
 
 
@@ -173,11 +189,18 @@ def run_choice(
     timings["inference"] = evaluation.seconds
     latency = measure_latency(session, ctx.latency_feed, repeats=20, warmup=3)
     outcome = TrialOutcome(
-        number=number, key=key, params=params, score=evaluation.score, decay=evaluation.decay,
-        decay_ci=evaluation.decay_ci, fp32_nodes=result.fp32_nodes, latency_ms=latency,
-        within_budget=evaluation.decay <= ctx.config.search.accept_int8_decay, timings=timings,
+        number=number,
+        key=key,
+        params=params,
+        score=evaluation.score,
+        decay=evaluation.decay,
+        decay_ci=evaluation.decay_ci,
+        fp32_nodes=result.fp32_nodes,
+        latency_ms=latency,
+        within_budget=evaluation.decay <= ctx.config.search.accept_int8_decay,
+        timings=timings,
         layer_scales=dict(quantization.layer_scales),
-    )  # fmt: skip
+    )
     return outcome, result
 
 
@@ -219,10 +242,16 @@ def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel)
     from autoquant.outputs import calibration_table
 
     low, high = outcome.decay_ci or (float("nan"), float("nan"))
-    metrics = {"score": outcome.score, "decay": outcome.decay, "decay_ci_low": low, "decay_ci_high": high,
-               "fp32_nodes": len(outcome.fp32_nodes), "latency_ms": outcome.latency_ms,
-               "model_size_bytes": result.model.ByteSize(),
-               **{f"time_{k}": v for k, v in outcome.timings.items()}}  # fmt: skip
+    metrics = {
+        "score": outcome.score,
+        "decay": outcome.decay,
+        "decay_ci_low": low,
+        "decay_ci_high": high,
+        "fp32_nodes": len(outcome.fp32_nodes),
+        "latency_ms": outcome.latency_ms,
+        "model_size_bytes": result.model.ByteSize(),
+        **{f"time_{k}": v for k, v in outcome.timings.items()},
+    }
     artifacts = {
         "calibration_table.json": json.dumps(calibration_table(result), indent=2),
         "fp32_nodes.txt": "".join(f"{n}\n" for n in outcome.fp32_nodes),
@@ -246,7 +275,9 @@ def current_best(study: optuna.Study) -> TrialOutcome | None:
 
 def _finished(study: optuna.Study, key: str) -> FrozenTrial | None:
     states = (TrialState.COMPLETE, TrialState.FAIL)
-    return next((t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("key") == key), None)
+    return next(
+        (t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("key") == key), None
+    )
 
 
 def run_keyed(
@@ -281,10 +312,16 @@ def run_fast(ctx: SearchContext, study: optuna.Study, objective: Callable, stop_
             return
 
 
-def run_sampled(ctx: SearchContext, study: optuna.Study, objective: Callable, count: int, deadline: float) -> None:
+def run_sampled(
+    ctx: SearchContext, study: optuna.Study, objective: Callable, count: int, deadline: float
+) -> None:
     """``count`` trials sampled by the study's sampler (counting those a resumed study already ran)."""
     ctx.reporter.phase(f"{count} sampled trials")
-    done = sum(1 for t in study.trials if t.user_attrs.get("key", "").startswith("sampled:") and t.state.is_finished())
+    done = sum(
+        1
+        for t in study.trials
+        if t.user_attrs.get("key", "").startswith("sampled:") and t.state.is_finished()
+    )
     for _ in range(max(0, count - done)):
         if time.monotonic() > deadline:
             return

@@ -77,7 +77,9 @@ class Parameter(BaseModel):
         r = self.int_range or self.float_range
         high = nodes if r.high is None else r.high
         if self.int_range is not None:
-            return optuna.distributions.IntDistribution(int(r.low), int(high), step=int(r.step or 1), log=r.log)
+            return optuna.distributions.IntDistribution(
+                int(r.low), int(high), step=int(r.step or 1), log=r.log
+            )
         return optuna.distributions.FloatDistribution(r.low, high, step=r.step, log=r.log)
 
     def active(self, params: dict[str, Value]) -> bool:
@@ -122,7 +124,9 @@ class SearchSpace(BaseModel):
         for strategy in self.strategies:
             unknown = set(strategy) - set(self.parameters) - {"name"}
             if unknown:
-                raise ValueError(f"strategy {strategy.get('name', strategy)!r} sets undeclared {sorted(unknown)}")
+                raise ValueError(
+                    f"strategy {strategy.get('name', strategy)!r} sets undeclared {sorted(unknown)}"
+                )
         return self
 
     def sampled(self) -> list[Parameter]:

@@ -140,7 +140,7 @@ class HistogramCollector:
         if self.range == 0.0:
             self.range = new_range
             return
-        factor = min(int(round(new_range / self.range)), self.bins)
+        factor = min(round(new_range / self.range), self.bins)
         # Position p holds index i = p - bins; after merging, i' = floor(i / factor).
         merged = self.histogram.reshape(-1, factor).sum(axis=1)
         self.histogram = np.zeros_like(self.histogram)

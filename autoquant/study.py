@@ -93,7 +93,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:
-        raise ConfigError(f"storage.url {url!r}: cannot open the Optuna storage ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f"storage.url {url!r}: cannot open the Optuna storage ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def open_study(config: StudyConfig, fresh: bool = False) -> optuna.Study:
@@ -105,7 +107,9 @@ def open_study(config: StudyConfig, fresh: bool = False) -> optuna.Study:
         logger.info("deleted the stored study %r (--fresh)", name)
     with warnings.catch_warnings():  # multivariate and group are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=config.search.seed, multivariate=True, group=True, n_startup_trials=5)
+        sampler = optuna.samplers.TPESampler(
+            seed=config.search.seed, multivariate=True, group=True, n_startup_trials=5
+        )
     study = optuna.create_study(
         storage=storage, study_name=name, direction="minimize", sampler=sampler, load_if_exists=True
     )
@@ -120,7 +124,9 @@ def _fail_interrupted(study: optuna.Study) -> None:
         logger.info("trial %d was interrupted by a previous run; it will run again", trial.number)
 
 
-def best_config(config: StudyConfig, quantization: QuantizationConfig, fp32_nodes: tuple[str, ...]) -> StudyConfig:
+def best_config(
+    config: StudyConfig, quantization: QuantizationConfig, fp32_nodes: tuple[str, ...]
+) -> StudyConfig:
     """A config that ``autoquant quantize`` turns into the same model: the FP32 nodes are listed by name."""
     fixed = quantization.model_copy(
         update={"nodes_to_exclude": list(fp32_nodes), "first_layer_fp32": False, "fp32_layers": 0}
@@ -164,10 +170,15 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
     done = outcomes(study)
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     return TuneResult(
-        study_name=study.study_name, storage=storage_url(config), fp32_score=fp32_score,
-        budget=config.search.accept_int8_decay, best=best_outcome(done), trials=tuple(done), failed=failed,
+        study_name=study.study_name,
+        storage=storage_url(config),
+        fp32_score=fp32_score,
+        budget=config.search.accept_int8_decay,
+        best=best_outcome(done),
+        trials=tuple(done),
+        failed=failed,
         output=config.output.directory,
-    )  # fmt: skip
+    )
 
 
 def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = False) -> TuneResult:
@@ -199,17 +210,31 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
 
     def ranking(quantization: QuantizationConfig) -> Sensitivity:
         sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
-        write_files(out, {"sensitivity.json": sensitivity.to_json().encode(),
-                          REPORT_FILE: render_report(sensitivity, f"autoquant sensitivity: {study.study_name}",
-                                                     {"model": str(config.model.path)}).encode()})  # fmt: skip
+        write_files(
+            out,
+            {
+                "sensitivity.json": sensitivity.to_json().encode(),
+                REPORT_FILE: render_report(
+                    sensitivity,
+                    f"autoquant sensitivity: {study.study_name}",
+                    {"model": str(config.model.path)},
+                ).encode(),
+            },
+        )
         return sensitivity
 
     ctx = SearchContext(
-        config=config, calibrated=calibrated, evaluator=evaluator, space=space,
+        config=config,
+        calibrated=calibrated,
+        evaluator=evaluator,
+        space=space,
         latency_feed=pipeline.sample_feeds(config, graph, 1)[0],
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
-        ranking_fn=ranking, on_best=best_writer(config), reporter=reporter, tracker=tracker,
-    )  # fmt: skip
+        ranking_fn=ranking,
+        on_best=best_writer(config),
+        reporter=reporter,
+        tracker=tracker,
+    )
     objective = make_objective(ctx, study)
     timeout = config.search.timeout
     deadline = time.monotonic() + timeout if timeout else math.inf
@@ -229,8 +254,11 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
             write_files(out, {SUMMARY_FILE: json.dumps(summary(result), indent=2).encode()})
             tracker.finish(summary(result), out / MODEL_FILE, out / REPORT_FILE)
             if config.tracking.enabled:
-                logger.info("MLflow: the study waited %.2f s; logging took %.2f s in the background",
-                            tracker.seconds, tracker.busy_seconds)  # fmt: skip
+                logger.info(
+                    "MLflow: the study waited %.2f s; logging took %.2f s in the background",
+                    tracker.seconds,
+                    tracker.busy_seconds,
+                )
     if not result.trials:
         failures = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
         raise ConfigError(f"no trial completed; the last failure: {failures[-1] if failures else 'unknown'}")

@@ -91,7 +91,9 @@ def _method(name: str) -> _Method:
     try:
         return _METHODS[name]
     except KeyError:
-        raise CalibrationError(f"unknown threshold method {name!r}; registered: {', '.join(_METHODS)}") from None
+        raise CalibrationError(
+            f"unknown threshold method {name!r}; registered: {', '.join(_METHODS)}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- histograms
@@ -293,9 +295,11 @@ def _scan(method: _Method, counts: np.ndarray, candidates: np.ndarray, levels: i
     coarse = np.unique(np.r_[np.arange(0, len(candidates), _COARSE_STEP), len(candidates) - 1])
     scores[coarse] = method.score(counts, candidates[coarse], levels)
     near = np.concatenate(
-        [np.arange(max(0, k - _COARSE_STEP), min(len(candidates), k + _COARSE_STEP + 1))
-         for k in coarse[np.argsort(scores[coarse])[:3]]]
-    )  # fmt: skip
+        [
+            np.arange(max(0, k - _COARSE_STEP), min(len(candidates), k + _COARSE_STEP + 1))
+            for k in coarse[np.argsort(scores[coarse])[:3]]
+        ]
+    )
     near = np.setdiff1d(near, coarse)
     scores[near] = method.score(counts, candidates[near], levels)
     return scores
@@ -328,9 +332,7 @@ def side_threshold(
         # otherwise dominate P and push the divergence methods to tiny thresholds.
         counts[0] = counts[1]
     if config.ratio_search:
-        candidates = ratio_candidates(
-            base, width, config.start_ratio, config.end_ratio, config.step_ratio
-        )
+        candidates = ratio_candidates(base, width, config.start_ratio, config.end_ratio, config.step_ratio)
     else:
         first = 1 if config.method == "mse" else min(levels, config.bins)
         candidates = np.arange(first, config.bins + 1)
@@ -351,20 +353,31 @@ def tensor_range(stats: TensorStats, config: QuantizationConfig) -> TensorRange:
     """
     if stats.nan_count or stats.inf_count:
         _warn_once(
-            stats.name, "nonfinite", "tensor %r: ignoring %d NaN and %d infinite values in the calibration data",
-            stats.name, stats.nan_count, stats.inf_count,
+            stats.name,
+            "nonfinite",
+            "tensor %r: ignoring %d NaN and %d infinite values in the calibration data",
+            stats.name,
+            stats.nan_count,
+            stats.inf_count,
         )
     symmetric = config.activation_scheme == "symmetric"
     if stats.count == 0 or stats.range == 0.0:
         _warn_once(
-            stats.name, "zero", "tensor %r: every calibration value is zero (or not finite); using range 1.0",
+            stats.name,
+            "zero",
+            "tensor %r: every calibration value is zero (or not finite); using range 1.0",
             stats.name,
         )
         return TensorRange(stats.name, config.method, -1.0 if symmetric else 0.0, 1.0)
     fine_width = stats.range / stats.bins
     if stats.minimum == stats.maximum:
-        _warn_once(stats.name, "constant", "tensor %r is constant (%g) over the calibration data", stats.name,
-                   stats.maximum)
+        _warn_once(
+            stats.name,
+            "constant",
+            "tensor %r is constant (%g) over the calibration data",
+            stats.name,
+            stats.maximum,
+        )
         lowest, highest = min(stats.minimum, 0.0), max(stats.maximum, 0.0)
     elif symmetric:
         t = side_threshold(stats.magnitude, fine_width, max(-stats.minimum, stats.maximum), config, 128)

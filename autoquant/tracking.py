@@ -66,7 +66,9 @@ class NullTracker:
     def attach(self, study: Any, stats_key: str, fp32_score: float) -> None:
         """Do nothing."""
 
-    def log_trial(self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]) -> None:
+    def log_trial(
+        self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]
+    ) -> None:
         """Do nothing."""
 
     def log_failure(self, number: int, params: dict, reason: str) -> None:
@@ -158,8 +160,9 @@ class MlflowTracker:
                 return stored
             except Exception:  # deleted from the store: start a new parent
                 logger.info("MLflow parent run %s is gone; starting a new one", stored)
-        run = self.client.create_run(self.experiment_id, run_name=self.study_name,
-                                     tags={"autoquant.study": self.study_name})  # fmt: skip
+        run = self.client.create_run(
+            self.experiment_id, run_name=self.study_name, tags={"autoquant.study": self.study_name}
+        )
         self.parent_id = run.info.run_id
         self._log_parent_start()
         return run.info.run_id
@@ -168,8 +171,13 @@ class MlflowTracker:
         from mlflow.entities import Metric, Param
 
         search = self.config.search
-        params = {"mode": search.mode, "accept_int8_decay": search.accept_int8_decay, "decay": search.decay,
-                  "stats_cache_key": self.stats_key, "model": str(self.config.model.path)}  # fmt: skip
+        params = {
+            "mode": search.mode,
+            "accept_int8_decay": search.accept_int8_decay,
+            "decay": search.decay,
+            "stats_cache_key": self.stats_key,
+            "model": str(self.config.model.path),
+        }
         self.client.log_batch(
             self.parent_id,
             metrics=[Metric("fp32_score", self.fp32_score, int(time.time() * 1000), 0)],
@@ -178,11 +186,15 @@ class MlflowTracker:
         )
         self.client.log_text(self.parent_id, self.config.to_yaml(), "config.yaml")
 
-    def log_trial(self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]) -> None:
+    def log_trial(
+        self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]
+    ) -> None:
         """Queue one nested child run for a completed trial."""
         self._submit(self._log_trial, number, dict(params), dict(metrics), dict(tags), dict(artifacts))
 
-    def _log_trial(self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]) -> None:
+    def _log_trial(
+        self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]
+    ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         run = self.client.create_run(
@@ -217,11 +229,15 @@ class MlflowTracker:
         from autoquant import __version__
 
         return {
-            "mlflow.parentRunId": self.parent_id, "trial_number": str(number), "state": state,
-            "mode": self.config.search.mode, "worker_host": socket.gethostname(),
-            "autoquant_version": __version__, "onnxruntime_version": onnxruntime.__version__,
+            "mlflow.parentRunId": self.parent_id,
+            "trial_number": str(number),
+            "state": state,
+            "mode": self.config.search.mode,
+            "worker_host": socket.gethostname(),
+            "autoquant_version": __version__,
+            "onnxruntime_version": onnxruntime.__version__,
             **{k: str(v) for k, v in extra.items()},
-        }  # fmt: skip
+        }
 
     def finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
         """Log the summary, the best model (mlflow.onnx flavour) and the report; wait for every call.
@@ -242,10 +258,13 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         best = summary.get("best") or {}
-        metrics = {"best_decay": best.get("decay"), "best_score": best.get("score"),
-                   "best_fp32_nodes": len(best.get("fp32_nodes", [])) if best else None,
-                   "completed_trials": summary.get("completed_trials"),
-                   "failed_trials": summary.get("failed_trials")}  # fmt: skip
+        metrics = {
+            "best_decay": best.get("decay"),
+            "best_score": best.get("score"),
+            "best_fp32_nodes": len(best.get("fp32_nodes", [])) if best else None,
+            "completed_trials": summary.get("completed_trials"),
+            "failed_trials": summary.get("failed_trials"),
+        }
         self.client.log_batch(
             self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
         )
@@ -258,9 +277,11 @@ class MlflowTracker:
             try:
                 with mlflow.start_run(run_id=self.parent_id):
                     mlflow.onnx.log_model(
-                        onnx.load(model_path), name="best_model", save_as_external_data=False,
+                        onnx.load(model_path),
+                        name="best_model",
+                        save_as_external_data=False,
                         pip_requirements=["onnx", "onnxruntime"],  # inferring them takes seconds
-                    )  # fmt: skip
+                    )
             finally:
                 mlflow.set_tracking_uri(previous)
         self.client.set_terminated(self.parent_id, "FINISHED")

@@ -117,8 +117,13 @@ def child(spec: dict) -> list[dict]:
             ranges[method] = compute_thresholds(stats, QuantizationConfig(method=method))
             times[method] = clock() - t0
         rows.append({"contender": SUM_OF[1], "seconds": times["kl"], "note": "2048 bins (default)"})
-        rows.append({"contender": "autoquant thresholds, all 6 methods", "seconds": sum(times.values()),
-                     "note": ", ".join(f"{m} {t:.2f}" for m, t in times.items())})
+        rows.append(
+            {
+                "contender": "autoquant thresholds, all 6 methods",
+                "seconds": sum(times.values()),
+                "note": ", ".join(f"{m} {t:.2f}" for m, t in times.items()),
+            }
+        )
         t0 = clock()
         quantize_model(graph, ranges["kl"], QuantizationConfig())
         rows.append({"contender": SUM_OF[2], "seconds": clock() - t0, "note": "kl ranges, not saved"})
@@ -129,8 +134,13 @@ def child(spec: dict) -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="aqbench-") as tmp:
             t0 = clock()
             if spec["whole"]:
-                quantize_static(str(graph.prepared_path), f"{tmp}/q.onnx", reader,
-                                quant_format=QuantFormat.QDQ, calibrate_method=method)
+                quantize_static(
+                    str(graph.prepared_path),
+                    f"{tmp}/q.onnx",
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    calibrate_method=method,
+                )
                 note = "calibrate + quantize + save, ORT defaults"
             else:  # the op types quantize_static calibrates by default
                 ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
@@ -185,13 +195,23 @@ def machine_line() -> str:
     import onnx
     import onnxruntime
 
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                if x.startswith("model name")), platform.processor())
-    code = ", ".join(f"{f}.py {hashlib.sha256((ROOT / 'autoquant' / f'{f}.py').read_bytes()).hexdigest()[:8]}"
-                     for f in ("statistics", "thresholds", "quantize"))
-    return (f"Machine: nproc={len(os.sched_getaffinity(0))}, CPU {cpu}; Python {platform.python_version()}, "
-            f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy {np.__version__}; "
-            f"autoquant {code}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.")
+    cpu = next(
+        (
+            x.split(":", 1)[1].strip()
+            for x in Path("/proc/cpuinfo").read_text().splitlines()
+            if x.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    code = ", ".join(
+        f"{f}.py {hashlib.sha256((ROOT / 'autoquant' / f'{f}.py').read_bytes()).hexdigest()[:8]}"
+        for f in ("statistics", "thresholds", "quantize")
+    )
+    return (
+        f"Machine: nproc={len(os.sched_getaffinity(0))}, CPU {cpu}; Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy {np.__version__}; "
+        f"autoquant {code}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC."
+    )
 
 
 def write_section(name: str, text: str) -> None:
@@ -207,15 +227,30 @@ def write_section(name: str, text: str) -> None:
 
 def plan_for(model: str, args: argparse.Namespace, cache: str) -> list[tuple[str | None, dict]]:
     source, n = source_model(model), args.digits_samples if model == "digits" else args.samples
-    common = {"model": model, "samples": n, "seed": args.seed, "source": str(source), "cache": cache,
-              "batch": 1, "save": f"{cache}/stats-{model}.npz"}
-    steps = [("fp32", {"kind": "fp32"}), ("autoquant stats", {"kind": "autoquant"}),
-             (None, {"kind": "autoquant-post"})]  # thresholds + quantize, on the saved statistics
-    steps += [(f"{k} {'quantize_static' if w else 'calibrate only'}", {"kind": k, "whole": w})
-              for k in ("ort-entropy", "ort-percentile") for w in (True, False)]
+    common = {
+        "model": model,
+        "samples": n,
+        "seed": args.seed,
+        "source": str(source),
+        "cache": cache,
+        "batch": 1,
+        "save": f"{cache}/stats-{model}.npz",
+    }
+    steps = [
+        ("fp32", {"kind": "fp32"}),
+        ("autoquant stats", {"kind": "autoquant"}),
+        (None, {"kind": "autoquant-post"}),
+    ]  # thresholds + quantize, on the saved statistics
+    steps += [
+        (f"{k} {'quantize_static' if w else 'calibrate only'}", {"kind": k, "whole": w})
+        for k in ("ort-entropy", "ort-percentile")
+        for w in (True, False)
+    ]
     if model == "digits":
-        steps += [("fp32 (batch 50)", {"kind": "fp32", "batch": 50}),
-                  ("autoquant stats (batch 50)", {"kind": "autoquant", "batch": 50, "save": None})]
+        steps += [
+            ("fp32 (batch 50)", {"kind": "fp32", "batch": 50}),
+            ("autoquant stats (batch 50)", {"kind": "autoquant", "batch": 50, "save": None}),
+        ]
     return [(label, {**common, **extra}) for label, extra in steps]
 
 
@@ -251,30 +286,57 @@ def main() -> None:
             for (label, spec), spec_runs in zip(plan, runs, strict=True):
                 spec_runs.append(run_child(spec, args.wait_idle))
                 for row in spec_runs[-1]:
-                    print(f"  run {rep + 1} {spec['model']:9s} {row.get('contender', label):36s} "
-                          f"{row['seconds']:7.2f} s {row['peak']:6.0f} MB", file=sys.stderr)
+                    print(
+                        f"  run {rep + 1} {spec['model']:9s} {row.get('contender', label):36s} "
+                        f"{row['seconds']:7.2f} s {row['peak']:6.0f} MB",
+                        file=sys.stderr,
+                    )
     for (label, spec), spec_runs in zip(plan, runs, strict=True):
         keys = {k: spec[k] for k in ("model", "samples", "batch")} | {"contender": label}
         table += [{**keys, **row} for row in summarize(spec_runs)]
-        parts = [next((r for r in table if r["model"] == spec["model"] and r["contender"] == c), None)
-                 for c in SUM_OF]
+        parts = [
+            next((r for r in table if r["model"] == spec["model"] and r["contender"] == c), None)
+            for c in SUM_OF
+        ]
         if spec["kind"] == "autoquant-post" and all(parts):
-            table.append({**parts[0], "contender": "autoquant stats+kl+quantize",
-                          "seconds": sum(p["seconds"] for p in parts), "peak": max(p["peak"] for p in parts),
-                          "note": "sum of the 3 steps above (compare quantize_static)"})
-    lines = ["| model | samples x batch | contender | seconds | x fp32 | peak RSS MB | x fp32 RSS "
-             "| RSS before MB | notes |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+            table.append(
+                {
+                    **parts[0],
+                    "contender": "autoquant stats+kl+quantize",
+                    "seconds": sum(p["seconds"] for p in parts),
+                    "peak": max(p["peak"] for p in parts),
+                    "note": "sum of the 3 steps above (compare quantize_static)",
+                }
+            )
+    lines = [
+        "| model | samples x batch | contender | seconds | x fp32 | peak RSS MB | x fp32 RSS "
+        "| RSS before MB | notes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in table:
-        floor = next(f for f in table if f["model"] == r["model"] and f["contender"].startswith("fp32")
-                     and f["batch"] == r["batch"])
+        floor = next(
+            f
+            for f in table
+            if f["model"] == r["model"] and f["contender"].startswith("fp32") and f["batch"] == r["batch"]
+        )
         t, m = r["seconds"], r["peak"]
-        lines.append(f"| {r['model']} | {r['samples']} x {r['batch']} | {r['contender']} | {t:.3f} "
-                     f"| {t / floor['seconds']:.2f} | {m:.0f} | {m / floor['peak']:.2f} "
-                     f"| {r['base']:.0f} | {r['note']} |")
-    text = "\n".join(["## Calibration: autoquant statistics vs onnxruntime calibrators", "",
-                      f"`python bench/calibration.py --samples {args.samples} --repeat {args.repeat}` "
-                      f"(best of {args.repeat} interleaved runs). " + machine_line(), "", *lines, "",
-                      f"Script wall time: {time.perf_counter() - started:.0f} s."])
+        lines.append(
+            f"| {r['model']} | {r['samples']} x {r['batch']} | {r['contender']} | {t:.3f} "
+            f"| {t / floor['seconds']:.2f} | {m:.0f} | {m / floor['peak']:.2f} "
+            f"| {r['base']:.0f} | {r['note']} |"
+        )
+    text = "\n".join(
+        [
+            "## Calibration: autoquant statistics vs onnxruntime calibrators",
+            "",
+            f"`python bench/calibration.py --samples {args.samples} --repeat {args.repeat}` "
+            f"(best of {args.repeat} interleaved runs). " + machine_line(),
+            "",
+            *lines,
+            "",
+            f"Script wall time: {time.perf_counter() - started:.0f} s.",
+        ]
+    )
     print(text)
     if not args.no_write:
         write_section("calibration", text)

@@ -23,9 +23,17 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 def screenshot(url: str, target: Path, size: str, profile: Path, wait_ms: int = 0) -> None:
@@ -34,8 +42,20 @@ def screenshot(url: str, target: Path, size: str, profile: Path, wait_ms: int = 
     if chromium is None:
         sys.exit("chromium is not installed: apt-get install chromium")
     extra = [f"--virtual-time-budget={wait_ms}"] if wait_ms else []
-    subprocess.run([chromium, *CHROMIUM_FLAGS, *extra, f"--user-data-dir={profile}", f"--window-size={size}",
-                    f"--screenshot={target}", url], check=True, capture_output=True, timeout=180)  # fmt: skip
+    subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            *extra,
+            f"--user-data-dir={profile}",
+            f"--window-size={size}",
+            f"--screenshot={target}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     print(f"wrote {target} ({target.stat().st_size} bytes)")
 
 
@@ -71,17 +91,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="autoquant-shots-") as tmp:
         work = Path(tmp)
         config = (ROOT / "configs" / "digits.yaml").read_text()
-        config = config.replace("../examples", str(ROOT / "examples")).replace("../runs/digits", str(work / "digits"))
+        config = config.replace("../examples", str(ROOT / "examples")).replace(
+            "../runs/digits", str(work / "digits")
+        )
         config = config.replace("mode: fast", "mode: full\n  n_trials: 4")
         (work / "digits.yaml").write_text(config)
         for command in ("tune", "analyze"):
-            subprocess.run([sys.executable, "-m", "autoquant", command, str(work / "digits.yaml")], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "autoquant", command, str(work / "digits.yaml")], check=True
+            )
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "ui",
+                "--backend-store-uri",
+                f"sqlite:///{work / 'mlflow.db'}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
@@ -97,7 +134,9 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-        screenshot((work / "digits" / "report.html").as_uri(), ROOT / "docs" / "report.png", "1100,1300", work / "p2")
+        screenshot(
+            (work / "digits" / "report.html").as_uri(), ROOT / "docs" / "report.png", "1100,1300", work / "p2"
+        )
 
 
 if __name__ == "__main__":

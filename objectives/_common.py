@@ -70,7 +70,7 @@ def check_reference(reference: Any, outputs: list[np.ndarray], name: str) -> lis
         raise DataError(
             f"{name}: expected {len(outputs)} reference arrays (one per output), got {len(reference)}"
         )
-    for index, (output, fp32) in enumerate(zip(outputs, reference)):
+    for index, (output, fp32) in enumerate(zip(outputs, reference, strict=False)):
         if output.shape != fp32.shape:
             raise DataError(
                 f"{name}: outputs[{index}] has shape {output.shape} but the FP32 reference has {fp32.shape}"

@@ -150,7 +150,9 @@ class MeanAveragePrecision:
     def _flat(self) -> tuple[np.ndarray, ...]:
         """Detection classes, scores, hits and images; ground-truth classes and images (cached)."""
         if self._flat_cache is None:
-            det_cls, det_score, det_hit, truth_cls = (np.concatenate(parts) for parts in zip(*self._images))
+            det_cls, det_score, det_hit, truth_cls = (
+                np.concatenate(parts) for parts in zip(*self._images, strict=True)
+            )
             det_image = np.repeat(np.arange(len(self._images)), [len(image[0]) for image in self._images])
             truth_image = np.repeat(np.arange(len(self._images)), [len(image[3]) for image in self._images])
             self._flat_cache = (det_cls, det_score, det_hit, det_image, truth_cls, truth_image)
@@ -168,7 +170,7 @@ class MeanAveragePrecision:
         outputs = as_outputs(outputs, self.name)
         labels = check_labels(labels, batch_size(outputs[:1], self.name), self.name)
         _check_boxes(labels, self.name)
-        for found, boxes in zip(self._decoded(outputs, len(labels)), labels):
+        for found, boxes in zip(self._decoded(outputs, len(labels)), labels, strict=True):
             hits = match_detections(found, boxes, self.iou_threshold)
             classes = np.array([d.cls for d in found], dtype=np.int64)
             scores = np.array([d.score for d in found], dtype=np.float64)

@@ -60,7 +60,7 @@ class MeanAbsoluteError:
             raise DataError(f"mae: expected {len(outputs)} FP32 reference outputs, got {reference!r:.60}")
         size = len(outputs[0])
         diffs = []
-        for output, fp32 in zip(outputs, reference):
+        for output, fp32 in zip(outputs, reference, strict=False):
             if output.shape != fp32.shape or len(output) != size:
                 raise DataError(f"mae: output shape {output.shape} does not match the reference {fp32.shape}")
             diffs.append(np.abs(output.astype(np.float64) - fp32).reshape(size, -1))

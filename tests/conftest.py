@@ -40,7 +40,9 @@ def write_config(tmp_path: Path, body: str, name: str = "study.yaml") -> Path:
 @pytest.fixture(scope="session")
 def digits_test_data() -> tuple[np.ndarray, np.ndarray]:
     """The committed digits test images and labels."""
-    return np.load(DIGITS / "data" / "test.npy"), np.loadtxt(DIGITS / "data" / "test_labels.txt", dtype=np.int64)
+    return np.load(DIGITS / "data" / "test.npy"), np.loadtxt(
+        DIGITS / "data" / "test_labels.txt", dtype=np.int64
+    )
 
 
 def top1(model: onnx.ModelProto | str | Path, x: np.ndarray, y: np.ndarray) -> float:

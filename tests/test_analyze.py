@@ -62,7 +62,9 @@ def test_top_ranked_layer_hurts_more_than_lower_ranked_ones_on_the_whole_test_se
     finite = [x.node for x in sensitivity.layers if np.isfinite(x.isolated.snr_db)]
     top, middle, bottom = finite[0], finite[len(finite) // 2], finite[-1]
     snr = {
-        name: _logit_snr(quantize_model(calibrated.graph, ranges, config.quantization, only=[name]).model, x, reference)
+        name: _logit_snr(
+            quantize_model(calibrated.graph, ranges, config.quantization, only=[name]).model, x, reference
+        )
         for name in (top, middle, bottom)
     }
     assert snr[top] < snr[middle] < snr[bottom]
@@ -87,11 +89,24 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:
     page.write_text(render_report(sensitivity, "digits sensitivity", {"model": "model.onnx"}))
     shot = tmp_path / "report.png"
     subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400", f"--screenshot={shot}",
-         page.as_uri()],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1100,1400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a blank page compresses to a few KB

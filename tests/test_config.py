@@ -59,13 +59,18 @@ search: {auto_calib: true, accept_int8_decay: 0.01, fp32_score: 0.75}
 
 def test_callable_sources_are_kept_or_resolved(tmp_path: Path) -> None:
     body = "model: {path: m.onnx}\ncalibration: {source: %s}\n"
-    assert load_config(write_config(tmp_path, body % "mypkg.data:calib")).calibration.source == "mypkg.data:calib"
+    assert (
+        load_config(write_config(tmp_path, body % "mypkg.data:calib")).calibration.source
+        == "mypkg.data:calib"
+    )
     resolved = load_config(write_config(tmp_path, body % "tools/feed.py:calib")).calibration.source
     assert resolved == f"{tmp_path / 'tools' / 'feed.py'}:calib"
 
 
 def test_unknown_key_names_file_line_and_key_path(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "model: {path: m.onnx}\ncalibration:\n  source: x.npy\n  calib_iteration: 5\n")
+    path = write_config(
+        tmp_path, "model: {path: m.onnx}\ncalibration:\n  source: x.npy\n  calib_iteration: 5\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}:4: calibration.calib_iteration: unknown key")
@@ -86,8 +91,12 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_wrong_type_and_missing_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"search.accept_int8_decay: .*'half a percent'"):
-        load_config(write_config(tmp_path, "model: {path: m}\ncalibration: {source: x}\n"
-                                 "search: {accept_int8_decay: half a percent}\n"))  # fmt: skip
+        load_config(
+            write_config(
+                tmp_path,
+                "model: {path: m}\ncalibration: {source: x}\nsearch: {accept_int8_decay: half a percent}\n",
+            )
+        )
     with pytest.raises(ConfigError, match="calibration: required key is missing"):
         load_config(write_config(tmp_path, "model: {path: m}\n"))
 
@@ -104,8 +113,10 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_ratio_search_needs_a_divergence_method(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "model: {path: m}\ncalibration: {source: x}\n"
-                                  "quantization: {ratio_search: true, method: max}\n")  # fmt: skip
+    path = write_config(
+        tmp_path,
+        "model: {path: m}\ncalibration: {source: x}\nquantization: {ratio_search: true, method: max}\n",
+    )
     with pytest.raises(ConfigError, match="ratio_search needs a divergence method"):
         load_config(path)
 

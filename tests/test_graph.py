@@ -93,10 +93,15 @@ def test_unnamed_nodes_get_stable_names(tmp_path: Path) -> None:
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
     w = onnx.numpy_helper.from_array(__import__("numpy").eye(4, dtype="float32"), "w")
     model = helper.make_model(
-        helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-                          "g", [x], [y], [w]),
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+            "g",
+            [x],
+            [y],
+            [w],
+        ),
         opset_imports=[helper.make_opsetid("", 13)],
-    )  # fmt: skip
+    )
     model.ir_version = 8
     path = tmp_path / "m.onnx"
     onnx.save(model, path)

@@ -59,7 +59,9 @@ def test_asymmetric_activations_give_an_all_int8_graph(calibrated: pipeline.Cali
     assert not {"Conv", "Add", "Gemm", "Relu"} & set(kernels)
 
 
-def test_default_int8_model_is_within_one_point_of_fp32(calibrated: pipeline.Calibrated, digits_test_data) -> None:
+def test_default_int8_model_is_within_one_point_of_fp32(
+    calibrated: pipeline.Calibrated, digits_test_data
+) -> None:
     x, y = digits_test_data
     fp32 = top1(calibrated.graph.prepared_path, x, y)
     int8 = top1(pipeline.quantize(calibrated, QuantizationConfig()).model, x, y)
@@ -72,7 +74,8 @@ def test_exclusions_keep_nodes_in_fp32(calibrated: pipeline.Calibrated) -> None:
     first = pipeline.quantize(calibrated, QuantizationConfig(first_layer_fp32=True))
     assert first.fp32_nodes == ("/stem/Conv",) and _qlinear_convs(first.model) == base - 1
     excluded = pipeline.quantize(
-        calibrated, QuantizationConfig(nodes_to_exclude=["/blocks/blocks.1/dw/Conv", "/blocks/blocks.1/pw/Conv"])
+        calibrated,
+        QuantizationConfig(nodes_to_exclude=["/blocks/blocks.1/dw/Conv", "/blocks/blocks.1/pw/Conv"]),
     )
     assert _qlinear_convs(excluded.model) == base - 2
     ranking = ["/blocks/blocks.3/pw/Conv", "/blocks/blocks.2/dw/Conv", "/stem/Conv"]
@@ -118,15 +121,18 @@ def _concat_model(opset: int) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])
-    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), f"w{i}") for i in (0, 1)]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), f"w{i}") for i in (0, 1)
+    ]
     nodes = [
         helper.make_node("Conv", ["x", "w0"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["x", "w1"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
         helper.make_node("Concat", ["a", "b"], ["c"], name="concat", axis=1),
         helper.make_node("Relu", ["c"], ["y"], name="relu"),
     ]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", opset)])  # fmt: skip
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", opset)]
+    )
     model.ir_version = 7
     return model
 
@@ -169,10 +175,18 @@ def test_outputs_are_written_together(calibrated: pipeline.Calibrated, tmp_path:
     from tests.conftest import DIGITS_CONFIG
 
     config = load_config(DIGITS_CONFIG)
-    result = pipeline.quantize(calibrated, QuantizationConfig(first_layer_fp32=True, activation_scheme="symmetric"))
+    result = pipeline.quantize(
+        calibrated, QuantizationConfig(first_layer_fp32=True, activation_scheme="symmetric")
+    )
     written = write_outputs(result, config, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["model.int8.onnx", "calibration_table.json", "calibration.cache", "fp32_nodes.txt", "config.resolved.yaml"]
+        [
+            "model.int8.onnx",
+            "calibration_table.json",
+            "calibration.cache",
+            "fp32_nodes.txt",
+            "config.resolved.yaml",
+        ]
     )
     assert written.fp32_nodes.read_text().splitlines() == ["/stem/Conv"]
     ort.InferenceSession(str(written.model))
@@ -217,7 +231,9 @@ def test_second_run_skips_the_fp32_pass(tmp_path: Path, monkeypatch: pytest.Monk
     from autoquant import statistics
     from tests.conftest import DIGITS_CONFIG
 
-    config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path}, calibration={"calib_iterations": 20})
+    config = load_config(DIGITS_CONFIG).replace(
+        output={"directory": tmp_path}, calibration={"calib_iterations": 20}
+    )
     first = pipeline.calibrate(config)
     assert not first.stats.from_cache
 

@@ -63,7 +63,9 @@ def test_overrides_and_bad_space_files(tmp_path: Path) -> None:
     space = load_space("full", {"method": "mse", "bins": {"choices": [2048, 4096]}})
     assert space.parameters["method"].choices == ["mse"] and space.parameters["bins"].choices == [2048, 4096]
     bad = tmp_path / "bad.yaml"
-    bad.write_text("parameters:\n  bins: {choices: [1024], when: {method: [kl]}}\n  method: {choices: [kl]}\n")
+    bad.write_text(
+        "parameters:\n  bins: {choices: [1024], when: {method: [kl]}}\n  method: {choices: [kl]}\n"
+    )
     with pytest.raises(ConfigError, match="'when' may only name parameters declared before it"):
         load_space(bad)
     bad.write_text("parameters:\n  bogus_key: {choices: [1]}\n")
@@ -75,7 +77,9 @@ def test_overrides_and_bad_space_files(tmp_path: Path) -> None:
 
 def test_selection_rule() -> None:
     def outcome(number: int, decay: float, nodes: int, latency: float, ok: bool) -> TrialOutcome:
-        return TrialOutcome(number, "k", {}, 0.9, decay, None, tuple(f"n{i}" for i in range(nodes)), latency, ok)
+        return TrialOutcome(
+            number, "k", {}, 0.9, decay, None, tuple(f"n{i}" for i in range(nodes)), latency, ok
+        )
 
     a = outcome(0, 0.004, 1, 1.0, True)
     b = outcome(1, 0.001, 2, 0.5, True)  # smaller decay but more FP32 nodes
@@ -98,7 +102,9 @@ def _load_study(config_path: Path) -> optuna.Study:
     return optuna.load_study(study_name=study_name(config), storage=storage_url(config))
 
 
-def test_fast_mode_stops_at_the_first_passing_strategy(digits_config: Path, tmp_path: Path, digits_test_data) -> None:
+def test_fast_mode_stops_at_the_first_passing_strategy(
+    digits_config: Path, tmp_path: Path, digits_test_data
+) -> None:
     config = load_config(digits_config)
     result = autoquant.tune(config)
     # default (KL, per-tensor) loses 0.8 points and per-channel KL 1.6: both over the 0.5 budget;
@@ -119,9 +125,19 @@ def test_best_config_reproduces_the_model_bit_for_bit(digits_config: Path, tmp_p
     autoquant.tune(config)
     out = config.output.directory
     result = subprocess.run(
-        [sys.executable, "-m", "autoquant", "quantize", str(out / "best_config.yaml"), "-o", str(tmp_path / "re")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "autoquant",
+            "quantize",
+            str(out / "best_config.yaml"),
+            "-o",
+            str(tmp_path / "re"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "re" / "model.int8.onnx").read_bytes() == (out / "model.int8.onnx").read_bytes()
 
@@ -177,7 +193,9 @@ class Top1:
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(digits_config: Path, tmp_path: Path) -> None:
     (tmp_path / "flaky.py").write_text(FAILING_OBJECTIVE)
-    text = digits_config.read_text().replace("  batch_size: 100\n", "  batch_size: 100\n  objective: flaky.py:Top1\n")
+    text = digits_config.read_text().replace(
+        "  batch_size: 100\n", "  batch_size: 100\n  objective: flaky.py:Top1\n"
+    )
     config = load_config(write_config(tmp_path, text))
     result = autoquant.tune(config)
     study = _load_study(tmp_path / "study.yaml")

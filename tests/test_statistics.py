@@ -57,7 +57,11 @@ def test_batch_size_and_order_do_not_change_the_statistics() -> None:
     results.append(reversed_collector.result())
     for other in results[1:]:
         np.testing.assert_array_equal(other.histogram, results[0].histogram)
-        assert (other.range, other.minimum, other.maximum) == (results[0].range, results[0].minimum, results[0].maximum)
+        assert (other.range, other.minimum, other.maximum) == (
+            results[0].range,
+            results[0].minimum,
+            results[0].maximum,
+        )
 
 
 def test_sides_and_magnitude() -> None:

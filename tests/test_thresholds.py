@@ -22,7 +22,6 @@ from autoquant.thresholds import (
     tensor_range,
 )
 
-
 SYM = {"activation_scheme": "symmetric"}
 
 
@@ -91,8 +90,11 @@ def _empirical_mse(x: np.ndarray, t: float, levels: int) -> float:
 @pytest.mark.parametrize("dist", ["uniform", "laplace", "normal"])
 def test_mse_threshold_matches_brute_force_quantization(dist: str) -> None:
     rng = np.random.default_rng(11)
-    x = {"uniform": rng.uniform(-1, 1, 400_000), "laplace": rng.laplace(size=400_000),
-         "normal": rng.normal(size=400_000)}[dist]  # fmt: skip
+    x = {
+        "uniform": rng.uniform(-1, 1, 400_000),
+        "laplace": rng.laplace(size=400_000),
+        "normal": rng.normal(size=400_000),
+    }[dist]
     got = tensor_range(_stats(x), QuantizationConfig(method="mse", bins=2048)).threshold
     peak = np.abs(x).max()
     grid = np.linspace(0.3 * peak, peak, 300)
@@ -108,12 +110,14 @@ def test_max_and_percentile_thresholds() -> None:
     rng = np.random.default_rng(5)
     x = rng.uniform(-2.0, 1.0, 100_000).astype(np.float32)
     s = _stats(x)
-    assert tensor_range(s, QuantizationConfig(method="max", **SYM)).threshold == pytest.approx(np.abs(x).max())
+    assert tensor_range(s, QuantizationConfig(method="max", **SYM)).threshold == pytest.approx(
+        np.abs(x).max()
+    )
     t = tensor_range(s, QuantizationConfig(method="percentile", max_percentile=0.9, **SYM)).threshold
     assert t == pytest.approx(np.quantile(np.abs(x), 0.9), abs=2 * s.range / s.bins)
-    assert tensor_range(s, QuantizationConfig(method="percentile", max_percentile=1.0, **SYM)).threshold == pytest.approx(
-        np.abs(x).max(), abs=s.range / s.bins
-    )
+    assert tensor_range(
+        s, QuantizationConfig(method="percentile", max_percentile=1.0, **SYM)
+    ).threshold == pytest.approx(np.abs(x).max(), abs=s.range / s.bins)
 
 
 def test_kl_keeps_the_range_of_a_uniform_distribution_and_clips_a_heavy_tail() -> None:
@@ -141,7 +145,9 @@ def test_ratio_search_stays_in_its_range_and_scales_apply_last() -> None:
     s = _stats(rng.laplace(size=100_000))
     peak = max(-s.minimum, s.maximum)
     for method in ("kl", "symkl", "jsd", "mse"):
-        cfg = QuantizationConfig(method=method, ratio_search=True, start_ratio=0.3, end_ratio=0.5, max_percentile=1.0)
+        cfg = QuantizationConfig(
+            method=method, ratio_search=True, start_ratio=0.3, end_ratio=0.5, max_percentile=1.0
+        )
         t = tensor_range(s, cfg).threshold
         assert 0.3 * peak * 0.99 <= t <= 0.5 * peak * 1.01, method
     base = tensor_range(s, QuantizationConfig(method="kl"))
@@ -171,7 +177,9 @@ def test_degenerate_tensors_have_defined_ranges_and_warn(caplog: pytest.LogCaptu
     assert (zero.lowest, zero.highest) == (0.0, 1.0)
     const = tensor_range(_stats(np.full(100, 2.5), "const"), QuantizationConfig(method="kl", **SYM))
     assert (const.lowest, const.highest) == (-2.5, 2.5)
-    const = tensor_range(_stats(np.full(100, 2.5), "const"), QuantizationConfig(activation_scheme="asymmetric"))
+    const = tensor_range(
+        _stats(np.full(100, 2.5), "const"), QuantizationConfig(activation_scheme="asymmetric")
+    )
     assert (const.lowest, const.highest) == (0.0, 2.5)
     noisy = np.concatenate([np.linspace(-1, 1, 1000), [np.nan, np.inf, -np.inf]])
     r = tensor_range(_stats(noisy, "noisy"), QuantizationConfig(method="max", **SYM))

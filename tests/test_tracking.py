@@ -58,7 +58,9 @@ def _check_store(uri: str, config_path: Path) -> None:
             names = {a.path for a in client.list_artifacts(child.info.run_id)}
             assert {"calibration_table.json", "fp32_nodes.txt"} <= names
     assert parent.data.metrics["fp32_score"] == pytest.approx(0.994)
-    assert {"config.yaml", "study_summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "study_summary.json"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     assert models, "the best model was not logged"
     mlflow.set_tracking_uri(uri)
@@ -103,11 +105,25 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real `mlflow server` on a free localhost port, stopped afterwards."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -135,8 +151,12 @@ def test_real_tracking_server(digits_config: Path, tmp_path: Path, mlflow_server
 def test_unreachable_server_fails_fast_and_writes_nothing(digits_config: Path, tmp_path: Path) -> None:
     config_path = _config(digits_config, tmp_path, f"{{uri: 'http://127.0.0.1:{_free_port()}'}}")
     began = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "autoquant", "tune", str(config_path)],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "autoquant", "tune", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert time.monotonic() - began < 10
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the MLflow tracking server does not answer" in result.stderr

@@ -45,7 +45,9 @@ def test_zoo_model_quantizes_with_every_method(model_path: Path, tmp_path: Path)
             config = QuantizationConfig(method=method, per_channel=per_channel, bins=1024)
             result = quantize_model(graph, compute_thresholds(stats, config), config)
             onnx.checker.check_model(result.model)
-            session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                result.model.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
             outputs = session.run(None, feed)
             assert [o.shape for o in outputs] == [o.shape for o in fp32], (method, per_channel)
             assert all(np.isfinite(o).all() for o in outputs), (method, per_channel)

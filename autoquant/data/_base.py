@@ -156,7 +156,9 @@ class DataReader(abc.ABC):
         for spec in self.inputs:
             array = sample.inputs[spec.name]
             shape, expected = np.shape(array), tuple(spec.shape[1:])
-            if len(shape) != len(expected) or any(e is not None and e != d for d, e in zip(shape, expected)):
+            if len(shape) != len(expected) or any(
+                e is not None and e != d for d, e in zip(shape, expected, strict=True)
+            ):
                 raise DataError(
                     f"{sample.sample_id}: input '{spec.name}' has shape {format_shape(shape)}, "
                     f"the model expects {format_shape(expected)}"

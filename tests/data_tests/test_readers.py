@@ -54,7 +54,7 @@ def write_labels(path: Path, labels: Any) -> Path:
 
 def assert_samples(samples: list, arrays: np.ndarray, labels: Any = None) -> None:
     assert len(samples) == len(arrays)
-    for sample, array in zip(samples, arrays):
+    for sample, array in zip(samples, arrays, strict=True):
         assert sample.inputs["input"].dtype == np.float32
         np.testing.assert_array_equal(sample.inputs["input"], array)
     assert [s.label for s in samples] == (list(labels) if labels is not None else [None] * len(arrays))
@@ -254,7 +254,7 @@ def test_images_need_a_single_input_model(png_folder: Path) -> None:
     with pytest.raises(DataError, match="images feed one model input, the model has 2"):
         read(
             png_folder,
-            SPEC + [InputSpec("b", (None, 1), np.dtype(np.float32))],
+            [*SPEC, InputSpec("b", (None, 1), np.dtype(np.float32))],
             data_preprocess_str="gray=True",
         )
 
@@ -284,7 +284,7 @@ def test_lmdb_detection_labels_and_mismatches(tmp_path: Path, digits: tuple) -> 
     path = tmp_path / "det"
     boxes = [[Box(1, 0.0, 0.0, 4.0, 4.0)], [], [Box(2, 1, 1, 2, 2), Box(3, 0, 0, 1, 1)]]
     with LmdbWriter(path) as writer:
-        for image, record in zip(images, boxes):
+        for image, record in zip(images, boxes, strict=False):
             writer.put(image, labels=record)
         writer.put(images[3], labels="5,1,2,3,4")
         with pytest.raises(DataError, match="give labels for every record or for none"):
