@@ -71,7 +71,9 @@ def _main(
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(
+        optuna.logging.DEBUG if verbose else optuna.logging.ERROR
+    )  # we report trials
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 

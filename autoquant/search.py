@@ -154,6 +154,7 @@ class SearchContext:
     tracker: NullTracker | MlflowTracker = field(default_factory=NullTracker)
     _rankings: dict[str, list[str]] = field(default_factory=dict)
     new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
+    shown_tracebacks: set[str] = field(default_factory=set)
 
     @property
     def nodes(self) -> int:
@@ -220,6 +221,10 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
         try:
             outcome, result = run_choice(ctx, quantization, trial.number, key, params)
         except AutoquantError as exc:
+            details = getattr(exc, "details", "")
+            if details and details not in ctx.shown_tracebacks:  # user code: its traceback, once
+                ctx.shown_tracebacks.add(details)
+                logger.error("trial %d failed in user code:\n%s", trial.number, details.rstrip())
             trial.set_user_attr("fail_reason", str(exc))
             ctx.tracker.log_failure(trial.number, params, str(exc))
             ctx.reporter.trial_finished(None, str(exc), current_best(study))

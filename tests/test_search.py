@@ -191,7 +191,9 @@ class Top1:
 """
 
 
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(digits_config: Path, tmp_path: Path) -> None:
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(
+    digits_config: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "flaky.py").write_text(FAILING_OBJECTIVE)
     text = digits_config.read_text().replace(
         "  batch_size: 100\n", "  batch_size: 100\n  objective: flaky.py:Top1\n"
@@ -203,6 +205,8 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(digits_config: Path, 
     assert states[:3] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert "metric server unreachable" in study.trials[1].user_attrs["fail_reason"]
     assert result.failed == 1 and result.best.key == "strategy:mse"
+    tracebacks = [r for r in caplog.records if "failed in user code" in r.getMessage()]
+    assert len(tracebacks) == 1 and "flaky.py" in tracebacks[0].getMessage()
 
 
 SLOW_FULL = """search:
@@ -212,20 +216,41 @@ SLOW_FULL = """search:
 """
 
 
-@pytest.mark.slow
-def test_killed_study_resumes_without_repeating_work(digits_config: Path, tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_config: Path, tmp_path: Path) -> None:
     config_path = _study_config(digits_config, tmp_path, SLOW_FULL)
-    command = [sys.executable, "-m", "autoquant", "tune", str(config_path)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autoquant", "tune", str(config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_completed(config_path, process, 2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert "interrupted; the best model so far is in" in stderr
+    out = tmp_path / "out"
+    assert (out / "model.int8.onnx").is_file() and (out / "study_summary.json").is_file()
+
+
+def _wait_for_completed(config_path: Path, process: subprocess.Popen, count: int) -> None:
     deadline = time.monotonic() + 240
     completed = 0
-    while completed < 4 and time.monotonic() < deadline and process.poll() is None:
+    while completed < count and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
         try:
             completed = len(_load_study(config_path).get_trials(states=(TrialState.COMPLETE,)))
         except Exception:  # the study does not exist yet
             completed = 0
-    assert process.poll() is None, "the study finished before it could be killed"
+    assert process.poll() is None, "the study finished before it could be stopped"
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_without_repeating_work(digits_config: Path, tmp_path: Path) -> None:
+    config_path = _study_config(digits_config, tmp_path, SLOW_FULL)
+    command = [sys.executable, "-m", "autoquant", "tune", str(config_path)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_completed(config_path, process, 4)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     killed_at = len(_load_study(config_path).trials)
