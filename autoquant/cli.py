@@ -266,6 +266,18 @@ def tune(
     out.print(f"outputs: {result.output}")
 
 
+@app.command()
+@handle_errors
+def status(config: ConfigArg, output: OutputOpt = None) -> None:
+    """Show a stored study's trials and its best so far, without running anything."""
+    from autoquant import study as tuning
+    from autoquant.display import summary_table
+
+    result = tuning.stored_result(load(config, output))
+    out.print(summary_table(result))
+    out.print(f"{len(result.trials)} completed and {result.failed} failed trials in {result.storage}")
+
+
 def _is_int8(op_type: str) -> bool:
     return op_type.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize"))
 

@@ -124,6 +124,21 @@ def _fail_interrupted(study: optuna.Study) -> None:
         logger.info("trial %d was interrupted by a previous run; it will run again", trial.number)
 
 
+def stored_result(config: StudyConfig) -> TuneResult:
+    """The stored study of ``config`` as it is now, without running anything.
+
+    Raises:
+        ConfigError: There is no such study in the storage.
+    """
+    url, name = storage_url(config), study_name(config)
+    missing = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()
+    storage = None if missing else open_storage(url)
+    if storage is None or name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        raise ConfigError(f"no study {name!r} in {url}; run `autoquant tune` first")
+    study = optuna.load_study(study_name=name, storage=storage)
+    return study_result(config, study, study.user_attrs.get("fp32_score", float("nan")))
+
+
 def best_config(
     config: StudyConfig, quantization: QuantizationConfig, fp32_nodes: tuple[str, ...]
 ) -> StudyConfig:
@@ -205,6 +220,7 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
     evaluator.fp32_objective(reporter.progress)
     fp32_score = evaluator.fp32_score
     study = open_study(config, fresh)
+    study.set_user_attr("fp32_score", fp32_score)
     out = config.output.directory
     tracker.attach(study, calibrated.stats.key, fp32_score)
 

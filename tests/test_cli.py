@@ -33,7 +33,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 def test_help_lists_the_commands_and_version() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("quantize", "evaluate", "analyze", "tune", "check", "templates"):
+    for command in ("quantize", "evaluate", "analyze", "tune", "status", "check", "templates"):
         assert command in result.stdout
     assert run("--version").stdout.strip() == f"autoquant {__version__}"
     assert "--output" in run("quantize", "--help").stdout

@@ -118,6 +118,25 @@ def test_fast_mode_stops_at_the_first_passing_strategy(
     assert summary["best"]["number"] == result.best.number and summary["completed_trials"] == 3
     again = autoquant.tune(config)  # resumes: nothing left to do
     assert len(again.trials) == 3
+    shown = subprocess.run(
+        [sys.executable, "-m", "autoquant", "status", str(digits_config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        shown.returncode == 0
+        and "strategy:mse" in shown.stdout
+        and "3 completed and 0 failed" in shown.stdout
+    )
+    missing = subprocess.run(
+        [sys.executable, "-m", "autoquant", "status", str(digits_config), "-o", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "run `autoquant tune` first" in missing.stderr
+    assert not (tmp_path / "none").exists()
 
 
 def test_best_config_reproduces_the_model_bit_for_bit(digits_config: Path, tmp_path: Path) -> None:
