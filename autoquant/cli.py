@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,6 +68,8 @@ def _main(
     # logger) only show errors unless --verbose.
     logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, handlers=[handler], force=True)
     logging.getLogger("autoquant").setLevel(level)
+    if not verbose:  # MLflow configures its own logger when it is imported
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     import warnings
 
     import optuna

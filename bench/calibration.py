@@ -5,7 +5,7 @@ uniform random images, --samples, default 32), batch 1 (digits also at batch 50)
 in its OWN fresh subprocess, timed with perf_counter around the work only (prepare_model is cached first):
   fp32                     ORT session on the prepared model + one pass, outputs only (the floor)
   autoquant stats          run_statistics_pass(graph.load(), graph.activations, feeds, bins=8192)
-  autoquant thresholds     compute_thresholds on those statistics: kl/2048 bins (default); every method
+  autoquant thresholds     compute_thresholds on those statistics: default config (kl); every method
   autoquant quantize_model QDQ model from the kl ranges (in memory, not saved)
   ort-entropy/-percentile  quantize_static(QDQ, CalibrationMethod.X) whole, and create_calibrator +
                            collect_data + compute_data alone (the fair match for "autoquant stats")
@@ -116,7 +116,10 @@ def child(spec: dict) -> list[dict]:
             t0 = clock()
             ranges[method] = compute_thresholds(stats, QuantizationConfig(method=method))
             times[method] = clock() - t0
-        rows.append({"contender": SUM_OF[1], "seconds": times["kl"], "note": "2048 bins (default)"})
+        scheme = QuantizationConfig().activation_scheme
+        rows.append(
+            {"contender": SUM_OF[1], "seconds": times["kl"], "note": f"default config: 2048 bins, {scheme}"}
+        )
         rows.append(
             {
                 "contender": "autoquant thresholds, all 6 methods",
@@ -205,7 +208,7 @@ def machine_line() -> str:
     )
     code = ", ".join(
         f"{f}.py {hashlib.sha256((ROOT / 'autoquant' / f'{f}.py').read_bytes()).hexdigest()[:8]}"
-        for f in ("statistics", "thresholds", "quantize")
+        for f in ("statistics", "thresholds", "quantize", "config")
     )
     return (
         f"Machine: nproc={len(os.sched_getaffinity(0))}, CPU {cpu}; Python {platform.python_version()}, "
