@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def _augmented_session(model: onnx.ModelProto, tensors: Iterable[str]) -> ort.In
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # One core stays free for the histograms, which run alongside the next batch.
+    options.intra_op_num_threads = max(1, (os.cpu_count() or 2) - 1)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -204,23 +207,32 @@ def run_statistics_pass(
         Statistics per tensor, and the number of samples seen.
     """
     session = _augmented_session(model, tensors)
-    output_names = [o.name for o in session.get_outputs()]
-    wanted = [t for t in tensors if t in set(output_names)]
-    feeds_wanted = [t for t in tensors if t not in set(output_names)]
+    output_names = {o.name for o in session.get_outputs()}
+    wanted = [t for t in tensors if t in output_names]
+    from_feed = [t for t in tensors if t not in output_names]
     collectors = {t: HistogramCollector(t, bins) for t in tensors}
     samples = 0
-    for feed in batches:
-        results = session.run(wanted, feed)
-        for name, value in zip(wanted, results, strict=True):
-            collectors[name].update(value)
-        for name in feeds_wanted:
-            if name in feed:
-                collectors[name].update(feed[name])
-        del results
-        n = len(next(iter(feed.values())))
-        samples += n
-        if progress is not None:
-            progress(n)
+    # onnxruntime releases the GIL: it runs batch k + 1 on a worker thread while this thread
+    # builds the histograms of batch k. At most two batches of activations are alive.
+    feeds = iter(batches)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoquant-fp32") as pool:
+        feed = next(feeds, None)
+        running = pool.submit(session.run, wanted, feed) if feed is not None else None
+        while feed is not None:
+            results = running.result()
+            following = next(feeds, None)
+            running = pool.submit(session.run, wanted, following) if following is not None else None
+            for name, value in zip(wanted, results, strict=True):
+                collectors[name].update(value)
+            for name in from_feed:
+                if name in feed:
+                    collectors[name].update(feed[name])
+            del results
+            n = len(next(iter(feed.values())))
+            samples += n
+            if progress is not None:
+                progress(n)
+            feed = following
     if samples == 0:
         raise CalibrationError("the calibration set yielded no samples")
     return {t: c.result() for t, c in collectors.items()}, samples

@@ -10,7 +10,7 @@ the median of --repeat timed calls (after one untimed warm-up call) for each fin
 for 50 tensors well under 1 s. Writes (replaces) its section of bench/RESULTS.md.
 
 Run:   source /tmp/venv/bin/activate && python bench/thresholds.py [--tensors 50] [--repeat 5]
-Takes: ~10-20 s on 2 cores (jsd, the one quadratic method, dominates).
+Takes: ~10-30 s on 2 cores (jsd, the one quadratic method, dominates).
 """
 
 from __future__ import annotations
