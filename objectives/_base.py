@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from autoquant.errors import ConfigError
-from autoquant.objectives._loader import load_callable
+from autoquant.usercode import load_callable
 
 AUTO = "auto"
 
@@ -113,7 +113,7 @@ def supports_resampling(objective: Any) -> bool:
 
 
 def _user_objective(spec: str) -> Any:
-    factory = load_callable(spec, "test.objective")
+    factory = load_callable(spec, "test.objective", ConfigError)
     try:
         objective = factory()
     except Exception as exc:  # any error of user code
@@ -162,7 +162,7 @@ def create_objective(name: str, *, has_labels: bool, decode: str | None = None) 
                 f"test.objective {name!r} needs a decode function: set test.decode to module:function "
                 f"or path/file.py:function (example: autoquant.objectives.ssd_decode:decode)"
             )
-        objective = cls(decode=load_callable(decode, "test.decode")) if uses_decode else cls()
+        objective = cls(decode=load_callable(decode, "test.decode", ConfigError)) if uses_decode else cls()
     else:
         raise ConfigError(
             f"test.objective: unknown objective {name!r}; registered: {', '.join(_OBJECTIVES)}, "

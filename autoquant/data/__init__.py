@@ -13,7 +13,7 @@ from autoquant.data._base import (
     register_reader,
     registered_readers,
 )
-from autoquant.data._callable import CallableReader, load_callable
+from autoquant.data._callable import CallableReader
 from autoquant.data._images import ImageReader, list_images
 from autoquant.data._labels import Box, format_boxes, parse_boxes, read_labels
 from autoquant.data._lmdb import LmdbReader, LmdbWriter
@@ -32,7 +32,6 @@ __all__ = [
     "Sample",
     "format_boxes",
     "list_images",
-    "load_callable",
     "open_reader",
     "parse_boxes",
     "read_labels",

@@ -8,12 +8,7 @@ split; their label is then a sequence with one label per sample.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,43 +16,7 @@ import numpy as np
 from autoquant.data._base import DataReader, Sample, register_reader
 from autoquant.data._numpy import count_samples, split_samples
 from autoquant.errors import DataError
-
-
-def load_callable(spec: str) -> Callable[[], Iterable[Any]]:
-    """Import the function named by ``module:function`` or ``/path/file.py:function``.
-
-    A file is imported under a module name unique to its path, so files with the same name in
-    different folders do not clash.
-
-    Raises:
-        DataError: The spec is malformed, the import fails or the function is missing.
-    """
-    target, sep, name = spec.rpartition(":")
-    if not sep or not target or not name.isidentifier():
-        raise DataError(f"{spec}: expected module:function or /path/file.py:function")
-    try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise DataError(f"{spec}: no such file {target}")
-            module_name = (
-                f"_autoquant_data_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
-            )
-            module_spec = importlib.util.spec_from_file_location(module_name, path)
-            assert module_spec is not None and module_spec.loader is not None  # always for a .py file
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[module_name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except DataError:
-        raise
-    except Exception as exc:  # any import-time error of user code
-        raise DataError(f"{spec}: cannot import {target} ({type(exc).__name__}: {exc})") from exc
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise DataError(f"{spec}: {target} has no function {name!r}")
-    return function
+from autoquant.usercode import load_callable
 
 
 def _as_arrays(inputs: Any, name: str | None, where: str) -> dict[str, Any]:
@@ -97,7 +56,7 @@ class CallableReader(DataReader):
                 f"{self.config.labels}: a callable source gives its own labels; "
                 f"yield (inputs, label) tuples from {self.source} instead of setting labels"
             )
-        self._function = load_callable(self.source)
+        self._function = load_callable(self.source, "data source", DataError)
 
     def _count(self) -> int | None:
         return None

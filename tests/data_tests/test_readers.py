@@ -20,13 +20,13 @@ from autoquant.data import (
     DataReader,
     InputSpec,
     LmdbWriter,
-    load_callable,
     open_reader,
     read_labels,
     register_reader,
     registered_readers,
 )
 from autoquant.errors import ConfigError, DataError
+from autoquant.usercode import load_callable
 
 JPEG = Path(str(importlib.resources.files("sklearn.datasets.images") / "china.jpg"))
 SPEC = [InputSpec("input", (None, 1, 8, 8), np.dtype(np.float32))]
@@ -373,13 +373,14 @@ def test_callable_errors(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "aq_test_data_errors.py").write_text(MODULE)
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
     base = str(tmp_path / "aq_test_data_errors.py")
-    with pytest.raises(DataError, match=r"broken.py:f: cannot import .*broken.py \(RuntimeError: boom\)"):
+    with pytest.raises(DataError, match=r"broken.py:f': cannot import .*broken.py \(RuntimeError: boom\)"):
         open_reader(config(f"{tmp_path / 'broken.py'}:f"), SPEC)
-    with pytest.raises(DataError, match="no_such_module_xyz:f: cannot import no_such_module_xyz"):
+    with pytest.raises(DataError, match="'no_such_module_xyz:f': cannot import no_such_module_xyz"):
         open_reader(config("no_such_module_xyz:f"), SPEC)
-    for name in ("missing", "not_a_function"):
-        with pytest.raises(DataError, match=f"{base}:{name}: .* has no function '{name}'"):
-            open_reader(config(f"{base}:{name}"), SPEC)
+    with pytest.raises(DataError, match=f"{base}:missing': .* has no attribute 'missing'"):
+        open_reader(config(f"{base}:missing"), SPEC)
+    with pytest.raises(DataError, match="not_a_function is a int, expected a function or class"):
+        open_reader(config(f"{base}:not_a_function"), SPEC)
     with pytest.raises(DataError, match="no such file"):
         open_reader(config(f"{tmp_path / 'nope.py'}:f"), SPEC)
     reader = open_reader(config(f"{base}:nothing"), SPEC)
@@ -454,8 +455,8 @@ def test_more_callable_and_validation_errors(tmp_path: Path) -> None:
         read(f"{base}:arrays", specs)
     with pytest.raises(DataError, match="strings#0: input 'input' is not float32 data"):
         read(f"{base}:strings")
-    with pytest.raises(DataError, match="expected module:function or /path/file.py:function"):
-        load_callable("no_function_here:")
+    with pytest.raises(DataError, match="must be module:function or /path/file.py:function"):
+        load_callable("no_function_here:", "data source", DataError)
     reader = open_reader(config(f"{base}:arrays"), SPEC)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         next(reader.batches(0))

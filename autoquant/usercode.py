@@ -1,4 +1,4 @@
-"""Import the user callables named in the config: ``module:function`` or ``/path/file.py:function``."""
+"""Import user code named in a config: ``module:function`` or ``/path/file.py:function``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from autoquant.errors import ConfigError
+from autoquant.errors import AutoquantError
 
 
 def _import_file(path: Path) -> ModuleType:
-    """Import a .py file under a module name unique to its resolved path (imported once per process)."""
+    """Import a .py file under a module name unique to its resolved path (once per process)."""
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    module_name = f"_autoquant_objective_{path.stem}_{digest}"
+    module_name = f"_autoquant_user_{path.stem}_{digest}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     module_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -32,39 +32,36 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def load_callable(spec: str, key: str) -> Callable[..., Any]:
-    """Import the callable named by ``module:function`` or ``/path/file.py:function``.
+def load_callable(spec: str, key: str, error: type[AutoquantError]) -> Callable[..., Any]:
+    """Import the function or class named by ``module:function`` or ``/path/file.py:function``.
 
     Args:
         spec: The config value.
-        key: The config key it comes from (``test.objective``, ``test.decode``), named in errors.
-
-    Returns:
-        The function or class.
+        key: The config key it comes from (``test.objective``, ``calibration.source``, ...).
+        error: The error class to raise (the caller's stage).
 
     Raises:
-        ConfigError: The spec is malformed, the import fails or the attribute is missing or not callable.
+        AutoquantError: (of class ``error``) The spec is malformed, the import fails, or the
+            attribute is missing or not callable.
     """
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name.isidentifier():
-        raise ConfigError(f"{key}: {spec!r} must be module:function or path/file.py:function")
+        raise error(f"{key}: {spec!r} must be module:function or /path/file.py:function")
     try:
         if target.endswith(".py"):
             path = Path(target).expanduser()
             if not path.is_file():
-                raise ConfigError(f"{key}: {spec!r}: no such file {str(path)!r}")
+                raise error(f"{key}: {spec!r}: no such file {str(path)!r}")
             module = _import_file(path)
         else:
             module = importlib.import_module(target)
-    except ConfigError:
+    except AutoquantError:
         raise
     except Exception as exc:  # any import-time error of user code
-        raise ConfigError(f"{key}: {spec!r}: cannot import {target} ({type(exc).__name__}: {exc})") from exc
+        raise error(f"{key}: {spec!r}: cannot import {target} ({type(exc).__name__}: {exc})") from exc
     function = getattr(module, name, None)
     if function is None:
-        raise ConfigError(f"{key}: {spec!r}: {target} has no attribute {name!r}")
+        raise error(f"{key}: {spec!r}: {target} has no attribute {name!r}")
     if not callable(function):
-        raise ConfigError(
-            f"{key}: {spec!r}: {name} is a {type(function).__name__}, expected a function or class"
-        )
+        raise error(f"{key}: {spec!r}: {name} is a {type(function).__name__}, expected a function or class")
     return function
