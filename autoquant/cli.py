@@ -135,7 +135,7 @@ def quantize(
     cfg = load(config, output)
     graph = pipeline.load_graph(cfg)
     with progress_bar("FP32 statistics pass", pipeline.expected_samples(cfg, graph)) as advance:
-        calibrated = pipeline.calibrate(cfg, progress=advance, use_cache=not no_cache)
+        calibrated = pipeline.calibrate(cfg, progress=advance, use_cache=not no_cache, graph=graph)
     result = pipeline.quantize(calibrated, cfg.quantization)
     written = write_outputs(result, cfg, cfg.output.directory)
     kernels = int8_kernels(result.model)
@@ -207,7 +207,7 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     cfg = load(config, output)
     graph = pipeline.load_graph(cfg)
     with progress_bar("FP32 statistics pass", pipeline.expected_samples(cfg, graph)) as advance:
-        calibrated = pipeline.calibrate(cfg, progress=advance)
+        calibrated = pipeline.calibrate(cfg, progress=advance, graph=graph)
     with progress_bar("per-layer analysis", len(graph.nodes)) as advance:
         sensitivity = pipeline.analyze_layers(cfg, calibrated, advance)
     q = cfg.quantization

@@ -83,15 +83,21 @@ def data_fingerprint(data: DataConfig) -> str:
     return digest.hexdigest()
 
 
-def calibrate(config: StudyConfig, progress: ProgressFn | None = None, use_cache: bool = True) -> Calibrated:
+def calibrate(
+    config: StudyConfig,
+    progress: ProgressFn | None = None,
+    use_cache: bool = True,
+    graph: ModelGraph | None = None,
+) -> Calibrated:
     """Prepare the model and collect activation statistics (from the cache when possible).
 
     Args:
         config: The study config.
         progress: Called with the number of samples after each calibration batch.
         use_cache: Read and write the statistics cache.
+        graph: The config's model, if :func:`load_graph` already prepared it.
     """
-    graph = load_graph(config)
+    graph = graph or load_graph(config)
     calib = config.calibration
     reader = open_reader(calib, list(graph.inputs), limit=calib.calib_iterations)
     key = statistics_key(
