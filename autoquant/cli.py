@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -252,10 +254,25 @@ def tune(
 
     cfg = load(config, output)
     reporter = LiveReporter(console, cfg.search.accept_int8_decay, cfg.test.test_iterations or 0)
+    stop = threading.Event()
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts at once
+        console.print("stopping after the current trial (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         with reporter:
-            result = tuning.tune(cfg, reporter=reporter, fresh=fresh)
+            result = tuning.tune(cfg, reporter=reporter, fresh=fresh, stop=stop.is_set)
     except KeyboardInterrupt:
+        stop.set()
+        result = None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if stop.is_set():
+        if result is not None:
+            out.print(summary_table(result))
         _fail(f"interrupted; the best model so far is in {cfg.output.directory}", status=130)
     out.print(summary_table(result))
     best = result.best

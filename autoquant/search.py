@@ -154,6 +154,7 @@ class SearchContext:
     tracker: NullTracker | MlflowTracker = field(default_factory=NullTracker)
     _rankings: dict[str, list[str]] = field(default_factory=dict)
     new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
+    should_stop: Callable[[], bool] = lambda: False  # a deadline passed or the user asked to stop
     shown_tracebacks: set[str] = field(default_factory=set)
 
     @property
@@ -285,13 +286,32 @@ def _finished(study: optuna.Study, key: str) -> FrozenTrial | None:
     )
 
 
+class SearchStopped(Exception):
+    """Raised between trials when the search must stop (timeout or Ctrl-C); not an error."""
+
+
+def _check_stop(ctx: SearchContext) -> None:
+    if ctx.should_stop():
+        raise SearchStopped
+
+
 def run_keyed(
-    study: optuna.Study, objective: Callable, key: str, params: dict[str, Value] | None, **attrs: Any
+    ctx: SearchContext,
+    study: optuna.Study,
+    objective: Callable,
+    key: str,
+    params: dict[str, Value] | None,
+    **attrs: Any,
 ) -> FrozenTrial:
-    """Run the trial named ``key`` once: a finished one is reused, a waiting one is not enqueued twice."""
+    """Run the trial named ``key`` once: a finished one is reused, a waiting one is not enqueued twice.
+
+    Raises:
+        SearchStopped: The search must stop before this trial.
+    """
     done = _finished(study, key)
     if done is not None:
         return done
+    _check_stop(ctx)
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     if params is not None and not any(t.user_attrs.get("key") == key for t in waiting):
         study.enqueue_trial(params, user_attrs={"key": key, **attrs})
@@ -312,14 +332,12 @@ def run_fast(ctx: SearchContext, study: optuna.Study, objective: Callable, stop_
     for strategy in strategies:
         name = str(strategy.get("name", len(strategies)))
         partial = {k: v for k, v in strategy.items() if k != "name"}
-        trial = run_keyed(study, objective, f"strategy:{name}", ctx.space.complete(partial, base))
+        trial = run_keyed(ctx, study, objective, f"strategy:{name}", ctx.space.complete(partial, base))
         if stop_at_first and within_budget(trial):
             return
 
 
-def run_sampled(
-    ctx: SearchContext, study: optuna.Study, objective: Callable, count: int, deadline: float
-) -> None:
+def run_sampled(ctx: SearchContext, study: optuna.Study, objective: Callable, count: int) -> None:
     """``count`` trials sampled by the study's sampler (counting those a resumed study already ran)."""
     ctx.reporter.phase(f"{count} sampled trials")
     done = sum(
@@ -328,8 +346,7 @@ def run_sampled(
         if t.user_attrs.get("key", "").startswith("sampled:") and t.state.is_finished()
     )
     for _ in range(max(0, count - done)):
-        if time.monotonic() > deadline:
-            return
+        _check_stop(ctx)
         study.optimize(objective, n_trials=1, catch=(AutoquantError,))
 
 
@@ -348,7 +365,7 @@ def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Calla
     low, high = 0, ctx.nodes
     while high - low > 1:
         k = (low + high) // 2
-        trial = run_keyed(study, objective, f"bisect:{k}", {**params, "fp32_layers": k})
+        trial = run_keyed(ctx, study, objective, f"bisect:{k}", {**params, "fp32_layers": k})
         low, high = (low, k) if within_budget(trial) else (k, high)
 
 
@@ -368,7 +385,7 @@ def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
     params = dict(base_outcome.params)
     quantization = ctx.space.apply(params, ctx.config.quantization)
     scales = greedy_scales(ctx, quantization)
-    run_keyed(study, objective, "scales", params, scales=scales)
+    run_keyed(ctx, study, objective, "scales", params, scales=scales)
 
 
 def greedy_scales(ctx: SearchContext, quantization: QuantizationConfig) -> dict[str, float]:

@@ -33,6 +33,7 @@ from autoquant.search import (
     NullReporter,
     Reporter,
     SearchContext,
+    SearchStopped,
     TrialOutcome,
     best_outcome,
     bisect_fp32_layers,
@@ -196,13 +197,20 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
     )
 
 
-def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = False) -> TuneResult:
+def tune(
+    config: StudyConfig,
+    reporter: Reporter | None = None,
+    fresh: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> TuneResult:
     """Run (or resume) the study described by ``config``.
 
     Args:
         config: The study config.
         reporter: Receives phase, trial and progress events (e.g. a live display).
         fresh: Delete a stored study of the same name and start over.
+        stop: Polled between trials; when it returns True the study ends after the current trial
+            (the CLI sets it on Ctrl-C). ``search.timeout`` ends the study the same way.
 
     Returns:
         The best trial and every completed one.
@@ -211,6 +219,7 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
         AutoquantError: Bad config, model or data (before any trial), or no trial could complete.
     """
     reporter = reporter or NullReporter()
+    deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
     tracker = make_tracker(config)  # fails in seconds, before any calibration work
     calibrated = pipeline.calibrate(config)
@@ -239,6 +248,12 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
         )
         return sensitivity
 
+    requested = stop or (lambda: False)
+
+    def should_stop() -> bool:  # the timeout never ends a study before its first completed trial
+        late = time.monotonic() > deadline and bool(study.get_trials(states=(TrialState.COMPLETE,)))
+        return requested() or late
+
     ctx = SearchContext(
         config=config,
         calibrated=calibrated,
@@ -250,20 +265,19 @@ def tune(config: StudyConfig, reporter: Reporter | None = None, fresh: bool = Fa
         on_best=best_writer(config),
         reporter=reporter,
         tracker=tracker,
+        should_stop=should_stop,
     )
     objective = make_objective(ctx, study)
-    timeout = config.search.timeout
-    deadline = time.monotonic() + timeout if timeout else math.inf
     try:
         if config.search.mode == "fast":
             run_fast(ctx, study, objective, stop_at_first=True)
         else:
             run_fast(ctx, study, objective, stop_at_first=False)
-            run_sampled(ctx, study, objective, config.search.n_trials or DEFAULT_SAMPLED_TRIALS, deadline)
-            if time.monotonic() < deadline:
-                bisect_fp32_layers(ctx, study, objective)
-            if time.monotonic() < deadline:
-                tune_scales(ctx, study, objective)
+            run_sampled(ctx, study, objective, config.search.n_trials or DEFAULT_SAMPLED_TRIALS)
+            bisect_fp32_layers(ctx, study, objective)
+            tune_scales(ctx, study, objective)
+    except SearchStopped:
+        logger.info("the search stopped before its end (timeout or a stop request)")
     finally:
         result = study_result(config, study, fp32_score)
         if result.trials:

@@ -297,3 +297,11 @@ def test_ask_and_tell_in_the_users_code(digits_config: Path, digits_test_data) -
     result = tuner.result()
     assert result.fp32_score == pytest.approx(0.994) and result.within_budget
     assert [o.key for o in result.trials] == ["strategy:default", "strategy:per_channel", "strategy:mse"]
+
+
+def test_timeout_ends_the_study_between_trials(digits_config: Path, tmp_path: Path) -> None:
+    search = "search:\n  mode: full\n  accept_int8_decay: 0.0\n  timeout: 0.01\n"
+    config = load_config(_study_config(digits_config, tmp_path, search))
+    result = autoquant.tune(config)
+    # The deadline passes before the first trial, which still runs (a study never ends with nothing).
+    assert len(result.trials) == 1 and (config.output.directory / "study_summary.json").is_file()
