@@ -44,7 +44,7 @@ from autoquant.search import (
     tune_scales,
 )
 from autoquant.space import load_space
-from autoquant.tracking import make_tracker
+from autoquant.tracking import MlflowTracker, NullTracker, make_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ def summary(result: TuneResult) -> dict:
 
 
 def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) -> TuneResult:
+    """The result of the study as stored now."""
     done = outcomes(study)
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     return TuneResult(
@@ -195,6 +196,47 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
         failed=failed,
         output=config.output.directory,
     )
+
+
+def _ranking_writer(
+    config: StudyConfig, calibrated: pipeline.Calibrated, name: str
+) -> Callable[[QuantizationConfig], Sensitivity]:
+    """Sensitivity analysis for the bisection; each ranking is also written as JSON and HTML."""
+
+    def ranking(quantization: QuantizationConfig) -> Sensitivity:
+        sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
+        report = render_report(
+            sensitivity, f"autoquant sensitivity: {name}", {"model": str(config.model.path)}
+        )
+        files = {"sensitivity.json": sensitivity.to_json().encode(), REPORT_FILE: report.encode()}
+        write_files(config.output.directory, files)
+        return sensitivity
+
+    return ranking
+
+
+def _run_phases(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
+    """Fast mode: the strategies up to the first pass. Full mode: every phase in turn."""
+    if ctx.config.search.mode == "fast":
+        run_fast(ctx, study, objective, stop_at_first=True)
+        return
+    run_fast(ctx, study, objective, stop_at_first=False)
+    run_sampled(ctx, study, objective, ctx.config.search.n_trials or DEFAULT_SAMPLED_TRIALS)
+    bisect_fp32_layers(ctx, study, objective)
+    tune_scales(ctx, study, objective)
+
+
+def _finish(config: StudyConfig, result: TuneResult, tracker: NullTracker | MlflowTracker) -> None:
+    """Write the study summary and close the MLflow parent run."""
+    out = config.output.directory
+    write_files(out, {SUMMARY_FILE: json.dumps(summary(result), indent=2).encode()})
+    tracker.finish(summary(result), out / MODEL_FILE, out / REPORT_FILE)
+    if config.tracking.enabled:
+        logger.info(
+            "MLflow: the study waited %.2f s; logging took %.2f s in the background",
+            tracker.seconds,
+            tracker.busy_seconds,
+        )
 
 
 def tune(
@@ -230,24 +272,9 @@ def tune(
     fp32_score = evaluator.fp32_score
     study = open_study(config, fresh)
     study.set_user_attr("fp32_score", fp32_score)
-    out = config.output.directory
     tracker.attach(study, calibrated.stats.key, fp32_score)
 
-    def ranking(quantization: QuantizationConfig) -> Sensitivity:
-        sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
-        write_files(
-            out,
-            {
-                "sensitivity.json": sensitivity.to_json().encode(),
-                REPORT_FILE: render_report(
-                    sensitivity,
-                    f"autoquant sensitivity: {study.study_name}",
-                    {"model": str(config.model.path)},
-                ).encode(),
-            },
-        )
-        return sensitivity
-
+    ranking = _ranking_writer(config, calibrated, study.study_name)
     requested = stop or (lambda: False)
 
     def should_stop() -> bool:  # the timeout never ends a study before its first completed trial
@@ -269,26 +296,13 @@ def tune(
     )
     objective = make_objective(ctx, study)
     try:
-        if config.search.mode == "fast":
-            run_fast(ctx, study, objective, stop_at_first=True)
-        else:
-            run_fast(ctx, study, objective, stop_at_first=False)
-            run_sampled(ctx, study, objective, config.search.n_trials or DEFAULT_SAMPLED_TRIALS)
-            bisect_fp32_layers(ctx, study, objective)
-            tune_scales(ctx, study, objective)
+        _run_phases(ctx, study, objective)
     except SearchStopped:
         logger.info("the search stopped before its end (timeout or a stop request)")
     finally:
         result = study_result(config, study, fp32_score)
         if result.trials:
-            write_files(out, {SUMMARY_FILE: json.dumps(summary(result), indent=2).encode()})
-            tracker.finish(summary(result), out / MODEL_FILE, out / REPORT_FILE)
-            if config.tracking.enabled:
-                logger.info(
-                    "MLflow: the study waited %.2f s; logging took %.2f s in the background",
-                    tracker.seconds,
-                    tracker.busy_seconds,
-                )
+            _finish(config, result, tracker)
     if not result.trials:
         failures = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
         raise ConfigError(f"no trial completed; the last failure: {failures[-1] if failures else 'unknown'}")
