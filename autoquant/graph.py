@@ -73,6 +73,7 @@ class QuantizableNode:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     depthwise: bool = False
+    weight: str | None = None  # the weight initializer of a Conv/ConvTranspose/Gemm/MatMul
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,11 @@ def _describe(model: onnx.ModelProto, source: Path, model_hash: str, prepared_pa
         outs = tuple(t for t in node.output if is_activation(t))
         if not ins and not outs:
             continue
-        nodes.append(QuantizableNode(node.name, node.op_type, ins, outs, _is_depthwise(node, weights)))
+        weight = node.input[1] if node.op_type in WEIGHTED_OPS and len(node.input) > 1 else None
+        weight = weight if weight in weights else None
+        nodes.append(
+            QuantizableNode(node.name, node.op_type, ins, outs, _is_depthwise(node, weights), weight)
+        )
         for tensor in (*ins, *outs):
             if tensor not in seen:
                 seen.add(tensor)
@@ -333,11 +338,10 @@ def _describe(model: onnx.ModelProto, source: Path, model_hash: str, prepared_pa
 def weight_channel_ranges(model: onnx.ModelProto, node: QuantizableNode) -> np.ndarray | None:
     """Per-output-channel absolute maximum of a Conv/Gemm/MatMul weight, straight from the initializer."""
     weights = {t.name: t for t in model.graph.initializer}
-    onnx_node = next(n for n in model.graph.node if n.name == node.name)
-    name = next((t for t in onnx_node.input[1:2] if t in weights), None)
-    if name is None:
+    if node.weight is None or node.weight not in weights:
         return None
-    w = numpy_helper.to_array(weights[name])
+    onnx_node = next(n for n in model.graph.node if n.name == node.name)
+    w = numpy_helper.to_array(weights[node.weight])
     axis = 0 if node.op_type in ("Conv", "ConvTranspose") else w.ndim - 1
     if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in onnx_node.attribute):
         axis = 0

@@ -95,11 +95,6 @@ def fp32_nodes(graph: ModelGraph, config: QuantizationConfig, ranking: Sequence[
     return list(dict.fromkeys(names))
 
 
-def _depthwise_weights(graph: ModelGraph) -> list[str]:
-    depthwise = {n.name for n in graph.nodes if n.depthwise}
-    return [n.input[1] for n in graph.load().graph.node if n.name in depthwise]
-
-
 def _tensors_range(ranges: dict[str, TensorRange]):
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
@@ -143,7 +138,7 @@ def quantize_model(
     if config.first_input_unsigned and symmetric:
         overrides.update({spec.name: [{"quant_type": QuantType.QUInt8}] for spec in graph.inputs})
     if config.depthwise_per_channel and not config.per_channel:
-        overrides.update({weight: [{"axis": 0}] for weight in _depthwise_weights(graph)})
+        overrides.update({n.weight: [{"axis": 0}] for n in graph.nodes if n.depthwise and n.weight})
     extra_options = {
         "ActivationSymmetric": symmetric,
         "WeightSymmetric": True,

@@ -21,6 +21,9 @@ def test_digits_graph(tmp_path: Path) -> None:
     assert graph.first_layer == "/stem/Conv" == graph.nodes[0].name
     assert sum(n.depthwise for n in graph.nodes) == 4
     assert all("/dw/" in n.name for n in graph.nodes if n.depthwise)
+    initializers = {t.name for t in graph.load().graph.initializer}
+    assert all(n.weight in initializers for n in graph.nodes if n.op_type in ("Conv", "Gemm"))
+    assert all(n.weight is None for n in graph.nodes if n.op_type not in ("Conv", "Gemm"))
     assert [s.name for s in graph.inputs] == ["input"] and graph.inputs[0].shape == (None, 1, 32, 32)
     assert graph.outputs == ("logits",)
     original = {n.name for n in onnx.load(DIGITS / "model.onnx").graph.node}
