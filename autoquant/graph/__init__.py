@@ -1,0 +1,78 @@
+"""Graph stage: read an ONNX model as an exporter wrote it, prepare it for quantization and list
+its quantizable nodes.
+
+The prepared model is cached in the cache folder, keyed by the hash of the model and its external
+data. Every node and tensor name reported afterwards is a real name of the prepared model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoquant.graph._describe import (
+    QUANTIZABLE_OPS,
+    ModelGraph,
+    QuantizableNode,
+    describe,
+    weight_channel_ranges,
+)
+from autoquant.graph._model_io import (
+    SourceModel,
+    load_model,
+    read_model,
+    session_for,
+    session_options,
+    write_model,
+)
+from autoquant.graph._prepare import MIN_OPSET, WEIGHTED_OPS, prepare, private_workdir
+
+#: Bumped when preparation changes, so that models prepared by an older version are redone.
+PREPARATION_VERSION = 2
+
+
+def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
+    """Read, prepare and describe a model; the prepared model is cached in ``cache_dir``.
+
+    Args:
+        path: The FP32 ONNX model (its external data files beside it).
+        cache_dir: Folder for the prepared model, keyed by the hash of the model's files.
+
+    Returns:
+        The model graph description.
+
+    Raises:
+        ModelError: The model is missing, corrupt, already quantized or cannot be prepared.
+    """
+    path, cache_dir = Path(path), Path(cache_dir)
+    source = read_model(path)
+    prepared_path = cache_dir / f"prepared-v{PREPARATION_VERSION}-{source.sha256[:16]}.onnx"
+    if prepared_path.is_file():
+        prepared = load_model(prepared_path)
+    else:
+        created = not cache_dir.exists()
+        try:
+            with private_workdir(cache_dir) as workdir:
+                prepared = prepare(source, Path(workdir))
+            write_model(prepared, prepared_path, external_data=source.external_data)
+        except BaseException:
+            if created and cache_dir.is_dir() and not any(cache_dir.iterdir()):
+                cache_dir.rmdir()  # a failed first preparation leaves no empty cache folder
+            raise
+    return describe(prepared, path, source.sha256, prepared_path, source.external_data)
+
+
+__all__ = [
+    "MIN_OPSET",
+    "QUANTIZABLE_OPS",
+    "WEIGHTED_OPS",
+    "ModelGraph",
+    "QuantizableNode",
+    "SourceModel",
+    "load_model",
+    "prepare_model",
+    "read_model",
+    "session_for",
+    "session_options",
+    "weight_channel_ranges",
+    "write_model",
+]

@@ -1,0 +1,157 @@
+"""Reading and writing ONNX models, external data included, and opening onnxruntime sessions.
+
+Models above the 2 GB protobuf limit keep their weights in external data files. They are read
+with those files (and hashed with them), and a model read that way is written that way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
+from autoquant.errors import ModelError
+
+#: Log level of every onnxruntime session autoquant opens: errors only.
+ORT_LOG_SEVERITY = 3
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A user's model as read from disk.
+
+    Attributes:
+        path: The model file.
+        model: The parsed model with any external data loaded into it.
+        sha256: Hash of the model file and of its external data files.
+        external_data: Whether the file keeps its weights in external data files.
+    """
+
+    path: Path
+    model: onnx.ModelProto
+    sha256: str
+    external_data: bool
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in a graph: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _tensors(subgraph)
+
+
+def _external_files(model: onnx.ModelProto) -> list[str]:
+    """Locations of the external data files a model refers to, sorted."""
+    return sorted({ExternalDataInfo(t).location for t in _tensors(model.graph) if uses_external_data(t)})
+
+
+def read_model(path: str | Path) -> SourceModel:
+    """Read and parse an ONNX file and its external data.
+
+    Raises:
+        ModelError: The file or one of its external data files is missing, or the file is not ONNX.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror})") from None
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: not a valid ONNX model (the graph has no nodes)")
+    digest = hashlib.sha256(data)
+    locations = _external_files(model)
+    for location in locations:
+        file = path.parent / location
+        if not file.is_file():
+            raise ModelError(f"{path}: its external data file {location!r} is missing from {path.parent}")
+        digest.update(location.encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    if locations:
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise ModelError(f"{path}: cannot read its external data ({exc})") from None
+    return SourceModel(path, model, digest.hexdigest(), bool(locations))
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Load a model written by :func:`write_model` (external data included)."""
+    return onnx.load(path)
+
+
+def write_model(model: onnx.ModelProto, path: Path, external_data: bool = False) -> None:
+    """Write ``model`` to ``path`` once onnxruntime has loaded it, replacing any older file whole.
+
+    With ``external_data`` the weights go to ``<name>.data`` beside the model. The files are
+    staged in a hidden folder next to ``path`` and moved into place only after onnxruntime loaded
+    them, so an interrupted or failed write leaves the previous model intact.
+
+    Raises:
+        ModelError: onnxruntime cannot load the model.
+        OSError: The folder cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        staged = staging / path.name
+        if external_data:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # onnx.save moves the weights of the proto it is given
+            onnx.save_model(
+                copy,
+                staged,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=f"{path.name}.data",
+                size_threshold=1024,
+            )
+        else:
+            staged.write_bytes(model.SerializeToString())
+        try:
+            session_for(staged)
+        except Exception as exc:
+            raise ModelError(f"{path}: onnxruntime cannot load the model to be written ({exc})") from exc
+        data = staging / f"{path.name}.data"
+        if data.exists():
+            data.replace(path.parent / data.name)
+        staged.replace(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def session_options() -> ort.SessionOptions:
+    """Session options with onnxruntime's log at error level."""
+    options = ort.SessionOptions()
+    options.log_severity_level = ORT_LOG_SEVERITY
+    return options
+
+
+def session_for(
+    model: onnx.ModelProto | bytes | Path | str, options: ort.SessionOptions | None = None
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session over a model, its bytes or its file."""
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    return ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model),
+        options or session_options(),
+        providers=["CPUExecutionProvider"],
+    )
