@@ -111,3 +111,14 @@ def test_unnamed_nodes_get_stable_names(tmp_path: Path) -> None:
     graph = prepare_model(path, tmp_path / "cache")
     assert [n.name for n in graph.nodes] == ["MatMul_0", "Relu_1"]
     assert graph.first_layer == "MatMul_0"
+
+
+@pytest.mark.parametrize("style", ["digits_constant_weights", "tiny_vit_constant_weights"])
+def test_fused_nodes_keep_the_names_of_the_source_model(style: str, tmp_path: Path) -> None:
+    from tests.fixtures.export_styles import write_style
+
+    path = write_style(style, tmp_path)
+    source = {n.name for n in onnx.load(path).graph.node}
+    graph = prepare_model(path, tmp_path / "cache")
+    renamed = [n.name for n in graph.nodes if n.name not in source]
+    assert renamed == []

@@ -20,6 +20,7 @@ incomplete symbolic shapes, and writes temporary files into the current director
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -166,7 +167,23 @@ def optimize(model: onnx.ModelProto, workdir: Path, path: Path) -> onnx.ModelPro
         raise ModelError(f"{path}: onnxruntime cannot optimize the model: {reason}") from None
     optimized = onnx.load(workdir / "optimized.onnx")
     _keep_used_opsets(optimized, model)
+    _restore_fused_names(optimized, {n.name for n in model.graph.node})
     return optimized
+
+
+_FUSED_NAME = re.compile(r"^(?P<name>.*?)/[A-Za-z0-9]+Fusion(/.*)?$")
+
+
+def _restore_fused_names(model: onnx.ModelProto, names: set[str]) -> None:
+    """Give fused nodes their source name back (onnxruntime calls them ``<name>/<Pass>Fusion/``),
+    so that ``nodes_to_exclude`` and ``fp32_nodes.txt`` speak of the user's nodes."""
+    taken = {n.name for n in model.graph.node}
+    for node in model.graph.node:
+        match = _FUSED_NAME.match(node.name)
+        if match and match["name"] in names and match["name"] not in taken:
+            taken.discard(node.name)
+            node.name = match["name"]
+            taken.add(node.name)
 
 
 def _keep_used_opsets(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
