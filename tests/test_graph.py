@@ -122,3 +122,37 @@ def test_fused_nodes_keep_the_names_of_the_source_model(style: str, tmp_path: Pa
     graph = prepare_model(path, tmp_path / "cache")
     renamed = [n.name for n in graph.nodes if n.name not in source]
     assert renamed == []
+
+
+def test_weights_left_computed_are_folded_and_the_rest_named_in_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import numpy as np
+
+    from autoquant.graph._prepare import check_weights, fold_weights
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    nodes = [
+        helper.make_node("Constant", [], ["w_t"], value=onnx.numpy_helper.from_array(w.T.copy())),
+        helper.make_node("Transpose", ["w_t"], ["w"], name="transpose_w"),
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="folded"),
+        helper.make_node("MatMul", ["h", "v"], ["y"], name="runtime_weight"),
+    ]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])
+    v = helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, [4, 2])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x, v], [y]), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    assert fold_weights(model) == ["w"]
+    folded = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(folded["w"], w)
+    assert [n.name for n in model.graph.node] == ["folded", "runtime_weight"]
+    # A weight that a source exporter wrote as a constant but that stays computed is named once.
+    model.graph.node.insert(0, helper.make_node("Identity", ["w"], ["w2"], name="copy_w"))
+    model.graph.node[2].input[1] = "w2"
+    model.graph.node[2].name = "was_constant"
+    caplog.set_level(logging.WARNING)
+    problems = check_weights(model, {"was_constant": "w2"}, tmp_path / "m.onnx")
+    assert problems == ["was_constant (its weight 'w2' is computed by Identity node 'copy_w')"]
+    assert caplog.text.count("not initializers after preparation") == 1
