@@ -8,8 +8,10 @@ from autoquant.errors import (
     CalibrationError,
     ConfigError,
     DataError,
+    EvaluationError,
     ModelError,
     QuantizationError,
+    SearchError,
     UserCodeError,
 )
 
@@ -39,8 +41,10 @@ __all__ = [
     "CalibrationError",
     "ConfigError",
     "DataError",
+    "EvaluationError",
     "ModelError",
     "QuantizationError",
+    "SearchError",
     "StudyConfig",
     "Tuner",
     "UserCodeError",

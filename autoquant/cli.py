@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 import threading
+import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +24,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from autoquant import __version__
 from autoquant.config import StudyConfig, load_config
 from autoquant.errors import AutoquantError
+from autoquant.hardware import describe, target_isa
+from autoquant.logs import ORT_ERROR, ORT_WARNING, LogCapture, quiet_onnxruntime
 
 app = typer.Typer(
     name="autoquant",
@@ -37,6 +42,9 @@ app = typer.Typer(
 # Outside a terminal (logs, CI, pipes) rich would wrap at 80 columns; lines stay whole instead.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 out = Console(width=None if sys.stdout.isatty() else 200)
+
+#: The root log handler, set up by the callback: folds our warnings, counts the dependencies'.
+_capture: LogCapture | None = None
 
 ConfigArg = Annotated[Path, typer.Argument(help="The study config (YAML).", show_default=False)]
 OutputOpt = Annotated[
@@ -56,9 +64,15 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show debug messages, dependencies' warnings and error tracebacks."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show warnings and errors only.")] = False,
 ) -> None:
+    global _capture
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     if console.is_terminal:
         handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
@@ -66,20 +80,25 @@ def _main(
     else:  # logs and CI: plain lines that are never wrapped
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    # Our loggers at the chosen level; other libraries (onnxruntime's quantizer logs on the root
-    # logger) only show errors unless --verbose.
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, handlers=[handler], force=True)
-    logging.getLogger("autoquant").setLevel(level)
-    if not verbose:  # MLflow configures its own logger when it is imported
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    import warnings
-
+    # Our loggers at the chosen level; other libraries' warnings (onnxruntime's quantizer logs on
+    # the root logger) are counted and summarised at the end, and shown only with --verbose.
+    _capture = LogCapture(handler, verbose=verbose)
+    _capture.install(logging.DEBUG if verbose else logging.WARNING, level)
+    # MLflow and Optuna log through their own handlers unless told otherwise: route them to ours.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     import optuna
 
-    optuna.logging.set_verbosity(
-        optuna.logging.DEBUG if verbose else optuna.logging.ERROR
-    )  # we report trials
+    quiet_onnxruntime(ORT_WARNING if verbose else ORT_ERROR)  # its C++ log goes straight to stderr
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def end_stage() -> None:
+    """Write the warnings held during a stage, each message template once."""
+    if _capture is not None:
+        _capture.flush_stage()
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -88,26 +107,55 @@ def _fail(message: str, status: int = 2) -> None:
     raise typer.Exit(status)
 
 
+def _print_cause(exc: BaseException) -> None:
+    """With --verbose: the traceback of what caused an autoquant error (its ``__cause__`` chain)."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and _capture is not None and _capture.verbose:
+        typer.echo("".join(traceback.format_exception(cause)).rstrip(), err=True)
+
+
+def _finish() -> None:
+    """Flush the held warnings and summarise the dependencies' ones."""
+    if _capture is not None:
+        line = _capture.finish()
+        if line:
+            console.print(line, style="dim", highlight=False)
+
+
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn autoquant errors into one line each and exit status 2; Ctrl-C into status 130."""
+    """Turn autoquant errors into one line each and exit status 2; Ctrl-C into status 130.
+
+    Any other error is a bug or a dependency's failure: one line and exit status 1, with the
+    traceback only under --verbose.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except AutoquantError as exc:
+            _print_cause(exc)
             details = getattr(exc, "details", "")
             if details:
                 typer.echo(details.rstrip(), err=True)
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted", status=130)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Exception as exc:
+            if _capture is not None and _capture.verbose:
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {exc} (--verbose shows the traceback)", status=1)
+        finally:
+            _finish()
 
     return wrapper
 
 
 def load(config_path: Path, output: Path | None) -> StudyConfig:
-    """Load a config and apply ``--output``."""
+    """Load a config and apply ``--output``; a bad ``AUTOQUANT_TARGET_ISA`` fails here too."""
+    target_isa()
     config = load_config(config_path)
     if output is not None:
         config = config.replace(output={"directory": output.resolve()})
@@ -136,17 +184,24 @@ def quantize(
 
     cfg = load(config, output)
     graph = pipeline.load_graph(cfg)
+    end_stage()
     with progress_bar("FP32 statistics pass", pipeline.expected_samples(cfg, graph)) as advance:
         calibrated = pipeline.calibrate(cfg, progress=advance, use_cache=not no_cache, graph=graph)
+    end_stage()
     result = pipeline.quantize(calibrated, cfg.quantization)
     written = write_outputs(result, cfg, cfg.output.directory)
     kernels = int8_kernels(result.model)
+    end_stage()
     table = Table(title="autoquant quantize", show_header=False)
     q = cfg.quantization
     table.add_row("model", str(cfg.model.path))
     table.add_row("method", f"{q.method} ({q.bins} bins{', ratio search' if q.ratio_search else ''})")
     table.add_row("weights", "per-channel" if q.per_channel else "per-tensor")
     table.add_row("activations", q.activation_scheme)
+    table.add_row(
+        "reduce_range", f"{str(result.reduce_range).lower()} ({q.reduce_range}; 7-bit weights when true)"
+    )
+    table.add_row("CPU", f"{result.cpu_isa} (from {target_isa().source})")
     table.add_row("calibration samples", str(calibrated.stats.samples))
     table.add_row("quantized tensors", str(len(result.ranges)))
     table.add_row("FP32 nodes", ", ".join(result.fp32_nodes) or "none")
@@ -176,10 +231,13 @@ def evaluate(
     graph = pipeline.load_graph(cfg)
     evaluator = pipeline.evaluator(cfg, graph)
     total = len(evaluator.reader)
+    end_stage()
     with progress_bar("FP32 reference", total) as advance:
         evaluator.fp32_objective(advance)
+    end_stage()
     with progress_bar("INT8 evaluation", total) as advance:
         result = evaluator.evaluate(int8_path, advance)
+    end_stage()
     feed = pipeline.sample_feeds(cfg, graph, 1)[0]
     fp32_ms, int8_ms = measure_latency(graph.prepared_path, feed), measure_latency(int8_path, feed)
     budget = cfg.search.accept_int8_decay
@@ -208,10 +266,13 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
 
     cfg = load(config, output)
     graph = pipeline.load_graph(cfg)
+    end_stage()
     with progress_bar("FP32 statistics pass", pipeline.expected_samples(cfg, graph)) as advance:
         calibrated = pipeline.calibrate(cfg, progress=advance, graph=graph)
+    end_stage()
     with progress_bar("per-layer analysis", len(graph.nodes)) as advance:
         sensitivity = pipeline.analyze_layers(cfg, calibrated, advance)
+    end_stage()
     q = cfg.quantization
     details = {
         "model": str(cfg.model.path),
@@ -252,8 +313,19 @@ def tune(
     from autoquant import study as tuning
     from autoquant.display import LiveReporter, summary_table
 
+    class StageReporter(LiveReporter):
+        """Writes the warnings held during a phase or trial before its line."""
+
+        def phase(self, message: str) -> None:
+            end_stage()
+            super().phase(message)
+
+        def trial_finished(self, *args: Any) -> None:
+            end_stage()
+            super().trial_finished(*args)
+
     cfg = load(config, output)
-    reporter = LiveReporter(console, cfg.search.accept_int8_decay, cfg.test.test_iterations or 0)
+    reporter = StageReporter(console, cfg.search.accept_int8_decay, cfg.test.test_iterations or 0)
     stop = threading.Event()
 
     def on_ctrl_c(signum: int, frame: object) -> None:
@@ -282,6 +354,10 @@ def tune(
     out.print(
         f"best: trial {best.number} ({best.key}), decay {best.decay:+.4f} {verdict} the budget "
         f"{result.budget}; FP32 nodes: {', '.join(best.fp32_nodes) or 'none'}"
+    )
+    cpu = describe(best.params.get("reduce_range", cfg.quantization.reduce_range))
+    out.print(
+        f"CPU: {cpu['cpu_isa']}; reduce_range {cpu['reduce_range']}: {str(cpu['reduce_range_resolved']).lower()}"
     )
     out.print(f"outputs: {result.output}")
 
@@ -322,6 +398,7 @@ def check(config: ConfigArg, output: OutputOpt = None) -> None:
     cfg = load(config, output)
     graph = pipeline.load_graph(cfg)
     calib = open_reader(cfg.calibration, list(graph.inputs), limit=cfg.calibration.calib_iterations)
+    next(iter(calib))  # the first sample is read and checked against the model inputs
     table = Table(title=f"plan for {config}", show_header=False)
     table.add_row("model", f"{cfg.model.path} (opset {graph.opset}, {len(graph.nodes)} quantizable nodes)")
     table.add_row("inputs", ", ".join(f"{s.name} {list(s.shape)}" for s in graph.inputs))
@@ -329,7 +406,14 @@ def check(config: ConfigArg, output: OutputOpt = None) -> None:
     table.add_row("calibration", f"{len(calib)} samples from {cfg.calibration.source}")
     if cfg.test.source:
         test = open_reader(cfg.test, list(graph.inputs), limit=cfg.test.test_iterations)
+        next(iter(test))
         table.add_row("test", f"{len(test)} samples from {cfg.test.source}")
+    cpu = describe(cfg.quantization.reduce_range)
+    table.add_row(
+        "CPU",
+        f"{cpu['cpu_isa']} (from {cpu['cpu_isa_source']}); reduce_range {cpu['reduce_range']}: "
+        f"{str(cpu['reduce_range_resolved']).lower()}",
+    )
     table.add_row("search", f"{cfg.search.mode} mode, accept_int8_decay={cfg.search.accept_int8_decay}")
     table.add_row("output", str(cfg.output.directory))
     out.print(table)

@@ -149,6 +149,10 @@ class QuantizationConfig(_Section):
     end_ratio: float = Field(default=1.3, gt=0.0)
     step_ratio: float = Field(default=0.01, gt=0.0)
     first_layer_fp32: bool = False
+    norm_layers_fp32: bool = Field(
+        default=True,
+        description="Keep the element-wise ops of decomposed LayerNorm/RMSNorm in FP32.",
+    )
     first_input_unsigned: bool = Field(
         default=False, validation_alias=_aliases("first_input_unsigned", "first_conv_force_u8")
     )
@@ -159,6 +163,10 @@ class QuantizationConfig(_Section):
     )
     fp32_layers: int = Field(default=0, ge=0)
     layer_scales: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
+    reduce_range: Literal["auto"] | bool = Field(
+        default="auto",
+        description="7-bit weights; auto: on x86-64 CPUs without VNNI (see autoquant.hardware).",
+    )
 
     @field_validator("bins")
     @classmethod
@@ -216,7 +224,7 @@ class StorageConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    """MLflow tracking. Default store: ``sqlite:///mlflow.db`` in the output folder's parent."""
+    """MLflow tracking. Without ``uri``: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` by the output."""
 
     enabled: bool = True
     uri: str | None = None

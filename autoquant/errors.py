@@ -32,6 +32,21 @@ class QuantizationError(AutoquantError):
     """The quantized model cannot be built or does not load."""
 
 
+class EvaluationError(AutoquantError):
+    """onnxruntime cannot create a session for a model, run it on the test data or time it."""
+
+
+class SearchError(AutoquantError):
+    """A study ended without any completed trial."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception from outside autoquant, on one line of at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or "no message"
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
 class UserCodeError(AutoquantError):
     """A user-supplied function (objective, decode, data callable) raised.
 

@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 import traceback
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import onnxruntime as ort
 
 from autoquant.config import StudyConfig
 from autoquant.data import Batch, DataReader, open_reader
-from autoquant.errors import AutoquantError, ConfigError, DataError, UserCodeError
+from autoquant.errors import AutoquantError, ConfigError, DataError, EvaluationError, UserCodeError, one_line
 from autoquant.graph import ModelGraph, session_for
 from autoquant.objectives import (
     Objective,
@@ -155,15 +156,15 @@ class Evaluator:
         """FP32 outputs over the test set (one array per output, samples first), cached on disk."""
         if self._reference is not None:
             return self._reference
-        if self._cache_path is not None and self._cache_path.is_file():
-            with np.load(self._cache_path) as data:
-                self._reference = [data[f"out{i}"] for i in range(len(self.output_names))]
+        cached = self._read_cache()
+        if cached is not None:
+            self._reference = cached
             logger.info("FP32 reference outputs reused from the cache (%s)", self._cache_path.name)
             return self._reference
-        session = session_for(self.graph.prepared_path)
+        session = _session(self.graph.prepared_path, "FP32 model")
         parts: list[list[np.ndarray]] = [[] for _ in self.output_names]
         for batch in self._batches():
-            for i, value in enumerate(session.run(self.output_names, batch.inputs)):
+            for i, value in enumerate(_run(session, self.output_names, batch)):
                 parts[i].append(value)
             if progress is not None:
                 progress(len(batch.sample_ids))
@@ -171,6 +172,17 @@ class Evaluator:
         if self._cache_path is not None:
             _save_npz(self._cache_path, {f"out{i}": a for i, a in enumerate(self._reference)})
         return self._reference
+
+    def _read_cache(self) -> list[np.ndarray] | None:
+        """The cached FP32 outputs (each array read once), or None when absent or unreadable."""
+        if self._cache_path is None or not self._cache_path.is_file():
+            return None
+        try:
+            with np.load(self._cache_path, allow_pickle=False) as data:
+                return [data[f"out{i}"] for i in range(len(self.output_names))]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            logger.warning("ignoring the unreadable FP32 cache %s (%s); running again", self._cache_path, exc)
+            return None
 
     def fp32_objective(self, progress: ProgressFn | None = None) -> Objective:
         """The objective replayed over the FP32 reference outputs."""
@@ -207,16 +219,17 @@ class Evaluator:
 
         Raises:
             DataError: Outputs that do not fit the objective, or a non-finite score.
+            EvaluationError: onnxruntime cannot load or run the model.
             UserCodeError: A user objective raised.
         """
         fp32 = self.fp32_objective()
         reference = self.reference()
-        session = model if isinstance(model, ort.InferenceSession) else session_for(model)
+        session = _session(model, "model to evaluate")
         objective = self._new_objective()
         start, seconds = 0, 0.0
         for batch in self._batches():
             began = time.perf_counter()
-            outputs = session.run(self.output_names, batch.inputs)
+            outputs = _run(session, self.output_names, batch)
             seconds += time.perf_counter() - began
             n = len(batch.sample_ids)
             ref = [r[start : start + n] for r in reference] if self._needs_reference else None
@@ -243,6 +256,27 @@ class Evaluator:
         return float(low), float(high)
 
 
+def _session(model: onnx.ModelProto | bytes | Path | ort.InferenceSession, what: str) -> ort.InferenceSession:
+    """A session for ``model`` (or ``model`` itself); an onnxruntime failure is an :class:`EvaluationError`."""
+    if isinstance(model, ort.InferenceSession):
+        return model
+    try:
+        return session_for(model)
+    except Exception as exc:
+        raise EvaluationError(f"onnxruntime cannot load the {what} ({one_line(exc)})") from exc
+
+
+def _run(session: ort.InferenceSession, names: list[str], batch: Batch) -> list[np.ndarray]:
+    """``session.run`` on one batch; an onnxruntime failure is an :class:`EvaluationError` naming the samples."""
+    try:
+        return session.run(names, batch.inputs)
+    except Exception as exc:
+        ids = batch.sample_ids
+        raise EvaluationError(
+            f"onnxruntime cannot run the model on test samples {ids[0]}..{ids[-1]} ({one_line(exc)})"
+        ) from exc
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -261,13 +295,22 @@ def measure_latency(
     repeats: int = 50,
     warmup: int = 5,
 ) -> float:
-    """Median wall time in milliseconds of one run on ``feed`` (batch 1), after ``warmup`` runs."""
-    session = model if isinstance(model, ort.InferenceSession) else session_for(model)
-    for _ in range(warmup):
-        session.run(None, feed)
+    """Median wall time in milliseconds of one run on ``feed`` (batch 1), after ``warmup`` runs.
+
+    Raises:
+        EvaluationError: onnxruntime cannot load or run the model.
+    """
+    session = _session(model, "model to time")
     times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - began)
+    try:
+        for _ in range(warmup):
+            session.run(None, feed)
+        for _ in range(repeats):
+            began = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - began)
+    except Exception as exc:
+        raise EvaluationError(
+            f"onnxruntime cannot run the model to measure its latency ({one_line(exc)})"
+        ) from exc
     return float(np.median(times) * 1000.0)

@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import onnx
 import onnxruntime as ort
 
 from autoquant.config import StudyConfig
-from autoquant.errors import QuantizationError
+from autoquant.errors import ModelError, QuantizationError
+from autoquant.graph import write_model
 from autoquant.quantize import QuantizedModel, activation_quant_params
 
 MODEL_FILE = "model.int8.onnx"
@@ -65,9 +67,14 @@ def trt_calibration_cache(result: QuantizedModel) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
-    """Write ``files`` (name -> content) into ``directory``: all are staged first, then each is
-    moved into place with ``os.replace``, so a failure while staging changes nothing.
+def write_files(directory: Path, files: dict[str, bytes | Callable[[Path], None]]) -> list[Path]:
+    """Write ``files`` into ``directory``: all are staged first, then moved into place with
+    ``os.replace``, so a failure while staging changes nothing.
+
+    Args:
+        directory: The output folder.
+        files: Name -> content, or name -> a function that writes that file (and any companion
+            files, such as external data) at the path it is given.
 
     Raises:
         QuantizationError: A file cannot be written.
@@ -80,8 +87,12 @@ def write_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
         raise QuantizationError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
     try:
         for name, content in files.items():
-            (staging / name).write_bytes(content)
-        for name in files:
+            if callable(content):
+                content(staging / name)
+            else:
+                (staging / name).write_bytes(content)
+        companions = sorted(p.name for p in staging.iterdir() if p.name not in files)
+        for name in [*companions, *files]:  # external data before the model that refers to it
             os.replace(staging / name, directory / name)
     except OSError as exc:
         raise QuantizationError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
@@ -90,23 +101,34 @@ def write_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
     return [directory / name for name in files]
 
 
+def resolved_config(result: QuantizedModel, config: StudyConfig) -> StudyConfig:
+    """``config`` with ``quantization.reduce_range`` as the model was built (not ``auto``)."""
+    return config.replace(quantization={"reduce_range": result.reduce_range})
+
+
 def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) -> WrittenOutputs:
     """Write the INT8 model, calibration tables, FP32 node list and resolved config to ``directory``.
+
+    The model is written with external data when the source model had it. The resolved config
+    names ``quantization.reduce_range`` as decided (true or false, not auto), so that
+    ``autoquant quantize`` rebuilds the same model on any CPU.
 
     Raises:
         QuantizationError: onnxruntime cannot load the INT8 model, or a file cannot be written.
     """
-    data = result.model.SerializeToString()
-    try:
-        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise QuantizationError(f"onnxruntime cannot load the quantized model: {exc}") from None
-    files = {
-        MODEL_FILE: data,
+
+    def write_int8_model(path: Path) -> None:
+        try:
+            write_model(result.model, path, external_data=result.external_data)
+        except ModelError as exc:
+            raise QuantizationError(f"onnxruntime cannot load the quantized model: {exc.__cause__}") from exc
+
+    files: dict[str, bytes | Callable[[Path], None]] = {
+        MODEL_FILE: write_int8_model,
         TABLE_FILE: json.dumps(calibration_table(result), indent=2).encode(),
         TRT_CACHE_FILE: trt_calibration_cache(result).encode(),
         FP32_NODES_FILE: "".join(f"{n}\n" for n in result.fp32_nodes).encode(),
-        CONFIG_FILE: config.to_yaml().encode(),
+        CONFIG_FILE: resolved_config(result, config).to_yaml().encode(),
     }
     model, table, trt_cache, fp32_nodes, config_path = write_files(directory, files)
     return WrittenOutputs(

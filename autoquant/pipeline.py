@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,9 +37,19 @@ class Calibrated:
     stats: Statistics
 
 
+def user_cache_dir() -> Path:
+    """The user's autoquant cache: ``$XDG_CACHE_HOME/autoquant``, by default ``~/.cache/autoquant``."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "autoquant"
+
+
 def cache_dir(config: StudyConfig) -> Path:
-    """Folder for prepared models and statistics: ``calibration.cache_dir`` or ``<output>/cache``."""
-    return config.calibration.cache_dir or config.output.directory / "cache"
+    """Folder for prepared models, statistics and FP32 references (``calibration.cache_dir`` or the user cache).
+
+    Every file in it is named by content hashes (model bytes, data, settings), so studies with
+    different output folders share it safely.
+    """
+    return config.calibration.cache_dir or user_cache_dir()
 
 
 def load_graph(config: StudyConfig) -> ModelGraph:
@@ -166,4 +177,5 @@ __all__ = [
     "load_graph",
     "quantize",
     "sample_feeds",
+    "user_cache_dir",
 ]

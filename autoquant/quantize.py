@@ -18,9 +18,13 @@ from onnx import numpy_helper
 from autoquant.config import QuantizationConfig
 from autoquant.errors import QuantizationError
 from autoquant.graph import ModelGraph
+from autoquant.hardware import resolve_reduce_range, target_isa
+from autoquant.logs import quiet_onnxruntime
 from autoquant.thresholds import TensorRange
 
 logger = logging.getLogger(__name__)
+# onnxruntime's quantizer creates sessions of its own; their warnings are not the user's concern.
+quiet_onnxruntime()
 
 #: Ops with heavy INT8 compute kernels.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -53,11 +57,19 @@ ORT_INT8_OPS = (
 
 @dataclass(frozen=True)
 class QuantizedModel:
-    """A QDQ model and the decisions behind it."""
+    """A QDQ model and the decisions behind it.
+
+    Attributes:
+        reduce_range: Whether the weights are 7-bit (``quantization.reduce_range`` resolved).
+        cpu_isa: The deployment CPU that decided ``reduce_range: auto``, e.g. ``x86_64 avx2 (no VNNI)``.
+    """
 
     model: onnx.ModelProto
     fp32_nodes: tuple[str, ...]
     ranges: dict[str, TensorRange]
+    external_data: bool = False  # written with external data, like its source model
+    reduce_range: bool = False
+    cpu_isa: str = ""
 
 
 def op_types_to_quantize(graph: ModelGraph, config: QuantizationConfig) -> list[str]:
@@ -68,8 +80,8 @@ def op_types_to_quantize(graph: ModelGraph, config: QuantizationConfig) -> list[
 
 
 def fp32_nodes(graph: ModelGraph, config: QuantizationConfig, ranking: Sequence[str] = ()) -> list[str]:
-    """Nodes kept in FP32: ``nodes_to_exclude``, the first layer if asked, and the ``fp32_layers``
-    most sensitive nodes of ``ranking`` (most sensitive first).
+    """Nodes kept in FP32: ``nodes_to_exclude``, the first layer and the decomposed normalizations
+    if asked, and the ``fp32_layers`` most sensitive nodes of ``ranking`` (most sensitive first).
 
     Raises:
         QuantizationError: A name is not a quantizable node of the model, or ``fp32_layers`` is
@@ -91,6 +103,8 @@ def fp32_nodes(graph: ModelGraph, config: QuantizationConfig, ranking: Sequence[
     names = list(config.nodes_to_exclude)
     if config.first_layer_fp32 and graph.first_layer:
         names.append(graph.first_layer)
+    if config.norm_layers_fp32:
+        names.extend(graph.norm_nodes)
     names.extend(ranking[: config.fp32_layers])
     return list(dict.fromkeys(names))
 
@@ -117,7 +131,8 @@ def quantize_model(
     Args:
         graph: The prepared model.
         ranges: Activation ranges, from :func:`autoquant.thresholds.compute_thresholds`.
-        config: Weight granularity, activation scheme, exclusions and op types.
+        config: Weight granularity, activation scheme, exclusions, op types and ``reduce_range``
+            (``auto`` decides from :func:`autoquant.hardware.target_isa`).
         ranking: Node names by decreasing sensitivity, for ``config.fp32_layers``.
         only: Quantize only these nodes (the per-layer analysis); None quantizes every node.
 
@@ -126,6 +141,7 @@ def quantize_model(
 
     Raises:
         QuantizationError: Bad node names, or onnxruntime's quantizer fails.
+        ConfigError: ``AUTOQUANT_TARGET_ISA`` names an unknown instruction set.
     """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.onnx_model import ONNXModel
@@ -146,6 +162,8 @@ def quantize_model(
         "TensorQuantOverrides": overrides,
     }
     activation_type = QuantType.QInt8 if symmetric else QuantType.QUInt8
+    isa = target_isa()
+    reduce_range = resolve_reduce_range(config.reduce_range, isa)
     model = graph.load()
     try:
         model = update_opset_version(
@@ -154,7 +172,7 @@ def quantize_model(
         quantizer = QDQQuantizer(
             model,
             config.per_channel,
-            False,  # reduce_range
+            reduce_range,
             QuantType.QInt8,
             activation_type,
             _tensors_range(ranges),
@@ -170,10 +188,17 @@ def quantize_model(
         sortable.topological_sort()
         quantized = sortable.model
     except Exception as exc:
-        raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from None
+        raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from exc
     if only is not None:
         excluded = [n.name for n in graph.nodes if n.name not in set(only)]
-    return QuantizedModel(model=quantized, fp32_nodes=tuple(excluded), ranges=ranges)
+    return QuantizedModel(
+        model=quantized,
+        fp32_nodes=tuple(excluded),
+        ranges=ranges,
+        reduce_range=reduce_range,
+        cpu_isa=isa.label,
+        external_data=graph.external_data,
+    )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +31,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.analyze import Sensitivity, difference, run_outputs
 from autoquant.config import QuantizationConfig, StudyConfig
-from autoquant.errors import AutoquantError
+from autoquant.errors import (
+    AutoquantError,
+    CalibrationError,
+    EvaluationError,
+    QuantizationError,
+    one_line,
+)
 from autoquant.evaluate import Evaluator, measure_latency
 from autoquant.graph import session_for
 from autoquant.pipeline import Calibrated
@@ -172,24 +179,45 @@ class SearchContext:
         return self._rankings[key]
 
 
+@contextmanager
+def stage(what: str, error: type[AutoquantError]) -> Iterator[None]:
+    """Turn any non-autoquant exception raised while ``what`` into ``error``, keeping it as the cause."""
+    try:
+        yield
+    except AutoquantError:
+        raise
+    except Exception as exc:
+        raise error(f"{what} failed ({one_line(exc)})") from exc
+
+
 def run_choice(
     ctx: SearchContext, quantization: QuantizationConfig, number: int, key: str, params: dict[str, Value]
 ) -> tuple[TrialOutcome, QuantizedModel]:
-    """Quantize with ``quantization``, evaluate and measure; the body of every trial."""
+    """Quantize with ``quantization``, evaluate and measure; the body of every trial.
+
+    Raises:
+        AutoquantError: One stage failed; its message names the stage, the original is its cause.
+    """
     timings: dict[str, float] = {}
     began = time.perf_counter()
-    ranges = compute_thresholds(ctx.calibrated.stats, quantization)
+    with stage("computing the thresholds", CalibrationError):
+        ranges = compute_thresholds(ctx.calibrated.stats, quantization)
     timings["thresholds"] = time.perf_counter() - began
-    ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
+    with stage("the sensitivity analysis for fp32_layers", EvaluationError):
+        ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
     began = time.perf_counter()
-    result = quantize_model(ctx.calibrated.graph, ranges, quantization, ranking)
+    with stage("onnxruntime's quantizer", QuantizationError):
+        result = quantize_model(ctx.calibrated.graph, ranges, quantization, ranking)
     timings["quantize"] = time.perf_counter() - began
     began = time.perf_counter()
-    session = session_for(result.model)
+    with stage("creating an onnxruntime session for the quantized model", QuantizationError):
+        session = session_for(result.model)
     timings["session"] = time.perf_counter() - began
-    evaluation = ctx.evaluator.evaluate(session, ctx.reporter.progress)
+    with stage("evaluating the quantized model", EvaluationError):
+        evaluation = ctx.evaluator.evaluate(session, ctx.reporter.progress)
     timings["inference"] = evaluation.seconds
-    latency = measure_latency(session, ctx.latency_feed, repeats=20, warmup=3)
+    with stage("measuring the latency", EvaluationError):
+        latency = measure_latency(session, ctx.latency_feed, repeats=20, warmup=3)
     outcome = TrialOutcome(
         number=number,
         key=key,
@@ -226,6 +254,7 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
             if details and details not in ctx.shown_tracebacks:  # user code: its traceback, once
                 ctx.shown_tracebacks.add(details)
                 logger.error("trial %d failed in user code:\n%s", trial.number, details.rstrip())
+            logger.debug("trial %d failed", trial.number, exc_info=exc)  # the cause chain, with --verbose
             trial.set_user_attr("fail_reason", str(exc))
             ctx.tracker.log_failure(trial.number, params, str(exc))
             ctx.reporter.trial_finished(None, str(exc), current_best(study))

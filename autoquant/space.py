@@ -150,12 +150,22 @@ class SearchSpace(BaseModel):
         return params
 
     def complete(self, partial: dict[str, Value], base: QuantizationConfig) -> dict[str, Value]:
-        """Fill a partial parameter set (a strategy) from ``base``; inactive parameters are dropped."""
+        """Fill a partial parameter set (a strategy) from ``base``; inactive parameters are dropped.
+
+        Raises:
+            ConfigError: A value taken from ``base`` is not among the parameter's choices.
+        """
         params: dict[str, Value] = {}
         for p in self.parameters.values():
             value = partial.get(p.name, p.value_of(base))
-            if p.active(params):
-                params[p.name] = value
+            if not p.active(params):
+                continue
+            if p.name not in partial and p.sets is None and p.choices is not None and value not in p.choices:
+                raise ConfigError(
+                    f"quantization.{p.name}={value!r} is not a choice of the search parameter {p.name} "
+                    f"in {self.source or 'the search space'} ({p.choices}); add it with search.overrides"
+                )
+            params[p.name] = value
         return params
 
     def apply(self, params: dict[str, Value], base: QuantizationConfig) -> QuantizationConfig:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from autoquant.errors import CalibrationError
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: names stored as a unicode array (no pickle)
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def save_statistics(stats: Statistics, path: Path) -> None:
         with os.fdopen(fd, "wb") as f:
             np.savez(
                 f,
-                names=np.array(names, dtype=object),
+                names=np.array(names, dtype=np.str_),
                 minimum=np.array([v.minimum for v in values], dtype=np.float64),
                 maximum=np.array([v.maximum for v in values], dtype=np.float64),
                 range=np.array([v.range for v in values], dtype=np.float64),
@@ -269,22 +270,38 @@ def save_statistics(stats: Statistics, path: Path) -> None:
 
 
 def load_statistics(path: Path, key: str) -> Statistics:
-    """Read statistics written by :func:`save_statistics`."""
-    with np.load(path, allow_pickle=True) as data:
-        tensors = {}
-        for i, name in enumerate(data["names"]):
-            count, nan, inf = (int(v) for v in data["counts"][i])
-            tensors[str(name)] = TensorStats(
-                name=str(name),
-                minimum=float(data["minimum"][i]),
-                maximum=float(data["maximum"][i]),
-                range=float(data["range"][i]),
-                histogram=data["histogram"][i].copy(),
-                count=count,
-                nan_count=nan,
-                inf_count=inf,
-            )
-        return Statistics(key=key, tensors=tensors, samples=int(data["samples"]), from_cache=True)
+    """Read statistics written by :func:`save_statistics`.
+
+    Every array is read from the archive once: indexing the lazy ``NpzFile`` inside the loop would
+    decompress and CRC-check the whole array again for every tensor.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        names, counts, histograms = data["names"], data["counts"], data["histogram"]
+        minimum, maximum, ranges = data["minimum"], data["maximum"], data["range"]
+        samples = int(data["samples"])
+    tensors = {}
+    for i, name in enumerate(names.tolist()):
+        count, nan, inf = counts[i].tolist()
+        tensors[name] = TensorStats(
+            name=name,
+            minimum=float(minimum[i]),
+            maximum=float(maximum[i]),
+            range=float(ranges[i]),
+            histogram=histograms[i],
+            count=count,
+            nan_count=nan,
+            inf_count=inf,
+        )
+    return Statistics(key=key, tensors=tensors, samples=samples, from_cache=True)
+
+
+def _read_cache(path: Path, key: str) -> Statistics | None:
+    """The cached statistics at ``path``, or None (with a warning) when the file is unreadable."""
+    try:
+        return load_statistics(path, key)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        logger.warning("ignoring the unreadable statistics cache %s (%s); collecting again", path, exc)
+        return None
 
 
 def collect_statistics(
@@ -308,11 +325,10 @@ def collect_statistics(
         progress: Progress callback, see :func:`run_statistics_pass`.
     """
     path = Path(cache_dir) / f"stats-{key}.npz" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        stats = load_statistics(path, key)
-        if set(tensors) <= set(stats.tensors):
-            logger.info("statistics cache hit (%s): skipping the FP32 pass", path.name)
-            return stats
+    stats = _read_cache(path, key) if path is not None and path.is_file() else None
+    if stats is not None and set(tensors) <= set(stats.tensors):
+        logger.info("statistics cache hit (%s): skipping the FP32 pass", path.name)
+        return stats
     tensor_stats, samples = run_statistics_pass(load_model(), tensors, batches(), bins, progress)
     stats = Statistics(key=key, tensors=tensor_stats, samples=samples)
     if path is not None:

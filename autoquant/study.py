@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 from autoquant import pipeline
 from autoquant.analyze import Sensitivity
 from autoquant.config import QuantizationConfig, StudyConfig
-from autoquant.errors import ConfigError
+from autoquant.errors import ConfigError, SearchError
+from autoquant.hardware import ReduceRange, resolve_reduce_range, target_isa
 from autoquant.outputs import MODEL_FILE, write_files, write_outputs
 from autoquant.quantize import QuantizedModel
 from autoquant.report import render_report
@@ -145,7 +146,12 @@ def best_config(
 ) -> StudyConfig:
     """A config that ``autoquant quantize`` turns into the same model: the FP32 nodes are listed by name."""
     fixed = quantization.model_copy(
-        update={"nodes_to_exclude": list(fp32_nodes), "first_layer_fp32": False, "fp32_layers": 0}
+        update={
+            "nodes_to_exclude": list(fp32_nodes),
+            "first_layer_fp32": False,
+            "norm_layers_fp32": False,
+            "fp32_layers": 0,
+        }
     )
     return config.replace(quantization=fixed)
 
@@ -155,7 +161,8 @@ def best_writer(config: StudyConfig) -> Callable[[TrialOutcome, QuantizedModel, 
     out = config.output.directory
 
     def on_best(outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig) -> None:
-        chosen = best_config(config, quantization, result.fp32_nodes)
+        built = quantization.model_copy(update={"reduce_range": result.reduce_range})  # not auto
+        chosen = best_config(config, built, result.fp32_nodes)
         write_outputs(result, chosen, out)
         write_files(out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})
         logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
@@ -163,17 +170,22 @@ def best_writer(config: StudyConfig) -> Callable[[TrialOutcome, QuantizedModel, 
     return on_best
 
 
-def summary(result: TuneResult) -> dict:
-    """The study summary written to ``study_summary.json``."""
+def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
+    """The study summary written to ``study_summary.json`` (``reduce_range``: the config's value,
+    for trials whose parameters do not set it)."""
+    isa = target_isa()
 
     def row(o: TrialOutcome) -> dict:
-        return {"number": o.number, "key": o.key, **o.attrs(), "params": o.params}
+        resolved = resolve_reduce_range(o.params.get("reduce_range", reduce_range), isa)
+        return {"number": o.number, "key": o.key, **o.attrs(), "params": o.params, "reduce_range": resolved}
 
     return {
         "study_name": result.study_name,
         "storage": result.storage,
         "fp32_score": result.fp32_score,
         "accept_int8_decay": result.budget,
+        "cpu_isa": isa.label,
+        "cpu_isa_source": isa.source,
         "within_budget": result.within_budget,
         "best": row(result.best) if result.best else None,
         "completed_trials": len(result.trials),
@@ -229,8 +241,9 @@ def _run_phases(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
 def _finish(config: StudyConfig, result: TuneResult, tracker: NullTracker | MlflowTracker) -> None:
     """Write the study summary and close the MLflow parent run."""
     out = config.output.directory
-    write_files(out, {SUMMARY_FILE: json.dumps(summary(result), indent=2).encode()})
-    tracker.finish(summary(result), out / MODEL_FILE, out / REPORT_FILE)
+    summarised = summary(result, config.quantization.reduce_range)
+    write_files(out, {SUMMARY_FILE: json.dumps(summarised, indent=2).encode()})
+    tracker.finish(summarised, out / MODEL_FILE, out / REPORT_FILE)
     if config.tracking.enabled:
         logger.info(
             "MLflow: the study waited %.2f s; logging took %.2f s in the background",
@@ -258,7 +271,8 @@ def tune(
         The best trial and every completed one.
 
     Raises:
-        AutoquantError: Bad config, model or data (before any trial), or no trial could complete.
+        AutoquantError: Bad config, model or data (before any trial).
+        SearchError: No trial could complete.
     """
     reporter = reporter or NullReporter()
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
@@ -305,5 +319,9 @@ def tune(
             _finish(config, result, tracker)
     if not result.trials:
         failures = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
-        raise ConfigError(f"no trial completed; the last failure: {failures[-1] if failures else 'unknown'}")
+        last = next((f for f in reversed(failures) if f), "unknown")
+        raise SearchError(
+            f"no trial of study {study.study_name!r} completed ({len(failures)} failed); the last failure: "
+            f"{last}; fix it, then run again with --fresh"
+        )
     return result

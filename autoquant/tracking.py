@@ -24,6 +24,7 @@ import onnx
 
 from autoquant.config import StudyConfig
 from autoquant.errors import ConfigError
+from autoquant.hardware import resolve_reduce_range, target_isa
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,24 @@ _TIMEOUT_S = 5.0
 
 
 def tracking_uri(config: StudyConfig) -> str:
-    """``tracking.uri``, or ``sqlite:///mlflow.db`` in the output folder's parent."""
-    return config.tracking.uri or f"sqlite:///{config.output.directory.parent / 'mlflow.db'}"
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the output folder's parent."""
+    default = f"sqlite:///{config.output.directory.parent / 'mlflow.db'}"
+    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
-def check_reachable(uri: str) -> None:
+def uri_origin(config: StudyConfig) -> str:
+    """Where :func:`tracking_uri` comes from, for messages: the config key or the environment variable."""
+    if config.tracking.uri or not os.environ.get("MLFLOW_TRACKING_URI"):
+        return "tracking.uri"
+    return "MLFLOW_TRACKING_URI"
+
+
+def check_reachable(uri: str, origin: str = "tracking.uri") -> None:
     """Fail fast when an ``http(s)://`` tracking server does not answer its health check.
+
+    Args:
+        uri: The tracking URI.
+        origin: Where the URI was set (``tracking.uri`` or ``MLFLOW_TRACKING_URI``), for the message.
 
     Raises:
         ConfigError: The server cannot be reached within a few seconds.
@@ -52,8 +65,8 @@ def check_reachable(uri: str) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = str(getattr(exc, "reason", exc))
     raise ConfigError(
-        f"tracking.uri {uri}: the MLflow tracking server does not answer ({reason}); start it with "
-        f"`mlflow server`, fix tracking.uri, or set tracking: {{enabled: false}}"
+        f"{origin} {uri}: the MLflow tracking server does not answer ({reason}); start it with "
+        f"`mlflow server`, fix {origin}, or set tracking: {{enabled: false}}"
     )
 
 
@@ -177,6 +190,8 @@ class MlflowTracker:
             "decay": search.decay,
             "stats_cache_key": self.stats_key,
             "model": str(self.config.model.path),
+            "cpu_isa": target_isa().label,
+            "reduce_range_resolved": resolve_reduce_range(self.config.quantization.reduce_range),
         }
         self.client.log_batch(
             self.parent_id,
@@ -190,6 +205,8 @@ class MlflowTracker:
         self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]
     ) -> None:
         """Queue one nested child run for a completed trial."""
+        setting = params.get("reduce_range", self.config.quantization.reduce_range)
+        tags = {**tags, "reduce_range_resolved": resolve_reduce_range(setting)}
         self._submit(self._log_trial, number, dict(params), dict(metrics), dict(tags), dict(artifacts))
 
     def _log_trial(
@@ -236,6 +253,7 @@ class MlflowTracker:
             "worker_host": socket.gethostname(),
             "autoquant_version": __version__,
             "onnxruntime_version": onnxruntime.__version__,
+            "cpu_isa": target_isa().label,
             **{k: str(v) for k, v in extra.items()},
         }
 
@@ -272,19 +290,36 @@ class MlflowTracker:
         if report_path is not None and report_path.is_file():
             self.client.log_artifact(self.parent_id, str(report_path))
         if model_path is not None and model_path.is_file():
-            previous = mlflow.get_tracking_uri()
-            mlflow.set_tracking_uri(self.uri)
-            try:
-                with mlflow.start_run(run_id=self.parent_id):
-                    mlflow.onnx.log_model(
-                        onnx.load(model_path),
-                        name="best_model",
-                        save_as_external_data=False,
-                        pip_requirements=["onnx", "onnxruntime"],  # inferring them takes seconds
-                    )
-            finally:
-                mlflow.set_tracking_uri(previous)
+            with global_tracking_uri(self.uri), mlflow.start_run(run_id=self.parent_id):
+                mlflow.onnx.log_model(
+                    onnx.load(model_path),
+                    name="best_model",
+                    save_as_external_data=False,
+                    pip_requirements=["onnx", "onnxruntime"],  # inferring them takes seconds
+                )
         self.client.set_terminated(self.parent_id, "FINISHED")
+
+
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking URI at ``uri``, then restore it and ``$MLFLOW_TRACKING_URI``.
+
+    ``mlflow.set_tracking_uri`` also writes the environment variable, which :func:`tracking_uri`
+    reads: without the restore, a second study in the same process would log to the wrong store.
+    """
+    import mlflow
+
+    variable = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def make_tracker(config: StudyConfig) -> NullTracker | MlflowTracker:
@@ -295,5 +330,5 @@ def make_tracker(config: StudyConfig) -> NullTracker | MlflowTracker:
     """
     if not config.tracking.enabled:
         return NullTracker()
-    check_reachable(tracking_uri(config))
+    check_reachable(tracking_uri(config), uri_origin(config))
     return MlflowTracker(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits"
 DIGITS_CONFIG = ROOT / "configs" / "digits.yaml"
 ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the suite (and the CLI it starts) out of the real user cache and the user's MLflow server."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
 
 
 def zoo_models() -> list[Path]:

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from autoquant import __version__
 from tests.conftest import DIGITS, write_config
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the installed CLI as a user would."""
+def run(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would (in a process of its own: onnxruntime's C++ log writes
+    to the process's stderr directly)."""
     return subprocess.run(
-        [sys.executable, "-m", "autoquant", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "autoquant", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -152,3 +163,76 @@ def test_evaluate_and_analyze_commands(digits_config: Path, tmp_path: Path) -> N
     out = tmp_path / "out"
     assert {"sensitivity.json", "sensitivity.csv", "report.html"} <= {p.name for p in out.iterdir()}
     assert "/blocks/blocks.0/dw/Conv" in result.stdout
+
+
+DEPENDENCY_NOISE = ("[W:onnxruntime", "Removing initializer", "Traceback", "Expected bias")
+
+
+def test_quantize_is_quiet_and_names_the_cpu(digits_config: Path, tmp_path: Path) -> None:
+    result = run("quantize", str(digits_config), env={"AUTOQUANT_TARGET_ISA": "avx2"})
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if any(n in line for n in DEPENDENCY_NOISE)]
+    assert "x86_64 avx2 (no VNNI)" in result.stdout and "true (auto" in result.stdout
+    # The written config rebuilds the same model on any CPU: it names the decision, not auto.
+    written = (tmp_path / "out" / "config.resolved.yaml").read_text()
+    assert "reduce_range: true" in written
+
+
+def _noisy_model(path: Path, constants: int = 12) -> None:
+    """A model that makes every kind of noise: ``constants`` constant tensors (an autoquant warning
+    each), an unused initializer (onnxruntime's C++ log) and a Conv bias that is not an initializer
+    (onnxruntime's quantizer logs a warning on the root logger)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])
+    inits = [
+        numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), "zero"),
+        numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "one"),
+        numpy_helper.from_array(np.full((1, 1, 1, 1), 0.5, np.float32), "w"),
+        numpy_helper.from_array(np.array([1], np.int64), "bias_shape"),
+        numpy_helper.from_array(np.ones(3, np.float32), "unused"),
+    ]
+    nodes = [helper.make_node("Mul", ["x", "zero"], ["t0"], name="mul")]
+    nodes += [
+        helper.make_node("Add", [f"t{i - 1}", "one"], [f"t{i}"], name=f"add{i}")
+        for i in range(1, constants + 1)
+    ]
+    nodes += [
+        helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", keepdims=0),
+        helper.make_node("Reshape", ["mean", "bias_shape"], ["bias"], name="reshape"),
+        helper.make_node("Conv", ["x", "w", "bias"], ["conv"], name="conv"),
+        helper.make_node("Add", ["conv", f"t{constants}"], ["y"], name="out"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "noisy", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_noise_is_folded_and_dependencies_summarised(tmp_path: Path) -> None:
+    _noisy_model(tmp_path / "noisy.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(16, 1, 4, 4)).astype(np.float32))
+    config = _study(tmp_path, "noisy.onnx", "calib.npy")
+    result = run("quantize", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert not [line for line in lines if any(n in line for n in DEPENDENCY_NOISE)], result.stderr
+    folded = [line for line in lines if "is constant" in line]
+    assert folded == [
+        "WARNING: 12 x tensor … is constant (…) over the calibration data: 't1', 't2', 't3', 't4', 't5', ..."
+    ]
+    assert "1 warning from dependencies (onnxruntime 1); --verbose shows them" in lines
+    verbose = run("--verbose", "quantize", str(config))
+    assert verbose.returncode == 0, verbose.stderr
+    assert sum("is constant" in line for line in verbose.stderr.splitlines()) == 12
+    assert "Expected bias 'bias' to be an initializer" in verbose.stderr
+    assert "from dependencies" not in verbose.stderr
+
+
+def test_verbose_errors_show_their_cause(tmp_path: Path) -> None:
+    (tmp_path / "bad.onnx").write_bytes(b"\x0a\x03not an onnx model at all")
+    config = _study(tmp_path, "bad.onnx", str(DIGITS / "data" / "calib.npy"))
+    result = run("--verbose", "quantize", str(config))
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("autoquant: error:")

@@ -9,7 +9,7 @@ import pytest
 
 from autoquant import pipeline
 from autoquant.config import QuantizationConfig, load_config
-from autoquant.errors import ConfigError, DataError, UserCodeError
+from autoquant.errors import ConfigError, DataError, EvaluationError, UserCodeError
 from autoquant.evaluate import compute_decay, measure_latency
 from tests.conftest import DIGITS_CONFIG, top1
 
@@ -137,3 +137,41 @@ def test_latency_is_measured_for_both_models(setup) -> None:
     assert next(iter(feed.values())).shape[0] == 1
     assert measure_latency(int8.model, feed, repeats=5, warmup=1) > 0
     assert measure_latency(calibrated.graph.prepared_path, feed, repeats=5, warmup=1) > 0
+
+
+def test_fp32_cache_reads_each_array_once(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, calibrated, _ = setup
+    pipeline.evaluator(config, calibrated.graph).reference()  # written to the cache
+    reads: dict[str, int] = {}
+    original = np.lib.npyio.NpzFile.__getitem__
+
+    def counting(self, key):
+        reads[key] = reads.get(key, 0) + 1
+        return original(self, key)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counting)
+    reference = pipeline.evaluator(config, calibrated.graph).reference()
+    assert reference[0].shape == (500, 10) and reads == {"out0": 1}
+
+
+def test_onnxruntime_failures_are_evaluation_errors_with_their_cause(setup) -> None:
+    import onnxruntime as ort
+
+    config, calibrated, int8 = setup
+    session = ort.InferenceSession(int8.model.SerializeToString())
+
+    def run(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : kernel failed")
+
+    session.run = run
+    with pytest.raises(
+        EvaluationError, match=r"cannot run the model on test samples .*kernel failed"
+    ) as info:
+        pipeline.evaluator(config, calibrated.graph).evaluate(session)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(EvaluationError, match="cannot load the model to evaluate") as info:
+        pipeline.evaluator(config, calibrated.graph).evaluate(b"not a model")
+    assert info.value.__cause__ is not None
+    with pytest.raises(EvaluationError, match="cannot run the model to measure its latency") as info:
+        measure_latency(int8.model, {"input": np.zeros((1, 3), np.float32)}, repeats=1, warmup=0)
+    assert info.value.__cause__ is not None

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 import autoquant
 from autoquant.config import QuantizationConfig, load_config
-from autoquant.errors import ConfigError
+from autoquant.errors import ConfigError, SearchError
 from autoquant.search import TrialOutcome, best_outcome
 from autoquant.space import load_space
 from autoquant.study import storage_url, study_name
@@ -226,6 +226,68 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(
     assert result.failed == 1 and result.best.key == "strategy:mse"
     tracebacks = [r for r in caplog.records if "failed in user code" in r.getMessage()]
     assert len(tracebacks) == 1 and "flaky.py" in tracebacks[0].getMessage()
+
+
+def _session_failing_for_trial(monkeypatch: pytest.MonkeyPatch, failing: set[int], where: str) -> None:
+    """Make onnxruntime fail in the trials numbered ``failing``: at session creation or at run."""
+    from autoquant import search
+
+    real = search.session_for
+    calls = iter(range(1000))  # session_for is called once per trial, in trial order
+
+    def session_for(model):
+        number = next(calls)
+        if number in failing and where == "session":
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed:\nbad QDQ pair")
+        session = real(model)
+        if number in failing:
+
+            def run(*args, **kwargs):
+                raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : kernel failed")
+
+            session.run = run
+        return session
+
+    monkeypatch.setattr(search, "session_for", session_for)
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("session", "creating an onnxruntime session for the quantized model failed (RuntimeError: "),
+        ("run", "onnxruntime cannot run the model on test samples"),
+    ],
+)
+def test_an_onnxruntime_failure_fails_only_its_trial(
+    digits_config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+    reason: str,
+) -> None:
+    _session_failing_for_trial(monkeypatch, {1}, where)
+    caplog.set_level("DEBUG", logger="autoquant.search")
+    result = autoquant.tune(load_config(digits_config))
+    study = _load_study(digits_config)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    fail_reason = study.trials[1].user_attrs["fail_reason"]
+    assert reason in fail_reason and "RuntimeError: [ONNXRuntimeError]" in fail_reason
+    assert "\n" not in fail_reason
+    assert result.failed == 1 and result.best.key == "strategy:mse"
+    failures = [r for r in caplog.records if r.getMessage() == "trial 1 failed"]
+    assert len(failures) == 1 and isinstance(failures[0].exc_info[1].__cause__, RuntimeError)
+
+
+def test_a_study_without_any_completed_trial_names_the_last_failure(
+    digits_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _session_failing_for_trial(monkeypatch, set(range(1000)), "session")
+    with pytest.raises(
+        SearchError,
+        match=r"no trial of study .* completed \(6 failed\); the last failure: "
+        r"creating an onnxruntime session",
+    ):
+        autoquant.tune(load_config(digits_config))
 
 
 SLOW_FULL = """search:

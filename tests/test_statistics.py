@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from autoquant import statistics
 from autoquant.errors import CalibrationError
 from autoquant.statistics import (
     HistogramCollector,
     Statistics,
+    collect_statistics,
     load_statistics,
     save_statistics,
 )
@@ -108,3 +110,55 @@ def test_statistics_file_round_trip(tmp_path) -> None:
         np.testing.assert_array_equal(loaded.tensors[name].histogram, s.histogram)
         assert loaded.tensors[name].minimum == s.minimum and loaded.tensors[name].range == s.range
     assert [p.name for p in tmp_path.iterdir()] == ["stats.npz"]  # no temporary file left
+
+
+def _random_statistics(count: int, bins: int = 1024) -> Statistics:
+    rng = np.random.default_rng(4)
+    tensors = {}
+    for i in range(count):
+        c = HistogramCollector(f"t{i}", bins=bins)
+        c.update(rng.normal(size=50).astype(np.float32))
+        tensors[c.name] = c.result()
+    return Statistics(key="k", tensors=tensors, samples=50)
+
+
+def test_loading_reads_each_cache_array_once(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Indexing the lazy NpzFile per tensor re-read the whole histogram array for every tensor:
+    # 722 tensors (95 MB) took 57 s. Every member must be read once, whatever the tensor count.
+    path = tmp_path / "stats.npz"
+    save_statistics(_random_statistics(40), path)
+    reads: dict[str, int] = {}
+    original = np.lib.npyio.NpzFile.__getitem__
+
+    def counting(self, key):
+        reads[key] = reads.get(key, 0) + 1
+        return original(self, key)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counting)
+    loaded = load_statistics(path, "k")
+    assert len(loaded.tensors) == 40
+    assert reads and set(reads.values()) == {1}, reads
+
+
+def test_cache_holds_no_pickles(tmp_path) -> None:
+    path = tmp_path / "stats.npz"
+    save_statistics(_random_statistics(3), path)
+    with np.load(path, allow_pickle=False) as data:
+        assert data["names"].dtype.kind == "U" and data["names"].tolist() == ["t0", "t1", "t2"]
+
+
+def test_unreadable_cache_is_collected_again(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "stats-k.npz").write_bytes(b"not a zip file")
+    passes = []
+
+    def fake_pass(model, tensors, batches, bins, progress):
+        passes.append(tensors)
+        return _random_statistics(1).tensors, 50
+
+    monkeypatch.setattr(statistics, "run_statistics_pass", fake_pass)
+    stats = collect_statistics(lambda: None, ["t0"], lambda: [], "k", tmp_path, bins=1024)
+    assert passes == [["t0"]] and not stats.from_cache
+    assert "ignoring the unreadable statistics cache" in caplog.text
+    assert load_statistics(tmp_path / "stats-k.npz", "k").tensors.keys() == {"t0"}  # rewritten

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from optuna.trial import TrialState
 import autoquant
 from autoquant.config import load_config
 from autoquant.study import storage_url, study_name
-from autoquant.tracking import PARENT_ATTR
+from autoquant.tracking import PARENT_ATTR, global_tracking_uri, tracking_uri, uri_origin
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -63,8 +64,8 @@ def _check_store(uri: str, config_path: Path) -> None:
     }
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     assert models, "the best model was not logged"
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.onnx.load_model(f"models:/{models[0].model_id}")
+    with global_tracking_uri(uri):  # mlflow.set_tracking_uri alone would leak MLFLOW_TRACKING_URI
+        model = mlflow.onnx.load_model(f"models:/{models[0].model_id}")
     session = ort.InferenceSession(model.SerializeToString())
     x = np.load(Path(config.test.source))[:4]
     assert session.run(None, {"input": x})[0].shape == (4, 10)
@@ -85,6 +86,7 @@ def test_default_store_is_beside_the_output_folder(digits_config: Path, tmp_path
     config = load_config(digits_config)
     autoquant.tune(config)
     assert (config.output.directory.parent / "mlflow.db").is_file()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model must not leave it set
     _check_store(f"sqlite:///{config.output.directory.parent / 'mlflow.db'}", digits_config)
 
 
@@ -161,3 +163,41 @@ def test_unreachable_server_fails_fast_and_writes_nothing(digits_config: Path, t
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the MLflow tracking server does not answer" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_environment_uri_applies_without_tracking_uri(
+    digits_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(digits_config)
+    default = f"sqlite:///{config.output.directory.parent / 'mlflow.db'}"
+    assert tracking_uri(config) == default and uri_origin(config) == "tracking.uri"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking_uri(config) == "http://mlflow.example:5000"
+    assert uri_origin(config) == "MLFLOW_TRACKING_URI"
+    explicit = config.replace(tracking={"uri": "sqlite:///elsewhere.db"})
+    assert tracking_uri(explicit) == "sqlite:///elsewhere.db" and uri_origin(explicit) == "tracking.uri"
+
+
+def test_study_logs_to_the_environment_store(
+    digits_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "from-env" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    config = load_config(digits_config)
+    autoquant.tune(config)
+    assert db.is_file() and not (config.output.directory.parent / "mlflow.db").exists()
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{db}"
+    _check_store(f"sqlite:///{db}", digits_config)
+
+
+def test_unreachable_environment_server_is_named(digits_config: Path, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    result = subprocess.run(
+        [sys.executable, "-m", "autoquant", "tune", str(digits_config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MLFLOW_TRACKING_URI": url},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"MLFLOW_TRACKING_URI {url}: the MLflow tracking server does not answer" in result.stderr

@@ -50,6 +50,11 @@ def count_samples(
     sizes = set()
     for spec in inputs:
         shape = tuple(shapes[spec.name])
+        if not spec.shape:
+            raise DataError(
+                f"{where}: model input '{spec.name}' is a scalar (rank 0); autoquant stacks samples along "
+                "a first, batch axis of every input; export the model with one on this input"
+            )
         if len(shape) == len(spec.shape):
             sizes.add(shape[0])
         elif len(shape) == len(spec.shape) - 1:

@@ -24,10 +24,10 @@ from autoquant.graph._model_io import (
     session_options,
     write_model,
 )
-from autoquant.graph._prepare import MIN_OPSET, WEIGHTED_OPS, prepare, private_workdir
+from autoquant.graph._prepare import MIN_OPSET, WEIGHTED_OPS, check_control_flow, prepare, private_workdir
 
 #: Bumped when preparation changes, so that models prepared by an older version are redone.
-PREPARATION_VERSION = 2
+PREPARATION_VERSION = 3
 
 
 def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
@@ -41,7 +41,8 @@ def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
         The model graph description.
 
     Raises:
-        ModelError: The model is missing, corrupt, already quantized or cannot be prepared.
+        ModelError: The model is missing, corrupt, already quantized, cannot be prepared, or
+            holds its every weighted layer inside control flow.
     """
     path, cache_dir = Path(path), Path(cache_dir)
     source = read_model(path)
@@ -58,6 +59,7 @@ def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
             if created and cache_dir.is_dir() and not any(cache_dir.iterdir()):
                 cache_dir.rmdir()  # a failed first preparation leaves no empty cache folder
             raise
+    check_control_flow(prepared, path)
     return describe(prepared, path, source.sha256, prepared_path, source.external_data)
 
 

@@ -53,6 +53,30 @@ QUANTIZABLE_OPS = (
     "Where",
 )
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+#: Ops a decomposed normalization is written with (LayerNorm, RMSNorm, TF's Rsqrt, ...).
+_NORM_OPS = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Sqrt",
+        "Reciprocal",
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "Max",
+        "Reshape",
+        "Expand",
+        "Cast",
+        "Squeeze",
+        "Unsqueeze",
+    }
+)
+_NORM_REDUCES = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare"})
+#: How far back from the square root a normalization's reductions are looked for.
+_NORM_DEPTH = 10
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,8 @@ class ModelGraph:
         nodes: Quantizable nodes in topological order.
         activations: Float tensors whose ranges the quantizer needs, in topological order.
         first_layer: Name of the first Conv/Gemm/MatMul node, if any.
+        norm_nodes: Quantizable nodes of decomposed normalizations (see
+            :func:`normalization_nodes`), kept in FP32 by ``quantization.norm_layers_fp32``.
         opset: The prepared model's ai.onnx opset.
         external_data: The model keeps its weights in external data files, and so do the models
             written from it.
@@ -95,6 +121,7 @@ class ModelGraph:
     first_layer: str | None
     opset: int
     external_data: bool = False
+    norm_nodes: tuple[str, ...] = ()
 
     def node(self, name: str) -> QuantizableNode:
         """Return the quantizable node called ``name``."""
@@ -114,6 +141,79 @@ class ModelGraph:
             logger.debug("the model has a fixed batch size of %d; using it instead of %d", size, requested)
             return size
         return requested
+
+
+def normalization_nodes(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
+    """Nodes of decomposed normalizations: LayerNorm, RMSNorm and the like, as exporters write them.
+
+    A normalization divides by a square root of reduced statistics. Its statistics (the
+    reductions, squares, variance, epsilon, square root and reciprocal), the centring and the node
+    that applies the scale have a dynamic range no 8-bit scale covers: a variance of 1e-3 next to
+    one of 10 rounds to zero and its reciprocal explodes, and a rounded mean shifts every centred
+    value. Found from each ``Sqrt`` (or ``Reciprocal``, or ``Pow`` with an exponent below 1):
+    forward through single-input steps to the node that merges the scale with the input, then
+    the nodes within :data:`_NORM_DEPTH` element-wise steps back from it that descend from a
+    reduction, and what feeds only those reductions.
+    """
+    producer = {o: n for n in graph.node for o in n.output if o}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor, []).append(node)
+    values = {t.name: t for t in graph.initializer}
+
+    def dynamic_inputs(node: onnx.NodeProto) -> list[str]:
+        return [t for t in node.input if t and t not in constant]
+
+    def is_root(node: onnx.NodeProto) -> bool:
+        if node.op_type in ("Sqrt", "Reciprocal"):
+            return True
+        if node.op_type == "Pow" and len(node.input) > 1 and node.input[1] in values:
+            exponent = numpy_helper.to_array(values[node.input[1]])
+            return exponent.size == 1 and float(exponent.reshape(-1)[0]) < 1.0
+        return False
+
+    found: set[str] = set()
+    for root in graph.node:
+        if not is_root(root) or root.name in found:
+            continue
+        chain, merge = [root], root
+        while len(dynamic_inputs(merge)) < 2:  # forward: reciprocal, gamma, to the node applying it
+            users = [c for o in merge.output for c in consumers.get(o, [])]
+            if len(users) != 1 or users[0].op_type not in _NORM_OPS:
+                break
+            merge = users[0]
+            chain.append(merge)
+        ancestors: dict[str, onnx.NodeProto] = {}
+        frontier = [merge]
+        for _ in range(_NORM_DEPTH + len(chain)):
+            frontier = [
+                producer[t]
+                for node in frontier
+                for t in dynamic_inputs(node)
+                if t in producer and producer[t].op_type in _NORM_OPS and producer[t].name not in ancestors
+            ]
+            ancestors.update((n.name, n) for n in frontier)
+        reduces = [n for n in ancestors.values() if n.op_type in _NORM_REDUCES]
+        if not reduces:
+            continue
+        branch = {n.name: n for n in chain}
+        stack = list(reduces)
+        while stack:  # what descends from a reduction: statistics, centring, scale
+            node = stack.pop()
+            branch[node.name] = node
+            stack.extend(
+                c
+                for o in node.output
+                for c in consumers.get(o, [])
+                if c.name in ancestors and c.name not in branch
+            )
+        for node in ancestors.values():  # and what feeds only reductions (the square in E[x^2])
+            users = [c for o in node.output if o for c in consumers.get(o, [])]
+            if users and all(c.name in branch and c.op_type in _NORM_REDUCES for c in users):
+                branch[node.name] = node
+        found |= set(branch)
+    return found
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -177,6 +277,7 @@ def describe(
                 seen.add(tensor)
                 activations.append(tensor)
     first = next((n.name for n in nodes if n.op_type in WEIGHTED_OPS), None)
+    norms = normalization_nodes(model.graph, constant)
     return ModelGraph(
         source=source,
         model_hash=model_hash,
@@ -188,6 +289,7 @@ def describe(
         first_layer=first,
         opset=opset(model),
         external_data=external_data,
+        norm_nodes=tuple(n.name for n in nodes if n.name in norms),
     )
 
 

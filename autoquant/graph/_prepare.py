@@ -9,9 +9,14 @@ constant folding), use old opsets, dynamic shapes and decomposed activations. Pr
    initializers, folds constant subgraphs and applies the fusions onnxruntime would apply at load
    time anyway (Conv+BatchNormalization, Conv+Add, ...), writing standard ONNX ops only;
 4. folds what is left of constant subgraphs feeding weights with ONNX's reference evaluator;
-5. infers shapes, keeping dynamic dimensions symbolic;
-6. checks the invariant: every constant weight of a Conv, ConvTranspose, Gemm or MatMul is an
-   initializer, and warns once, naming each node, where that is not so.
+5. gives every Gemm bias of shape [1, N] the shape [N] (the same broadcast; onnxruntime's
+   quantizer indexes a bias per output channel and fails on a row);
+6. infers shapes, keeping dynamic dimensions symbolic;
+7. checks the invariant: every constant weight of a Conv, ConvTranspose, Gemm or MatMul is an
+   initializer, and warns once, naming each node, where that is not so;
+8. (:func:`check_control_flow`, on every load) keeps control flow in FP32: the branches of
+   ``If``, ``Loop`` and ``Scan`` nodes are not quantized, and a model whose every weighted layer
+   lies in such a branch is refused.
 
 onnxruntime's ``quant_pre_process`` is not used: it fails on models without initializers and on
 incomplete symbolic shapes, and writes temporary files into the current directory.
@@ -227,6 +232,34 @@ def fold_weights(model: onnx.ModelProto) -> list[str]:
     return wanted
 
 
+def flatten_gemm_biases(graph: onnx.GraphProto) -> list[str]:
+    """Reshape constant Gemm biases of shape [1, N] to [N]; returns the nodes changed.
+
+    Gemm broadcasts its C input to (M, N), so [1, N] and [N] compute the same. onnxruntime's fusion
+    of MatMul + Add writes the row; its quantizer's int32 bias check then fails on per-channel
+    weights. A bias shared with another node is copied, never changed in place.
+    """
+    initializers = {t.name: t for t in graph.initializer}
+    readers = Counter(t for n in graph.node for t in n.input)
+    changed = []
+    for node in graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in initializers:
+            continue
+        bias = initializers[node.input[2]]
+        if len(bias.dims) != 2 or bias.dims[0] != 1:
+            continue
+        row = numpy_helper.to_array(bias).reshape(-1)
+        name = bias.name if readers[bias.name] == 1 else f"{bias.name}_{node.name}_1d"
+        flat = numpy_helper.from_array(row, name)
+        if name == bias.name:
+            bias.CopyFrom(flat)
+        else:
+            graph.initializer.append(flat)
+            node.input[2] = name
+        changed.append(node.name)
+    return changed
+
+
 def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
     """Remove nodes none of whose outputs is used (the producers of folded weights)."""
     initializers = {t.name for t in graph.initializer}
@@ -338,6 +371,41 @@ def check_weights(model: onnx.ModelProto, expected: dict[str, str], path: Path) 
     return problems
 
 
+def _subgraph_ops(node: onnx.NodeProto) -> Counter[str]:
+    """Op types inside the subgraphs of ``node``, nested ones included."""
+    found: Counter[str] = Counter()
+    for attribute in node.attribute:
+        for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+            for inner in sub.node:
+                found[inner.op_type] += 1
+                found.update(_subgraph_ops(inner))
+    return found
+
+
+def check_control_flow(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a model whose weighted layers all live inside control flow; warn when some do.
+
+    Raises:
+        ModelError: The main graph holds no Conv, ConvTranspose, Gemm or MatMul, its subgraphs do.
+    """
+    inside = {n.name: _subgraph_ops(n) for n in model.graph.node if n.op_type in ("If", "Loop", "Scan")}
+    weighted = {
+        name: sum(ops[op] for op in WEIGHTED_OPS)
+        for name, ops in inside.items()
+        if any(ops[op] for op in WEIGHTED_OPS)
+    }
+    if not weighted:
+        return
+    kinds = {n.name: n.op_type for n in model.graph.node}
+    holders = ", ".join(f"{kinds[name]} {name!r} holds {count}" for name, count in list(weighted.items())[:3])
+    if not any(n.op_type in WEIGHTED_OPS for n in model.graph.node):
+        raise ModelError(
+            f"{path}: every Conv/Gemm/MatMul lies inside control flow ({holders}); autoquant quantizes "
+            "the main graph only; export the model without the If/Loop/Scan (one graph per branch)"
+        )
+    logger.warning("%s: the Conv/Gemm/MatMul layers inside control flow stay in FP32 (%s)", path, holders)
+
+
 def prepare(source: SourceModel, workdir: Path) -> onnx.ModelProto:
     """Run every preparation step on a user's model (see the module docstring).
 
@@ -346,7 +414,7 @@ def prepare(source: SourceModel, workdir: Path) -> onnx.ModelProto:
         workdir: Folder for onnxruntime's files; the caller deletes it.
 
     Raises:
-        ModelError: The model is quantized already, onnxruntime cannot load it, or its opset
+        ModelError: The model is quantized already, onnxruntime cannot load it, its opset
             cannot be upgraded.
     """
     model = onnx.ModelProto()
@@ -360,6 +428,7 @@ def prepare(source: SourceModel, workdir: Path) -> onnx.ModelProto:
     model = optimize(model, workdir, source.path)
     name_nodes(model)
     fold_weights(model)
+    flatten_gemm_biases(model.graph)
     model = infer_shapes(model, source.path)
     check_weights(model, expected, source.path)
     return model

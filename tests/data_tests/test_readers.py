@@ -109,6 +109,15 @@ def test_multi_input_npz(tmp_path: Path, digits: tuple) -> None:
         read(tmp_path / "z.npz", specs)
 
 
+def test_a_scalar_model_input_is_refused_in_one_line(tmp_path: Path, digits: tuple) -> None:
+    """Silero VAD's ``sr`` is a rank-0 input: samples cannot be stacked along a batch axis."""
+    images, _ = digits
+    specs = [SPEC[0], InputSpec("sr", (), np.dtype(np.int64))]
+    np.savez(tmp_path / "x.npz", input=images[0], sr=np.array(16000))
+    with pytest.raises(DataError, match=r"x.npz: model input 'sr' is a scalar \(rank 0\)"):
+        read(tmp_path / "x.npz", specs)
+
+
 def test_batches_stack_samples_and_the_last_is_smaller(tmp_path: Path, digits: tuple) -> None:
     images, targets = digits
     np.savez(tmp_path / "calib.npz", input=images, labels=targets)
