@@ -28,7 +28,7 @@ from typer.exceptions import TyperException
 
 from autoquant import __version__
 from autoquant.config import StudyConfig, load_config
-from autoquant.errors import AutoquantError
+from autoquant.errors import AutoquantError, write_fault
 from autoquant.hardware import describe, target_isa
 from autoquant.logs import ORT_ERROR, ORT_WARNING, LogCapture, quiet_onnxruntime
 
@@ -144,6 +144,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (typer.Exit, typer.Abort, TyperException):
             raise
         except Exception as exc:
+            fault = write_fault(exc)  # a full disk or a read-only folder is the machine's, not a bug
+            if fault is not None and not (_capture is not None and _capture.verbose):
+                _fail(fault)
             if _capture is not None and _capture.verbose:
                 raise
             _fail(f"unexpected {type(exc).__name__}: {exc} (--verbose shows the traceback)", status=1)
@@ -153,12 +156,17 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def load(config_path: Path, output: Path | None) -> StudyConfig:
-    """Load a config and apply ``--output``; a bad ``AUTOQUANT_TARGET_ISA`` fails here too."""
+def load(config_path: Path, output: Path | None, writes: bool = True) -> StudyConfig:
+    """Load a config and apply ``--output``; a bad ``AUTOQUANT_TARGET_ISA`` fails here too, and so
+    does an output folder that cannot be written (for the commands that write one)."""
+    from autoquant.outputs import check_output_dir
+
     target_isa()
-    config = load_config(config_path)
+    config = load_config(config_path, require_paths=True)
     if output is not None:
         config = config.replace(output={"directory": output.resolve()})
+    if writes:
+        check_output_dir(config.output.directory)
     return config
 
 
@@ -224,7 +232,7 @@ def evaluate(
     from autoquant.evaluate import measure_latency
     from autoquant.outputs import MODEL_FILE
 
-    cfg = load(config, output)
+    cfg = load(config, output, writes=False)
     int8_path = int8 or cfg.output.directory / MODEL_FILE
     if not int8_path.is_file():
         _fail(f"{int8_path}: no INT8 model; run `autoquant quantize {config}` first or pass --int8")
@@ -369,7 +377,7 @@ def status(config: ConfigArg, output: OutputOpt = None) -> None:
     from autoquant import study as tuning
     from autoquant.display import summary_table
 
-    result = tuning.stored_result(load(config, output))
+    result = tuning.stored_result(load(config, output, writes=False))
     out.print(summary_table(result))
     out.print(f"{len(result.trials)} completed and {result.failed} failed trials in {result.storage}")
 
@@ -391,23 +399,21 @@ def templates() -> None:
 @app.command()
 @handle_errors
 def check(config: ConfigArg, output: OutputOpt = None) -> None:
-    """Validate a config, the model and the data, and print the plan without running it."""
+    """Validate the config, the model and every sample of the data, and print the plan; writes nothing."""
     from autoquant import pipeline
-    from autoquant.data import open_reader
 
-    cfg = load(config, output)
-    graph = pipeline.load_graph(cfg)
-    calib = open_reader(cfg.calibration, list(graph.inputs), limit=cfg.calibration.calib_iterations)
-    next(iter(calib))  # the first sample is read and checked against the model inputs
+    cfg = load(config, output, writes=False)
+    counts = pipeline.check_data(cfg, pipeline.input_specs(cfg), every_sample=True)
+    graph = pipeline.load_graph(cfg, persist=False)
     table = Table(title=f"plan for {config}", show_header=False)
     table.add_row("model", f"{cfg.model.path} (opset {graph.opset}, {len(graph.nodes)} quantizable nodes)")
     table.add_row("inputs", ", ".join(f"{s.name} {list(s.shape)}" for s in graph.inputs))
     table.add_row("first layer", graph.first_layer or "none")
-    table.add_row("calibration", f"{len(calib)} samples from {cfg.calibration.source}")
-    if cfg.test.source:
-        test = open_reader(cfg.test, list(graph.inputs), limit=cfg.test.test_iterations)
-        next(iter(test))
-        table.add_row("test", f"{len(test)} samples from {cfg.test.source}")
+    table.add_row(
+        "calibration", f"{counts['calibration']} samples from {cfg.calibration.source}, each checked"
+    )
+    if "test" in counts:
+        table.add_row("test", f"{counts['test']} samples from {cfg.test.source}, each checked")
     cpu = describe(cfg.quantization.reduce_range)
     table.add_row(
         "CPU",

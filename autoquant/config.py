@@ -224,7 +224,7 @@ class StorageConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    """MLflow tracking. Without ``uri``: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` by the output."""
+    """MLflow tracking. Without ``uri``: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the output folder."""
 
     enabled: bool = True
     uri: str | None = None
@@ -317,8 +317,11 @@ def _describe(error: dict[str, Any]) -> str:
     return message
 
 
-def parse_config(text: str, path: Path) -> StudyConfig:
-    """Validate YAML text as a study config, resolving relative paths against ``path``'s folder."""
+def parse_config(text: str, path: Path, require_paths: bool = False) -> StudyConfig:
+    """Validate YAML text as a study config, resolving relative paths against ``path``'s folder.
+
+    With ``require_paths``, the model, label files and data sources it names must exist.
+    """
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -330,7 +333,7 @@ def parse_config(text: str, path: Path) -> StudyConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping with a 'model' and a 'calibration' section")
     try:
-        return StudyConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
+        config = StudyConfig.model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -340,23 +343,53 @@ def parse_config(text: str, path: Path) -> StudyConfig:
             where = f"{path}:{line}" if line else str(path)
             lines.append((line or 0, f"{where}: {key}: {_describe(error)}"))
         raise ConfigError("\n".join(text for _, text in sorted(lines))) from None
+    problems = sorted(_missing_paths(config, node, path)) if require_paths else []
+    if problems:
+        raise ConfigError("\n".join(text for _, text in problems))
+    return config
 
 
-def load_config(path: str | Path) -> StudyConfig:
+def _missing_paths(config: StudyConfig, node: yaml.Node | None, path: Path) -> list[tuple[int, str]]:
+    """``(line, message)`` for every file or folder the config names that is not there."""
+    wanted: list[tuple[tuple[str, ...], Path | None, str]] = [
+        (("model", "path"), config.model.path, "file"),
+        (("calibration", "labels"), config.calibration.labels, "file"),
+        (("test", "labels"), config.test.labels, "file"),
+    ]
+    for section, data in (("calibration", config.calibration), ("test", config.test)):
+        source = data.source
+        if source is not None and not _CALLABLE_SPEC.match(source):
+            file = source.rsplit(".py:", 1)[0] + ".py" if ".py:" in source else source
+            wanted.append(((section, "source"), Path(file), "file or folder"))
+    problems = []
+    for loc, target, kind in wanted:
+        if target is None or (target.is_file() if kind == "file" else target.exists()):
+            continue
+        line = _line_of(node, loc)
+        where = f"{path}:{line}" if line else str(path)
+        what = "is a folder, not a file" if target.is_dir() else f"no such {kind}"
+        problems.append((line or 0, f"{where}: {'.'.join(loc)}: {target}: {what}"))
+    return problems
+
+
+def load_config(path: str | Path, require_paths: bool = False) -> StudyConfig:
     """Load and validate a study config file.
 
     Args:
         path: The YAML file.
+        require_paths: Also check that the model, label files and data sources it names exist
+            (the command line does, so that a wrong path fails before any work).
 
     Returns:
         The validated, frozen config with every path absolute.
 
     Raises:
-        ConfigError: The file is missing, is not valid YAML, or does not validate.
+        ConfigError: The file is missing, is not valid YAML, does not validate, or (with
+            ``require_paths``) names a file or folder that is not there.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
-    return parse_config(text, path)
+    return parse_config(text, path, require_paths)

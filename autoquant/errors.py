@@ -7,6 +7,8 @@ turns them into one-line messages and exit status 2.
 
 from __future__ import annotations
 
+import errno
+
 
 class AutoquantError(Exception):
     """Root of every error autoquant raises on bad input."""
@@ -45,6 +47,43 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or "no message"
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{type(exc).__name__}: {text}"
+
+
+class OutputError(AutoquantError):
+    """The output folder cannot be used: it is a file, it is not writable, or the disk is full."""
+
+
+#: errno values that mean "the machine refuses the write", not "autoquant has a bug".
+_WRITE_FAULTS = {
+    errno.ENOSPC: "no space left on the device; free some space or choose another --output",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another --output",
+    errno.EROFS: "read-only file system; choose another --output",
+    errno.EACCES: "permission denied; choose another --output or fix the folder's permissions",
+    errno.EPERM: "operation not permitted; choose another --output or fix the folder's permissions",
+}
+_SQLITE_FAULTS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EROFS,
+    "unable to open database file": errno.EACCES,
+}
+
+
+def write_fault(exc: BaseException) -> str | None:
+    """One line for a write the machine refused (full disk, read-only, no permission), found anywhere
+    in the exception's cause chain, including SQLite's own messages; None for anything else."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _WRITE_FAULTS:
+            where = current.filename or "a file"
+            return f"{where}: {_WRITE_FAULTS[current.errno]}"
+        text = str(current).lower()
+        for needle, code in _SQLITE_FAULTS.items():
+            if needle in text:
+                return f"the study or tracking database: {needle}; {_WRITE_FAULTS[code]}"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class UserCodeError(AutoquantError):

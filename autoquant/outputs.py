@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from autoquant.config import StudyConfig
-from autoquant.errors import ModelError, QuantizationError
+from autoquant.errors import ModelError, OutputError, QuantizationError, write_fault
 from autoquant.graph import write_model
 from autoquant.quantize import QuantizedModel, activation_quant_params
 
@@ -40,6 +40,33 @@ class WrittenOutputs:
     trt_cache: Path
     fp32_nodes: Path
     config: Path
+
+
+def check_output_dir(directory: Path) -> None:
+    """Fail at once when the output folder cannot be written, before any work; creates nothing.
+
+    A probe file is created and removed in the folder, or in its nearest existing parent when the
+    folder does not exist yet (the real outcome of a write, which permission bits alone do not
+    tell for root or on a read-only mount).
+
+    Raises:
+        OutputError: The path is a file, or the folder (or its parent) is not writable.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{directory}: the output folder is a file; choose another with --output")
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{directory}: {existing} is a file, not a folder; choose another --output")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".autoquant-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        exc.filename = exc.filename or str(existing)
+        raise OutputError(write_fault(exc) or f"{existing}: cannot write ({exc.strerror})") from None
 
 
 def calibration_table(result: QuantizedModel) -> dict[str, dict]:
@@ -77,14 +104,14 @@ def write_files(directory: Path, files: dict[str, bytes | Callable[[Path], None]
             files, such as external data) at the path it is given.
 
     Raises:
-        QuantizationError: A file cannot be written.
+        OutputError: A file cannot be written.
     """
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=directory, prefix=".staging-"))
     except OSError as exc:
-        raise QuantizationError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
+        raise OutputError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
     try:
         for name, content in files.items():
             if callable(content):
@@ -95,7 +122,10 @@ def write_files(directory: Path, files: dict[str, bytes | Callable[[Path], None]
         for name in [*companions, *files]:  # external data before the model that refers to it
             os.replace(staging / name, directory / name)
     except OSError as exc:
-        raise QuantizationError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
+        exc.filename = exc.filename or str(directory)
+        raise OutputError(
+            write_fault(exc) or f"{directory}: cannot write the outputs ({exc.strerror})"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [directory / name for name in files]
@@ -114,7 +144,8 @@ def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) 
     ``autoquant quantize`` rebuilds the same model on any CPU.
 
     Raises:
-        QuantizationError: onnxruntime cannot load the INT8 model, or a file cannot be written.
+        QuantizationError: onnxruntime cannot load the INT8 model.
+        OutputError: A file cannot be written.
     """
 
     def write_int8_model(path: Path) -> None:

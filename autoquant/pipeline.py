@@ -21,7 +21,7 @@ from autoquant.config import DataConfig, QuantizationConfig, StudyConfig
 from autoquant.data import InputSpec, open_reader
 from autoquant.errors import ConfigError
 from autoquant.evaluate import Evaluator
-from autoquant.graph import ModelGraph, prepare_model
+from autoquant.graph import ModelGraph, model_inputs, prepare_model
 from autoquant.quantize import QuantizedModel, quantize_model
 from autoquant.statistics import ProgressFn, Statistics, collect_statistics, statistics_key
 from autoquant.thresholds import compute_thresholds
@@ -52,23 +52,66 @@ def cache_dir(config: StudyConfig) -> Path:
     return config.calibration.cache_dir or user_cache_dir()
 
 
-def load_graph(config: StudyConfig) -> ModelGraph:
-    """Prepare the config's model and apply the input shapes given in ``model.inputs``."""
-    graph = prepare_model(config.model.path, cache_dir(config))
-    names = {spec.name for spec in graph.inputs}
+def input_specs(config: StudyConfig) -> tuple[InputSpec, ...]:
+    """The model's inputs as the data must feed them: read from the file, shapes from ``model.inputs``.
+
+    Raises:
+        ConfigError: ``model.inputs`` names an input the model does not have.
+        ModelError: The model file cannot be read.
+    """
+    specs = model_inputs(config.model.path)
+    names = {spec.name for spec in specs}
     unknown = sorted(set(config.model.inputs) - names)
     if unknown:
         raise ConfigError(
             f"model.inputs: {', '.join(unknown)} is not an input of {config.model.path.name}; "
             f"its inputs are: {', '.join(sorted(names))}"
         )
-    specs = tuple(
+    return tuple(
         replace(spec, shape=tuple(config.model.inputs[spec.name]))
         if spec.name in config.model.inputs
         else spec
-        for spec in graph.inputs
+        for spec in specs
     )
-    return replace(graph, inputs=specs)
+
+
+def check_data(config: StudyConfig, specs: Sequence[InputSpec], every_sample: bool = False) -> dict[str, int]:
+    """Read the first batch (or every sample) of the calibration and test sets against the inputs.
+
+    Returns:
+        The number of samples of each data set (``calibration``, ``test``) that will be read.
+
+    Raises:
+        DataError: A data set is missing, empty, or holds a sample the model cannot take.
+    """
+    counts = {}
+    for name, data, limit in (
+        ("calibration", config.calibration, config.calibration.calib_iterations),
+        ("test", config.test, config.test.test_iterations),
+    ):
+        if data.source is None:
+            continue
+        reader = open_reader(data, list(specs), limit=limit)
+        if every_sample:
+            for _ in reader:  # each sample is decoded and validated
+                pass
+        else:
+            next(reader.batches(data.batch_size))
+        counts[name] = len(reader)
+    return counts
+
+
+def load_graph(config: StudyConfig, persist: bool = True) -> ModelGraph:
+    """Check the first batch of the data, then prepare the config's model (see :func:`input_specs`).
+
+    The data are checked first, so that bad data leave nothing in the cache. ``persist=False``
+    writes nothing (see :func:`autoquant.graph.prepare_model`).
+    """
+    specs = input_specs(config)
+    check_data(config, specs)
+    graph = prepare_model(config.model.path, cache_dir(config), persist=persist)
+    shapes = {spec.name: spec.shape for spec in specs}
+    return replace(graph, inputs=tuple(replace(s, shape=shapes.get(s.name, s.shape)) for s in graph.inputs))
 
 
 def data_fingerprint(data: DataConfig) -> str:
@@ -171,9 +214,11 @@ __all__ = [
     "analyze_layers",
     "cache_dir",
     "calibrate",
+    "check_data",
     "data_fingerprint",
     "evaluator",
     "expected_samples",
+    "input_specs",
     "load_graph",
     "quantize",
     "sample_feeds",

@@ -33,8 +33,8 @@ _TIMEOUT_S = 5.0
 
 
 def tracking_uri(config: StudyConfig) -> str:
-    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the output folder's parent."""
-    default = f"sqlite:///{config.output.directory.parent / 'mlflow.db'}"
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the output folder."""
+    default = f"sqlite:///{config.output.directory / 'mlflow.db'}"
     return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
@@ -121,9 +121,7 @@ class MlflowTracker:
         # MLflow 3 sends usage telemetry to its servers from every client call; a study's trials
         # should not wait on that (and our machines may have no route there). Users can opt in.
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)
+        import mlflow  # noqa: F401  (the import is the slow part; the store is opened by attach)
 
     def _submit(self, call: Callable[..., Any], *args: Any) -> Future:
         def timed() -> Any:
@@ -165,6 +163,9 @@ class MlflowTracker:
             study.set_user_attr(PARENT_ATTR, self.parent_id)
 
     def _attach(self, stored: str | None) -> str:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)  # creates a local store's database
         self.experiment_id = self._experiment()
         if stored is not None:
             try:

@@ -210,8 +210,10 @@ def machine_line() -> str:
         f"{f}.py {hashlib.sha256((ROOT / 'autoquant' / f'{f}.py').read_bytes()).hexdigest()[:8]}"
         for f in ("statistics", "thresholds", "quantize", "config")
     )
+    from autoquant.hardware import host_isa
+
     return (
-        f"Machine: nproc={len(os.sched_getaffinity(0))}, CPU {cpu}; Python {platform.python_version()}, "
+        f"Machine: nproc={len(os.sched_getaffinity(0))}, CPU {cpu} ({host_isa().label}); Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy {np.__version__}; "
         f"autoquant {code}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC."
     )

@@ -75,9 +75,14 @@ def _study(tmp_path: Path, model: str, source: str, extra: str = "") -> Path:
     )
 
 
-def test_missing_model(tmp_path: Path) -> None:
+def test_missing_model_or_a_folder_is_named_by_the_config_check(tmp_path: Path) -> None:
     config = _study(tmp_path, "nope.onnx", str(DIGITS / "data" / "calib.npy"))
-    assert_one_line_error(run("quantize", str(config)), "nope.onnx", "cannot read the model")
+    for command in ("check", "quantize", "tune"):
+        assert_one_line_error(run(command, str(config)), "study.yaml:1: model.path:", "nope.onnx: no such file")
+    (tmp_path / "folder.onnx").mkdir()
+    config = _study(tmp_path, "folder.onnx", str(DIGITS / "data" / "calib.npy"))
+    assert_one_line_error(run("tune", str(config)), "folder.onnx: is a folder, not a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.onnx", "study.yaml"]
 
 
 def test_corrupt_model(tmp_path: Path) -> None:

@@ -82,18 +82,20 @@ def test_local_store(digits_config: Path, tmp_path: Path) -> None:
     _check_store(f"sqlite:///{db}", config_path)
 
 
-def test_default_store_is_beside_the_output_folder(digits_config: Path, tmp_path: Path) -> None:
+def test_default_store_is_inside_the_output_folder(digits_config: Path, tmp_path: Path) -> None:
     config = load_config(digits_config)
     autoquant.tune(config)
-    assert (config.output.directory.parent / "mlflow.db").is_file()
+    assert (config.output.directory / "mlflow.db").is_file()
+    assert (config.output.directory / "mlartifacts").is_dir()
+    assert sorted(p.name for p in config.output.directory.parent.iterdir()) == ["digits.yaml", "out"]
     assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model must not leave it set
-    _check_store(f"sqlite:///{config.output.directory.parent / 'mlflow.db'}", digits_config)
+    _check_store(f"sqlite:///{config.output.directory / 'mlflow.db'}", digits_config)
 
 
 def test_tracking_can_be_turned_off(digits_config: Path, tmp_path: Path) -> None:
     config = load_config(_config(digits_config, tmp_path, "{enabled: false}"))
     autoquant.tune(config)
-    assert not (config.output.directory.parent / "mlflow.db").exists()
+    assert not (config.output.directory / "mlflow.db").exists()
 
 
 def _free_port() -> int:
@@ -169,7 +171,7 @@ def test_environment_uri_applies_without_tracking_uri(
     digits_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = load_config(digits_config)
-    default = f"sqlite:///{config.output.directory.parent / 'mlflow.db'}"
+    default = f"sqlite:///{config.output.directory / 'mlflow.db'}"
     assert tracking_uri(config) == default and uri_origin(config) == "tracking.uri"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert tracking_uri(config) == "http://mlflow.example:5000"
@@ -185,7 +187,7 @@ def test_study_logs_to_the_environment_store(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     config = load_config(digits_config)
     autoquant.tune(config)
-    assert db.is_file() and not (config.output.directory.parent / "mlflow.db").exists()
+    assert db.is_file() and not (config.output.directory / "mlflow.db").exists()
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{db}"
     _check_store(f"sqlite:///{db}", digits_config)
 

@@ -11,6 +11,7 @@ import abc
 import contextlib
 import dataclasses
 import itertools
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import numpy as np
 from autoquant.config import DataConfig
 from autoquant.data._labels import read_labels
 from autoquant.errors import DataError
+
+logger = logging.getLogger("autoquant.data")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -87,6 +90,7 @@ class DataReader(abc.ABC):
         self.labels: list[Any] | None = None
         self.labels_path: str = ""
         self._length: int | None = None
+        self._casts_logged: set[str] = set()
         if config.labels is not None:
             self.labels = read_labels(config.labels, config.label_format)
             self.labels_path = str(config.labels)
@@ -163,6 +167,7 @@ class DataReader(abc.ABC):
                     f"{sample.sample_id}: input '{spec.name}' has shape {format_shape(shape)}, "
                     f"the model expects {format_shape(expected)}"
                 )
+            self._check_dtype(sample.sample_id, spec, np.asarray(array).dtype)
             try:
                 arrays[spec.name] = np.array(array, dtype=spec.dtype)
             except (TypeError, ValueError) as exc:
@@ -170,6 +175,23 @@ class DataReader(abc.ABC):
                     f"{sample.sample_id}: input '{spec.name}' is not {spec.dtype} data ({exc})"
                 ) from None
         return dataclasses.replace(sample, inputs=arrays)
+
+    def _check_dtype(self, sample_id: str, spec: InputSpec, dtype: np.dtype) -> None:
+        """Refuse a cast that changes what the numbers mean; log the others once per input.
+
+        Exact casts (uint8 images to float32) and casts within a kind (float64 to float32,
+        int64 to int32) are made; others (int64 to float32, float to int) are the wrong data.
+        """
+        if dtype == spec.dtype:
+            return
+        if not (np.can_cast(dtype, spec.dtype, "safe") or dtype.kind == spec.dtype.kind):
+            raise DataError(
+                f"{sample_id}: input '{spec.name}' is {dtype} data, the model expects {spec.dtype}; "
+                f"convert the data (array.astype(np.{spec.dtype.name})) if that is what it holds"
+            )
+        if spec.name not in self._casts_logged:
+            self._casts_logged.add(spec.name)
+            logger.info("%s: casting input '%s' from %s to %s", self.source, spec.name, dtype, spec.dtype)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """Yield batches of ``batch_size`` stacked samples; the last one may be smaller.

@@ -7,6 +7,7 @@ data. Every node and tensor name reported afterwards is a real name of the prepa
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from autoquant.graph._describe import (
@@ -14,6 +15,7 @@ from autoquant.graph._describe import (
     ModelGraph,
     QuantizableNode,
     describe,
+    model_inputs,
     weight_channel_ranges,
 )
 from autoquant.graph._model_io import (
@@ -30,12 +32,15 @@ from autoquant.graph._prepare import MIN_OPSET, WEIGHTED_OPS, check_control_flow
 PREPARATION_VERSION = 3
 
 
-def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
+def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True) -> ModelGraph:
     """Read, prepare and describe a model; the prepared model is cached in ``cache_dir``.
 
     Args:
         path: The FP32 ONNX model (its external data files beside it).
         cache_dir: Folder for the prepared model, keyed by the hash of the model's files.
+        persist: Write the prepared model to the cache. Without it nothing is written (a cached
+            model is still used); the graph then describes a model that :meth:`ModelGraph.load`
+            cannot load unless it was cached (``autoquant check``).
 
     Returns:
         The model graph description.
@@ -49,6 +54,9 @@ def prepare_model(path: str | Path, cache_dir: str | Path) -> ModelGraph:
     prepared_path = cache_dir / f"prepared-v{PREPARATION_VERSION}-{source.sha256[:16]}.onnx"
     if prepared_path.is_file():
         prepared = load_model(prepared_path)
+    elif not persist:
+        with tempfile.TemporaryDirectory(prefix="autoquant-prepare-") as workdir:
+            prepared = prepare(source, Path(workdir))
     else:
         created = not cache_dir.exists()
         try:
@@ -71,6 +79,7 @@ __all__ = [
     "QuantizableNode",
     "SourceModel",
     "load_model",
+    "model_inputs",
     "prepare_model",
     "read_model",
     "session_for",

@@ -236,6 +236,21 @@ def _input_specs(model: onnx.ModelProto, initializers: set[str]) -> tuple[InputS
     return tuple(specs)
 
 
+def model_inputs(path: Path) -> tuple[InputSpec, ...]:
+    """The inputs of a model file, read without its weights or any preparation (for data checks).
+
+    Raises:
+        ModelError: The file cannot be read or is not ONNX.
+    """
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror})") from None
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
+    return _input_specs(model, {t.name for t in model.graph.initializer})
+
+
 def _is_depthwise(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
         return False

@@ -73,6 +73,21 @@ def test_npy_stack_cast_to_input_dtype(tmp_path: Path, digits: tuple) -> None:
     assert samples[2].sample_id == f"{tmp_path / 'calib.npy'}[2]"
 
 
+def test_a_cast_that_changes_the_meaning_of_the_data_is_refused(
+    tmp_path: Path, digits: tuple, caplog
+) -> None:
+    images, _ = digits
+    np.save(tmp_path / "ints.npy", (images * 255).astype(np.int64))
+    with pytest.raises(
+        DataError, match=r"ints.npy\[0\]: input 'input' is int64 data, the model expects float32"
+    ):
+        read(tmp_path / "ints.npy")
+    np.save(tmp_path / "bytes.npy", (images * 255).astype(np.uint8))  # exact: uint8 fits float32
+    caplog.set_level("INFO", logger="autoquant.data")
+    assert len(read(tmp_path / "bytes.npy")) == N
+    assert caplog.text.count("casting input 'input' from uint8 to float32") == 1
+
+
 def test_npz_labels_key_and_config_labels_take_precedence(tmp_path: Path, digits: tuple) -> None:
     images, targets = digits
     np.savez(tmp_path / "calib.npz", input=images, labels=targets)
@@ -462,7 +477,7 @@ def test_more_callable_and_validation_errors(tmp_path: Path) -> None:
         DataError, match="a multi-input model needs a mapping input name -> array, got ndarray"
     ):
         read(f"{base}:arrays", specs)
-    with pytest.raises(DataError, match="strings#0: input 'input' is not float32 data"):
+    with pytest.raises(DataError, match="strings#0: input 'input' is <U1 data, the model expects float32"):
         read(f"{base}:strings")
     with pytest.raises(DataError, match="must be module:function or /path/file.py:function"):
         load_callable("no_function_here:", "data source", DataError)
