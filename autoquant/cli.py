@@ -322,11 +322,18 @@ def tune(
     from autoquant.display import LiveReporter, summary_table
 
     class StageReporter(LiveReporter):
-        """Writes the warnings held during a phase or trial before its line."""
+        """Writes the warnings held during a phase or trial before its line; knows whether a
+        trial has started (before that, Ctrl-C has nothing to wait for)."""
+
+        trials_started = False
 
         def phase(self, message: str) -> None:
             end_stage()
             super().phase(message)
+
+        def trial_started(self, *args: Any) -> None:
+            self.trials_started = True
+            super().trial_started(*args)
 
         def trial_finished(self, *args: Any) -> None:
             end_stage()
@@ -337,6 +344,8 @@ def tune(
     stop = threading.Event()
 
     def on_ctrl_c(signum: int, frame: object) -> None:
+        if not reporter.trials_started:  # calibration or the FP32 reference: stop at once
+            raise KeyboardInterrupt
         stop.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts at once
         console.print("stopping after the current trial (Ctrl-C again to abort)")
@@ -346,6 +355,8 @@ def tune(
         with reporter:
             result = tuning.tune(cfg, reporter=reporter, fresh=fresh, stop=stop.is_set)
     except KeyboardInterrupt:
+        if not reporter.trials_started:
+            raise  # handle_errors: "interrupted", exit status 130
         stop.set()
         result = None
     finally:

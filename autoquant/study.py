@@ -26,6 +26,7 @@ from autoquant.analyze import Sensitivity
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import ConfigError, SearchError
 from autoquant.hardware import ReduceRange, resolve_reduce_range, target_isa
+from autoquant.locking import output_lock
 from autoquant.outputs import MODEL_FILE, write_files, write_outputs
 from autoquant.quantize import QuantizedModel
 from autoquant.report import render_report
@@ -272,9 +273,16 @@ def tune(
 
     Raises:
         AutoquantError: Bad config, model or data (before any trial).
-        SearchError: No trial could complete.
+        SearchError: No trial could complete, or another process is tuning into the same
+            output folder.
     """
-    reporter = reporter or NullReporter()
+    with output_lock(config.output.directory, f"study {study_name(config)!r}"):
+        return _tune(config, reporter or NullReporter(), fresh, stop)
+
+
+def _tune(
+    config: StudyConfig, reporter: Reporter, fresh: bool, stop: Callable[[], bool] | None
+) -> TuneResult:
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
     tracker = make_tracker(config)  # fails in seconds, before any calibration work

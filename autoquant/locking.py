@@ -1,0 +1,106 @@
+"""One ``tune`` per output folder: a lock file naming the process that holds it.
+
+The lock is ``.autoquant.lock`` in the output folder, created atomically (``O_EXCL``) with the
+holder's host, pid and start time. A lock left by a process that no longer runs on this host
+(SIGKILL, a crash) is stale and taken over with a warning. A lock held on another host cannot be
+checked; the message says which file to delete if that host's process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from autoquant.errors import SearchError
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".autoquant.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _holder(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _create(path: Path) -> bool:
+    """Create the lock file with our identity; False when it exists already."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(me, f)
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(directory: Path, what: str) -> Iterator[None]:
+    """Hold the lock of an output folder for the duration of the block.
+
+    Args:
+        directory: The output folder; created if needed, and removed again on exit if the lock
+            was all that was in it (a run that failed before writing anything leaves nothing).
+        what: The study, for the message.
+
+    Raises:
+        SearchError: Another live process holds the lock.
+    """
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    while not _create(path):
+        holder = _holder(path)
+        if holder is None:  # being written this instant, or left empty by a crash
+            time.sleep(0.1)
+            holder = _holder(path)
+            if holder is None and _age(path) > 5.0:
+                logger.warning("removing the unreadable lock file %s", path)
+                path.unlink(missing_ok=True)
+                continue
+        here = holder is not None and holder.get("host") == socket.gethostname()
+        if holder is not None and here and not _alive(int(holder.get("pid", 0))):
+            logger.warning("taking over the stale lock of process %s (no longer running)", holder.get("pid"))
+            path.unlink(missing_ok=True)
+            continue
+        who = (
+            f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+            if holder
+            else "another process"
+        )
+        hint = "wait for it or stop it" if here else f"if that process is gone, delete {path}"
+        raise SearchError(f"{directory}: {what} is already being tuned by {who}; {hint}")
+    try:
+        yield
+    finally:
+        if (_holder(path) or {}).get("pid") == os.getpid():
+            path.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):  # only when empty
+                directory.rmdir()
