@@ -17,11 +17,11 @@ from autoquant.errors import (
 )
 
 
-def tune(config, reporter=None, fresh: bool = False):
+def tune(config, reporter=None, fresh: bool = False, stop=None):
     """Run or resume the study of ``config`` (see :func:`autoquant.study.tune`)."""
     from autoquant.study import tune as _tune
 
-    return _tune(config, reporter=reporter, fresh=fresh)
+    return _tune(config, reporter=reporter, fresh=fresh, stop=stop)
 
 
 def __getattr__(name: str):

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from autoquant.search import TrialOutcome
@@ -29,11 +36,13 @@ class LiveReporter:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=console,
             transient=True,
             disable=not console.is_terminal,
         )
         self.task: int | None = None
+        self.step_task: int | None = None
 
     def __enter__(self) -> LiveReporter:
         self._bar.__enter__()
@@ -56,6 +65,15 @@ class LiveReporter:
         """Advance the evaluation bar."""
         if self.task is not None:
             self._bar.advance(self.task, samples)
+
+    def step(self, done: int, total: int, unit: str) -> None:
+        """Show a phase's own progress (e.g. the tensors of the per-layer scale search)."""
+        if self.step_task is None:
+            self.step_task = self._bar.add_task(unit, total=total)
+        self._bar.update(self.step_task, completed=done, total=total)
+        if done >= total:
+            self._bar.remove_task(self.step_task)
+            self.step_task = None
 
     def trial_finished(
         self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None

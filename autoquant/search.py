@@ -122,6 +122,7 @@ class Reporter(Protocol):
     def phase(self, message: str) -> None: ...
     def trial_started(self, number: int, key: str, params: dict[str, Value]) -> None: ...
     def progress(self, samples: int) -> None: ...
+    def step(self, done: int, total: int, unit: str) -> None: ...
     def trial_finished(
         self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
     ) -> None: ...
@@ -138,6 +139,9 @@ class NullReporter:
 
     def progress(self, samples: int) -> None:
         """Ignore evaluation progress."""
+
+    def step(self, done: int, total: int, unit: str) -> None:
+        """Ignore a phase's progress."""
 
     def trial_finished(
         self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
@@ -162,6 +166,7 @@ class SearchContext:
     _rankings: dict[str, list[str]] = field(default_factory=dict)
     new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
     should_stop: Callable[[], bool] = lambda: False  # a deadline passed or the user asked to stop
+    user_stopped: Callable[[], bool] = lambda: False  # the user asked to stop (Ctrl-C)
     shown_tracebacks: set[str] = field(default_factory=set)
 
     @property
@@ -330,17 +335,20 @@ def run_keyed(
     objective: Callable,
     key: str,
     params: dict[str, Value] | None,
+    force: bool = False,
     **attrs: Any,
 ) -> FrozenTrial:
     """Run the trial named ``key`` once: a finished one is reused, a waiting one is not enqueued twice.
 
     Raises:
-        SearchStopped: The search must stop before this trial.
+        SearchStopped: The search must stop before this trial (unless ``force``: a trial that
+            confirms work done before the deadline).
     """
     done = _finished(study, key)
     if done is not None:
         return done
-    _check_stop(ctx)
+    if not force:
+        _check_stop(ctx)
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     if params is not None and not any(t.user_attrs.get("key") == key for t in waiting):
         study.enqueue_trial(params, user_attrs={"key": key, **attrs})
@@ -398,34 +406,68 @@ def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Calla
         low, high = (low, k) if within_budget(trial) else (k, high)
 
 
+SCALES_PROGRESS_ATTR = "scales_progress"
+
+
 def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
     """Greedy per-tensor threshold scales on ``data_limit`` samples, then one confirming trial.
 
     For each quantized tensor in topological order (tensors of ``ignore_layer_list`` nodes are
     skipped), every scale in :data:`SCALE_CANDIDATES` is tried and kept if it lowers the squared
-    distance between the INT8 and FP32 model outputs.
+    distance between the INT8 and FP32 model outputs. The progress is stored in the study after
+    every tensor, so a resumed study goes on from there. When the deadline passes inside the
+    phase, the scales found so far are confirmed by the trial; on a stop request they stay stored,
+    unconfirmed, for the next run.
     """
     if _finished(study, "scales") is not None:
         return
     base_outcome = min(outcomes(study), key=lambda o: (o.decay, len(o.fp32_nodes)), default=None)
     if base_outcome is None:
         return
+    _check_stop(ctx)
     ctx.reporter.phase("per-layer threshold scales")
     params = dict(base_outcome.params)
     quantization = ctx.space.apply(params, ctx.config.quantization)
-    scales = greedy_scales(ctx, quantization)
-    run_keyed(ctx, study, objective, "scales", params, scales=scales)
+    saved = study.user_attrs.get(SCALES_PROGRESS_ATTR)
+    progress = saved if saved and saved.get("params") == params else {"params": params, "next": 0, "scales": {}}
+
+    def save(state: dict) -> None:
+        study.set_user_attr(SCALES_PROGRESS_ATTR, state)
+
+    scales, finished = greedy_scales(ctx, quantization, progress, save)
+    if not finished:
+        if ctx.user_stopped():
+            logger.info("per-layer scales: stopped after %d tensors; a resumed study goes on", progress["next"])
+            raise SearchStopped
+        logger.info("per-layer scales: the deadline passed; confirming the %d scales found so far", len(scales))
+    run_keyed(ctx, study, objective, "scales", params, force=True, scales=scales)
 
 
-def greedy_scales(ctx: SearchContext, quantization: QuantizationConfig) -> dict[str, float]:
-    """The seed auto-tuning tool's loop: one tensor at a time, keep the scale that lowers the L2."""
+def greedy_scales(
+    ctx: SearchContext,
+    quantization: QuantizationConfig,
+    progress: dict[str, Any],
+    save: Callable[[dict], None],
+) -> tuple[dict[str, float], bool]:
+    """The seed auto-tuning tool's loop: one tensor at a time, keep the scale that lowers the L2.
+
+    Args:
+        ctx: The search context; ``ctx.should_stop`` is polled between evaluations.
+        quantization: The choices the scales refine.
+        progress: ``{"next": tensor index, "scales": {...}}`` to start from (a resumed phase).
+        save: Called with the progress after each tensor.
+
+    Returns:
+        The scales found and whether every tensor was tried.
+    """
     graph = ctx.calibrated.graph
     names = list(ctx.evaluator.output_names)
     reference = run_outputs(str(graph.prepared_path), ctx.analysis_feeds, names)
     ignored = set(ctx.config.search.ignore_layer_list)
     skip = {t for n in graph.nodes if n.name in ignored for t in (*n.inputs, *n.outputs)}
     ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
-    scales: dict[str, float] = {}
+    tensors = [t for t in graph.activations if t not in skip]
+    scales: dict[str, float] = dict(progress.get("scales", {}))
 
     def error(candidate: dict[str, float]) -> float:
         q = quantization.model_copy(update={"layer_scales": candidate})
@@ -433,11 +475,15 @@ def greedy_scales(ctx: SearchContext, quantization: QuantizationConfig) -> dict[
         return difference(reference, run_outputs(model, ctx.analysis_feeds, names)).l2
 
     best = error(scales)
-    for tensor in graph.activations:
-        if tensor in skip:
-            continue
+    for index in range(int(progress.get("next", 0)), len(tensors)):
+        tensor = tensors[index]
+        ctx.reporter.step(index, len(tensors), "tensors")
         for scale in SCALE_CANDIDATES:
+            if ctx.should_stop():
+                return scales, False
             value = error({**scales, tensor: scale})
             if value < best:
                 best, scales = value, {**scales, tensor: scale}
-    return scales
+        save({**progress, "next": index + 1, "scales": scales})
+    ctx.reporter.step(len(tensors), len(tensors), "tensors")
+    return scales, True

@@ -315,6 +315,7 @@ def _tune(
         reporter=reporter,
         tracker=tracker,
         should_stop=should_stop,
+        user_stopped=requested,
     )
     objective = make_objective(ctx, study)
     try:

@@ -362,3 +362,73 @@ def test_a_second_tune_on_the_same_output_refuses_at_once(tmp_path: Path, cwd: P
     assert third.returncode == 0, third.stderr[-2000:]
     assert f"taking over the stale lock of process {first.pid}" in third.stderr
     assert not (tmp_path / "out" / ".autoquant.lock").exists()
+
+
+# --- search.timeout inside a phase ----------------------------------------------------------------------
+
+
+def test_a_timeout_inside_the_scale_phase_keeps_and_confirms_its_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline passes while the per-layer scales are searched (a clock that jumps past it
+    after the third tensor): the phase stops between evaluations and one trial confirms the
+    scales found so far; nothing is thrown away."""
+    import optuna
+    from typer.testing import CliRunner
+
+    from autoquant import display, study
+    from autoquant.cli import app
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(study.time, "monotonic", lambda: clock["now"])
+    step = display.LiveReporter.step
+
+    def jump_after_three(self, done: int, total: int, unit: str) -> None:
+        if done == 3:
+            clock["now"] = 1e9
+        step(self, done, total, unit)
+
+    monkeypatch.setattr(display.LiveReporter, "step", jump_after_three)
+    config = _study(
+        tmp_path,
+        search={"mode": "full", "accept_int8_decay": 0.0, "n_trials": 1, "timeout": 3600, "data_limit": 4},
+        tracking={"enabled": False},
+    )
+    result = CliRunner().invoke(app, ["tune", str(config)])
+    assert result.exit_code == 0, result.output
+    stored = optuna.load_study(study_name="out", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    scales = [t for t in stored.trials if t.user_attrs.get("key") == "scales"]
+    assert len(scales) == 1 and scales[0].state == optuna.trial.TrialState.COMPLETE
+    progress = stored.user_attrs["scales_progress"]
+    assert progress["next"] == 3  # three tensors searched, their scales kept
+    assert scales[0].user_attrs["layer_scales"] == progress["scales"]
+    assert (tmp_path / "out" / "study_summary.json").is_file()
+
+
+def test_a_stop_inside_the_scale_phase_is_resumed_where_it_stopped(tmp_path: Path) -> None:
+    import autoquant
+    from autoquant.config import load_config
+    from autoquant.search import NullReporter
+
+    class Watch(NullReporter):
+        def __init__(self, stop_at: int | None) -> None:
+            self.stop_at, self.stopped, self.first = stop_at, False, None
+
+        def step(self, done: int, total: int, unit: str) -> None:
+            self.first = done if self.first is None else self.first
+            self.stopped = self.stopped or done == self.stop_at
+
+    config = load_config(
+        _study(
+            tmp_path,
+            search={"mode": "full", "accept_int8_decay": 0.0, "n_trials": 1, "data_limit": 4},
+            tracking={"enabled": False},
+        )
+    )
+    first = Watch(stop_at=2)
+    result = autoquant.tune(config, reporter=first, stop=lambda: first.stopped)
+    assert "scales" not in [o.key for o in result.trials]  # stopped unconfirmed
+    second = Watch(stop_at=None)
+    result = autoquant.tune(config, reporter=second)
+    assert second.first == 2  # went on from the third tensor
+    assert "scales" in [o.key for o in result.trials]
