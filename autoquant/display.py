@@ -96,14 +96,16 @@ class LiveReporter:
 
 def summary_table(result: TuneResult) -> Table:
     """The end-of-study table: every completed trial, best first, and the verdict."""
-    from autoquant.search import selection_key
+    from autoquant.search import ranked
 
     table = Table(
-        title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}"
+        title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}",
+        caption=f"latencies within {result.latency_tolerance:.0%} of each other are ties (the spread of "
+        "repeated timings of the FP32 model here); the smaller decay wins them",
     )
     for column in ("trial", "how", "score", "decay", "95 % CI", "FP32 nodes", "latency ms", ""):
         table.add_column(column)
-    for o in sorted(result.trials, key=selection_key):
+    for o in ranked(result.trials, result.latency_tolerance):
         ci = f"{o.decay_ci[0]:+.4f} .. {o.decay_ci[1]:+.4f}" if o.decay_ci else "n/a"
         mark = "best" if result.best and o.number == result.best.number else ""
         style = "green" if o.within_budget else None

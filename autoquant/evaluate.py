@@ -314,3 +314,23 @@ def measure_latency(
             f"onnxruntime cannot run the model to measure its latency ({one_line(exc)})"
         ) from exc
     return float(np.median(times) * 1000.0)
+
+
+def latency_tolerance(
+    model: onnx.ModelProto | bytes | Path | ort.InferenceSession,
+    feed: dict[str, np.ndarray],
+    blocks: int = 5,
+    floor: float = 0.02,
+) -> float:
+    """How far apart two timings of one model fall on this machine, relative to the faster.
+
+    The model is timed ``blocks`` times as a trial times its INT8 model (median of 20 runs after 3
+    warm-up runs); the result is the spread of those medians, ``(max - min) / min``, at least
+    ``floor``. Trials whose latencies differ by less are ties for the selection.
+
+    Raises:
+        EvaluationError: onnxruntime cannot load or run the model.
+    """
+    session = model if isinstance(model, ort.InferenceSession) else _session(model, "model to time")
+    medians = [measure_latency(session, feed, repeats=20, warmup=3) for _ in range(blocks)]
+    return max(floor, (max(medians) - min(medians)) / max(min(medians), 1e-9))

@@ -11,7 +11,8 @@ needs is stored as trial user attributes, so a resumed study knows its past.
   meets the budget, then the per-layer threshold scale tuning, confirmed by one full trial.
 
 The best trial is the one within budget with the fewest FP32 nodes, then the lowest latency, then
-the smallest decay; if none is within budget, the one with the smallest decay. The outputs of the
+the smallest decay; latencies within the measured noise of the timing count as equal (see
+:func:`ranked`). If none is within budget, the best is the one with the smallest decay. The outputs of the
 best trial are written after every improving trial.
 """
 
@@ -104,16 +105,35 @@ class TrialOutcome:
         )
 
 
-def selection_key(outcome: TrialOutcome) -> tuple:
-    """Sort key of the selection rule: smaller is better."""
-    if outcome.within_budget:
-        return (0, len(outcome.fp32_nodes), outcome.latency_ms, outcome.decay, outcome.number)
-    return (1, outcome.decay, len(outcome.fp32_nodes), outcome.latency_ms, outcome.number)
+LATENCY_TOLERANCE_ATTR = "latency_tolerance"
 
 
-def best_outcome(outcomes: Sequence[TrialOutcome]) -> TrialOutcome | None:
-    """The best outcome by :func:`selection_key`."""
-    return min(outcomes, key=selection_key, default=None)
+def ranked(outcomes: Sequence[TrialOutcome], latency_tolerance: float = 0.0) -> list[TrialOutcome]:
+    """Outcomes best first, by the selection rule.
+
+    Within budget: fewer FP32 nodes first; among as many FP32 nodes, latencies within
+    ``latency_tolerance`` (relative) of the fastest are ties, which the smaller decay and then the
+    lower trial number break; the rest follow in tiers built the same way. Over budget: smaller
+    decay, fewer FP32 nodes, lower latency, lower number.
+    """
+    within = sorted((o for o in outcomes if o.within_budget), key=lambda o: (len(o.fp32_nodes), o.latency_ms))
+    order: list[TrialOutcome] = []
+    while within:
+        group = [o for o in within if len(o.fp32_nodes) == len(within[0].fp32_nodes)]
+        while group:
+            fastest = min(o.latency_ms for o in group)
+            tier = [o for o in group if o.latency_ms <= fastest * (1.0 + latency_tolerance)]
+            order += sorted(tier, key=lambda o: (o.decay, o.number))
+            group = [o for o in group if o not in tier]
+        within = [o for o in within if o not in order]
+    over = [o for o in outcomes if not o.within_budget]
+    return order + sorted(over, key=lambda o: (o.decay, len(o.fp32_nodes), o.latency_ms, o.number))
+
+
+def best_outcome(outcomes: Sequence[TrialOutcome], latency_tolerance: float = 0.0) -> TrialOutcome | None:
+    """The best outcome by :func:`ranked`."""
+    order = ranked(outcomes, latency_tolerance)
+    return order[0] if order else None
 
 
 class Reporter(Protocol):
@@ -267,8 +287,7 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
         for name, value in outcome.attrs().items():
             trial.set_user_attr(name, value)
         log_trial(ctx, outcome, result)
-        previous = current_best(study)
-        best = best_outcome([o for o in (previous, outcome) if o is not None])
+        best = best_outcome([*outcomes(study), outcome], latency_tolerance(study))
         if best is outcome:
             ctx.on_best(outcome, result, quantization)
         ctx.reporter.trial_finished(outcome, None, best)
@@ -308,9 +327,14 @@ def outcomes(study: optuna.Study) -> list[TrialOutcome]:
     return [o for o in map(TrialOutcome.from_trial, done) if o is not None]
 
 
+def latency_tolerance(study: optuna.Study) -> float:
+    """The study's latency tolerance (relative; 0 before it is measured)."""
+    return float(study.user_attrs.get(LATENCY_TOLERANCE_ATTR, 0.0))
+
+
 def current_best(study: optuna.Study) -> TrialOutcome | None:
     """The best completed trial so far."""
-    return best_outcome(outcomes(study))
+    return best_outcome(outcomes(study), latency_tolerance(study))
 
 
 def _finished(study: optuna.Study, key: str) -> FrozenTrial | None:
@@ -429,7 +453,9 @@ def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
     params = dict(base_outcome.params)
     quantization = ctx.space.apply(params, ctx.config.quantization)
     saved = study.user_attrs.get(SCALES_PROGRESS_ATTR)
-    progress = saved if saved and saved.get("params") == params else {"params": params, "next": 0, "scales": {}}
+    progress = (
+        saved if saved and saved.get("params") == params else {"params": params, "next": 0, "scales": {}}
+    )
 
     def save(state: dict) -> None:
         study.set_user_attr(SCALES_PROGRESS_ATTR, state)
@@ -437,9 +463,13 @@ def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
     scales, finished = greedy_scales(ctx, quantization, progress, save)
     if not finished:
         if ctx.user_stopped():
-            logger.info("per-layer scales: stopped after %d tensors; a resumed study goes on", progress["next"])
+            logger.info(
+                "per-layer scales: stopped after %d tensors; a resumed study goes on", progress["next"]
+            )
             raise SearchStopped
-        logger.info("per-layer scales: the deadline passed; confirming the %d scales found so far", len(scales))
+        logger.info(
+            "per-layer scales: the deadline passed; confirming the %d scales found so far", len(scales)
+        )
     run_keyed(ctx, study, objective, "scales", params, force=True, scales=scales)
 
 

@@ -25,6 +25,7 @@ from autoquant import pipeline
 from autoquant.analyze import Sensitivity
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import ConfigError, SearchError
+from autoquant.evaluate import latency_tolerance
 from autoquant.hardware import ReduceRange, resolve_reduce_range, target_isa
 from autoquant.locking import output_lock
 from autoquant.outputs import MODEL_FILE, write_files, write_outputs
@@ -32,6 +33,7 @@ from autoquant.quantize import QuantizedModel
 from autoquant.report import render_report
 from autoquant.search import (
     DEFAULT_SAMPLED_TRIALS,
+    LATENCY_TOLERANCE_ATTR,
     NullReporter,
     Reporter,
     SearchContext,
@@ -67,6 +69,7 @@ class TuneResult:
     trials: tuple[TrialOutcome, ...]
     failed: int
     output: Path
+    latency_tolerance: float = 0.0
 
     @property
     def within_budget(self) -> bool:
@@ -101,6 +104,23 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
+class ResumableTPESampler(optuna.samplers.TPESampler):
+    """Seeded TPE whose random state before each trial depends only on the seed and the number of
+    trials completed so far, not on what this process sampled before: a resumed study samples
+    the same sequence as one that was never interrupted (a killed trial, failed, takes no part)."""
+
+    def __init__(self, seed: int, **options: object) -> None:
+        super().__init__(seed=seed, **options)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        seed = (self._base_seed * 1_000_003 + completed) % 2**32
+        self._rng.rng.seed(seed)  # optuna's LazyRandomState of TPE and of its start-up sampler
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
+
+
 def open_study(config: StudyConfig, fresh: bool = False) -> optuna.Study:
     """Create or load the study; a fresh start deletes a stored study of the same name."""
     storage = open_storage(storage_url(config))
@@ -110,9 +130,7 @@ def open_study(config: StudyConfig, fresh: bool = False) -> optuna.Study:
         logger.info("deleted the stored study %r (--fresh)", name)
     with warnings.catch_warnings():  # multivariate and group are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            seed=config.search.seed, multivariate=True, group=True, n_startup_trials=5
-        )
+        sampler = ResumableTPESampler(config.search.seed, multivariate=True, group=True, n_startup_trials=5)
     study = optuna.create_study(
         storage=storage, study_name=name, direction="minimize", sampler=sampler, load_if_exists=True
     )
@@ -188,6 +206,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
         "cpu_isa": isa.label,
         "cpu_isa_source": isa.source,
         "within_budget": result.within_budget,
+        "latency_tolerance": result.latency_tolerance,
         "best": row(result.best) if result.best else None,
         "completed_trials": len(result.trials),
         "failed_trials": result.failed,
@@ -199,15 +218,17 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
     """The result of the study as stored now."""
     done = outcomes(study)
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    tolerance = float(study.user_attrs.get(LATENCY_TOLERANCE_ATTR, 0.0))
     return TuneResult(
         study_name=study.study_name,
         storage=storage_url(config),
         fp32_score=fp32_score,
         budget=config.search.accept_int8_decay,
-        best=best_outcome(done),
+        best=best_outcome(done, tolerance),
         trials=tuple(done),
         failed=failed,
         output=config.output.directory,
+        latency_tolerance=tolerance,
     )
 
 
@@ -294,6 +315,9 @@ def _tune(
     fp32_score = evaluator.fp32_score
     study = open_study(config, fresh)
     study.set_user_attr("fp32_score", fp32_score)
+    latency_feed = pipeline.sample_feeds(config, graph, 1)[0]
+    if LATENCY_TOLERANCE_ATTR not in study.user_attrs:  # measured once: a resumed study ranks alike
+        study.set_user_attr(LATENCY_TOLERANCE_ATTR, latency_tolerance(graph.prepared_path, latency_feed))
     tracker.attach(study, calibrated.stats.key, fp32_score)
 
     ranking = _ranking_writer(config, calibrated, study.study_name)
@@ -308,7 +332,7 @@ def _tune(
         calibrated=calibrated,
         evaluator=evaluator,
         space=space,
-        latency_feed=pipeline.sample_feeds(config, graph, 1)[0],
+        latency_feed=latency_feed,
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
         ranking_fn=ranking,
         on_best=best_writer(config),

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 import autoquant
 from autoquant.config import QuantizationConfig, load_config
 from autoquant.errors import ConfigError, SearchError
-from autoquant.search import TrialOutcome, best_outcome
+from autoquant.search import TrialOutcome, best_outcome, ranked
 from autoquant.space import load_space
 from autoquant.study import storage_url, study_name
 from tests.conftest import top1, write_config
@@ -87,6 +87,15 @@ def test_selection_rule() -> None:
     d = outcome(3, 0.0001, 0, 0.1, False)
     assert best_outcome([a, b, c, d]) is c
     assert best_outcome([outcome(4, 0.02, 0, 1, False), outcome(5, 0.01, 3, 1, False)]).number == 5
+    # Latencies within the tolerance of the fastest are ties: the smaller decay wins them.
+    fast, close, slow = (
+        outcome(6, 0.004, 0, 0.200, True),
+        outcome(7, 0.000, 0, 0.214, True),
+        outcome(8, 0.0, 0, 0.3, True),
+    )
+    assert best_outcome([fast, close, slow]) is fast
+    assert best_outcome([fast, close, slow], latency_tolerance=0.10) is close
+    assert [o.number for o in ranked([slow, fast, close, a], latency_tolerance=0.10)] == [7, 6, 8, 0]
 
 
 # ---------------------------------------------------------------- studies on the digits model
@@ -367,3 +376,43 @@ def test_timeout_ends_the_study_between_trials(digits_config: Path, tmp_path: Pa
     result = autoquant.tune(config)
     # The deadline passes before the first trial, which still runs (a study never ends with nothing).
     assert len(result.trials) == 1 and (config.output.directory / "study_summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_identical_and_resumed_full_studies_agree(digits_config: Path, tmp_path: Path) -> None:
+    """Two identical full-mode studies, and a third stopped after 8 trials and resumed, sample the
+    same trials and choose the same best (latency noise is a tie, see search.ranked)."""
+    search = "search:\n  mode: full\n  n_trials: 6\n"
+    studies = []
+    for name in ("a", "b", "c"):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = load_config(_study_config(digits_config, folder, search + "tracking: {enabled: false}\n"))
+        config = config.replace(output={"directory": folder / "out"})
+        if name == "c":
+            autoquant.tune(config, stop=lambda: len(_trials(config)) >= 8)  # noqa: B023
+            assert len(_trials(config)) == 8
+        studies.append(autoquant.tune(config))
+    sampled = [
+        {t.number: t.params for t in _trials(r) if t.user_attrs["key"].startswith("sampled:")}
+        for r in studies
+    ]
+    assert sampled[0] == sampled[1] == sampled[2] and len(sampled[0]) == 6
+    assert len({(r.best.number, r.best.key) for r in studies}) == 1, [
+        (r.best.number, r.best.key) for r in studies
+    ]
+
+
+def _trials(source) -> list:
+    """The completed trials of a study, from its config or its result."""
+    from autoquant.study import storage_url, study_name
+
+    if isinstance(source, autoquant.StudyConfig):
+        url, name = storage_url(source), study_name(source)
+    else:
+        url, name = source.storage, source.study_name
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return []
+    return study.get_trials(states=(TrialState.COMPLETE,))
