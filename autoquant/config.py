@@ -80,6 +80,11 @@ class ModelConfig(_Section):
         validation_alias=_aliases("outputs", "output_data_name"),
         description="Output names to evaluate. Empty: every model output.",
     )
+    output_batch_axes: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Output name -> its batch axis, for outputs that are not batch-first. Empty: found "
+        "by running the model on one and on two samples.",
+    )
 
 
 class DataConfig(_Section):

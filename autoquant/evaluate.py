@@ -125,6 +125,7 @@ class Evaluator:
         ).hexdigest()[:24]
         self._cache_path = Path(cache_dir) / f"fp32-{key}.npz" if cache_dir is not None else None
         self._reference: list[np.ndarray] | None = None
+        self._axes: list[int] | None = None
         self._fp32: Objective | None = None
         self.fp32_score: float | None = config.search.fp32_score
 
@@ -162,16 +163,35 @@ class Evaluator:
             logger.info("FP32 reference outputs reused from the cache (%s)", self._cache_path.name)
             return self._reference
         session = _session(self.graph.prepared_path, "FP32 model")
+        axes = self.batch_axes(session)
         parts: list[list[np.ndarray]] = [[] for _ in self.output_names]
         for batch in self._batches():
-            for i, value in enumerate(_run(session, self.output_names, batch)):
+            for i, value in enumerate(_run(session, self.output_names, batch, axes)):
                 parts[i].append(value)
             if progress is not None:
                 progress(len(batch.sample_ids))
         self._reference = [np.concatenate(p) for p in parts]
         if self._cache_path is not None:
-            _save_npz(self._cache_path, {f"out{i}": a for i, a in enumerate(self._reference)})
+            arrays = {f"out{i}": a for i, a in enumerate(self._reference)}
+            _save_npz(self._cache_path, {**arrays, "batch_axes": np.array(axes, np.int64)})
         return self._reference
+
+    def batch_axes(self, session: ort.InferenceSession | None = None) -> list[int]:
+        """The batch axis of each evaluated output (``model.output_batch_axes``, else found).
+
+        Raises:
+            ConfigError: An output's batch axis cannot be told (see :func:`find_batch_axes`).
+        """
+        if self._axes is None:
+            fixed = self.graph.batch_size(2) != 2
+            probe = None if fixed else next(self.reader.batches(2))
+            if probe is not None and len(probe.sample_ids) < 2:
+                probe = None
+            session = session or _session(self.graph.prepared_path, "FP32 model")
+            self._axes = find_batch_axes(
+                session, self.output_names, probe, self.config.model.output_batch_axes
+            )
+        return self._axes
 
     def _read_cache(self) -> list[np.ndarray] | None:
         """The cached FP32 outputs (each array read once), or None when absent or unreadable."""
@@ -179,7 +199,15 @@ class Evaluator:
             return None
         try:
             with np.load(self._cache_path, allow_pickle=False) as data:
-                return [data[f"out{i}"] for i in range(len(self.output_names))]
+                if "batch_axes" not in data.files:  # written by an older version
+                    return None
+                arrays = [data[f"out{i}"] for i in range(len(self.output_names))]
+                axes = [int(a) for a in data["batch_axes"]]
+            configured = self.config.model.output_batch_axes
+            if any(configured.get(n, a) != a for n, a in zip(self.output_names, axes, strict=True)):
+                return None  # the config now names other batch axes: run again
+            self._axes = axes
+            return arrays
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             logger.warning("ignoring the unreadable FP32 cache %s (%s); running again", self._cache_path, exc)
             return None
@@ -225,11 +253,12 @@ class Evaluator:
         fp32 = self.fp32_objective()
         reference = self.reference()
         session = _session(model, "model to evaluate")
+        axes = self.batch_axes()
         objective = self._new_objective()
         start, seconds = 0, 0.0
         for batch in self._batches():
             began = time.perf_counter()
-            outputs = _run(session, self.output_names, batch)
+            outputs = _run(session, self.output_names, batch, axes)
             seconds += time.perf_counter() - began
             n = len(batch.sample_ids)
             ref = [r[start : start + n] for r in reference] if self._needs_reference else None
@@ -266,15 +295,56 @@ def _session(model: onnx.ModelProto | bytes | Path | ort.InferenceSession, what:
         raise EvaluationError(f"onnxruntime cannot load the {what} ({one_line(exc)})") from exc
 
 
-def _run(session: ort.InferenceSession, names: list[str], batch: Batch) -> list[np.ndarray]:
-    """``session.run`` on one batch; an onnxruntime failure is an :class:`EvaluationError` naming the samples."""
+def _run(
+    session: ort.InferenceSession, names: list[str], batch: Batch, axes: list[int] | None = None
+) -> list[np.ndarray]:
+    """``session.run`` on one batch, each output's batch axis moved first (``axes``); an onnxruntime
+    failure is an :class:`EvaluationError` naming the samples."""
     try:
-        return session.run(names, batch.inputs)
+        values = session.run(names, batch.inputs)
     except Exception as exc:
         ids = batch.sample_ids
         raise EvaluationError(
             f"onnxruntime cannot run the model on test samples {ids[0]}..{ids[-1]} ({one_line(exc)})"
         ) from exc
+    return [np.moveaxis(v, a, 0) if a else v for v, a in zip(values, axes or [0] * len(values), strict=True)]
+
+
+def find_batch_axes(
+    session: ort.InferenceSession, names: list[str], probe: Batch | None, configured: dict[str, int]
+) -> list[int]:
+    """Each output's batch axis: as configured, else the one axis whose size follows the batch.
+
+    The model runs on the first sample of ``probe`` and on its first two; an output's batch axis
+    is the one axis of size 1 then 2. Without a probe (a model whose batch size is fixed) the
+    axis is 0.
+
+    Raises:
+        ConfigError: Several axes follow the batch, or none does, and ``model.output_batch_axes``
+            does not name the axis.
+    """
+    if probe is None or all(name in configured for name in names):
+        return [configured.get(name, 0) for name in names]
+    one = {k: v[:1] for k, v in probe.inputs.items()}
+    two = {k: v[:2] for k, v in probe.inputs.items()}
+    shapes = [[np.shape(o) for o in session.run(names, feed)] for feed in (one, two)]
+    axes = []
+    for name, first, second in zip(names, *shapes, strict=True):
+        if name in configured:
+            axes.append(configured[name])
+            continue
+        moving = [i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b]
+        if len(first) == len(second) and len(moving) == 1 and (first[moving[0]], second[moving[0]]) == (1, 2):
+            axes.append(moving[0])
+            continue
+        raise ConfigError(
+            f"output {name!r}: cannot tell its batch axis (shape {tuple(first)} for 1 sample, "
+            f"{tuple(second)} for 2); set model.output_batch_axes: {{{name}: <axis>}}"
+        )
+    moved = [f"{n} (axis {a})" for n, a in zip(names, axes, strict=True) if a]
+    if moved:
+        logger.info("outputs that are not batch-first: %s", ", ".join(moved))
+    return axes
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

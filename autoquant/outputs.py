@@ -82,12 +82,27 @@ def calibration_table(result: QuantizedModel) -> dict[str, dict]:
     return table
 
 
+#: TensorRT's calibrator names for the header of ``calibration.cache``; methods TensorRT has no
+#: calibrator for take the name of the closest (MSE and max both pick a clipping range directly).
+TRT_CALIBRATORS = {
+    "kl": "EntropyCalibration2",
+    "symkl": "EntropyCalibration2",
+    "jsd": "EntropyCalibration2",
+    "percentile": "LegacyCalibration",
+    "max": "MinMaxCalibration",
+    "mse": "MinMaxCalibration",
+}
+
+
 def trt_calibration_cache(result: QuantizedModel) -> str:
     """TensorRT-style calibration cache: a header, then ``tensor: <float32 scale as big-endian hex>``.
 
-    The scale is ``threshold / 127`` as in TensorRT's symmetric INT8.
+    The header names the TensorRT calibrator of the method most tensors were calibrated with
+    (:data:`TRT_CALIBRATORS`). The scale is ``threshold / 127`` as in TensorRT's symmetric INT8.
     """
-    lines = ["TRT-8601-EntropyCalibration2"]
+    methods = [r.method for r in result.ranges.values()]
+    method = max(sorted(set(methods)), key=methods.count) if methods else "kl"
+    lines = [f"TRT-8601-{TRT_CALIBRATORS.get(method, 'EntropyCalibration2')}"]
     for name, r in result.ranges.items():
         scale = r.threshold / 127.0
         lines.append(f"{name}: {struct.pack('>f', scale).hex()}")

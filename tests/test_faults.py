@@ -8,6 +8,7 @@ Every command runs in a subprocess from an empty working directory, which must s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -432,3 +433,97 @@ def test_a_stop_inside_the_scale_phase_is_resumed_where_it_stopped(tmp_path: Pat
     result = autoquant.tune(config, reporter=second)
     assert second.first == 2  # went on from the third tensor
     assert "scales" in [o.key for o in result.trials]
+
+
+# --- outputs that are not batch-first -----------------------------------------------------------------
+
+
+def _time_major_digits(path: Path, outer: bool = False) -> Path:
+    """The digits model with its logits repeated over 3 time steps, time-major: (3, batch, 10), as
+    recognition models write CTC logits. ``outer`` adds a (batch, batch) output instead, whose
+    batch axis cannot be told."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(DIGITS / "model.onnx")
+    graph = model.graph
+    logits = graph.output[0].name
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([3, 1, 1], np.int64), "reps"))
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    graph.node.extend(
+        [
+            helper.make_node("Unsqueeze", [logits, "axis0"], ["logits_1"], name="time/unsqueeze"),
+            helper.make_node("Tile", ["logits_1", "reps"], ["seq"], name="time/tile"),
+        ]
+    )
+    outputs = [helper.make_tensor_value_info("seq", onnx.TensorProto.FLOAT, [3, None, 10])]
+    if outer:
+        graph.node.append(helper.make_node("MatMul", [logits, "logits_t"], ["outer"], name="outer"))
+        graph.node.append(
+            helper.make_node("Transpose", [logits], ["logits_t"], name="transpose", perm=[1, 0])
+        )
+        outputs.append(helper.make_tensor_value_info("outer", onnx.TensorProto.FLOAT, [None, None]))
+    del graph.output[:]
+    graph.output.extend(outputs)
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.save(model, path)
+    return path
+
+
+USER_TOP1 = """
+import numpy as np
+
+class FirstStepTop1:
+    '''Top-1 of the first time step, for (batch, time, classes) outputs.'''
+
+    needs_labels = True
+
+    def __init__(self):
+        self.hits = []
+
+    def update(self, outputs, labels, reference):
+        self.hits += list(outputs[0][:, 0].argmax(-1) == np.asarray(labels))
+
+    def score(self, indices=None):
+        hits = np.asarray(self.hits, float)
+        return float(hits.mean() if indices is None else hits[indices].mean())
+"""
+
+
+def test_a_time_major_output_is_scored_per_sample(tmp_path: Path, cwd: Path) -> None:
+    """(seqlen, batch, classes) logits at a batch size that divides the test set: the scores are
+    those of the batch-first digits model (top-1 0.994 over its 500 test images)."""
+    model = _time_major_digits(tmp_path / "time_major.onnx")
+    objective = tmp_path / "first_step.py"
+    objective.write_text(USER_TOP1)
+    config = _study(
+        tmp_path,
+        model={"path": str(model)},
+        test={"test_iterations": 500, "batch_size": 20, "objective": f"{objective}:FirstStepTop1"},
+        tracking={"enabled": False},
+    )
+    result = run(cwd, "tune", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "study_summary.json").read_text())
+    assert summary["fp32_score"] == pytest.approx(0.994)
+    assert summary["best"]["score"] >= 0.97 and summary["best"]["decay"] <= 0.02
+    assert "outputs that are not batch-first: seq (axis 1)" in result.stderr
+
+
+def test_an_output_whose_batch_axis_cannot_be_told(tmp_path: Path, cwd: Path) -> None:
+    model = _time_major_digits(tmp_path / "outer.onnx", outer=True)
+    config = _study(tmp_path, model={"path": str(model)}, test={"objective": "cosine"})
+    assert_one_error(
+        run(cwd, "tune", str(config)),
+        2,
+        "output 'outer': cannot tell its batch axis (shape (1, 1) for 1 sample, (2, 2) for 2)",
+        "model.output_batch_axes",
+    )
+    assert not (tmp_path / "out").exists()
+    config = _study(
+        tmp_path,
+        model={"path": str(model), "output_batch_axes": {"outer": 0}},
+        test={"objective": "cosine"},
+        tracking={"enabled": False},
+    )
+    assert run(cwd, "tune", str(config)).returncode == 0

@@ -264,7 +264,13 @@ def test_outputs_are_written_together(calibrated: pipeline.Calibrated, tmp_path:
     assert relu["method"] == "kl" and relu["dtype"] == "int8" and relu["zero_point"] == 0
     assert relu["scale"] == pytest.approx(relu["threshold"] / 127, rel=1e-6)
     lines = written.trt_cache.read_text().splitlines()
-    assert lines[0].startswith("TRT-")
+    assert lines[0] == "TRT-8601-EntropyCalibration2"  # TensorRT's name for KL calibration
+    mse = pipeline.quantize(calibrated, QuantizationConfig(method="mse"))
+    assert (
+        write_outputs(mse, config, tmp_path / "mse")
+        .trt_cache.read_text()
+        .startswith("TRT-8601-MinMaxCalibration\n")
+    )
     name, hex_scale = lines[1].rsplit(": ", 1)
     assert struct.unpack(">f", bytes.fromhex(hex_scale))[0] == pytest.approx(table[name]["threshold"] / 127)
     # The written config names the reduce_range the model was built with, not auto.
