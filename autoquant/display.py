@@ -101,7 +101,7 @@ def summary_table(result: TuneResult) -> Table:
     table = Table(
         title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}",
         caption=f"latencies within {result.latency_tolerance:.0%} of each other are ties (the spread of "
-        "repeated timings of the FP32 model here); the smaller decay wins them",
+        "repeated timings of the FP32 model against itself here); the smaller decay wins them",
     )
     for column in ("trial", "how", "score", "decay", "95 % CI", "FP32 nodes", "latency ms", ""):
         table.add_column(column)

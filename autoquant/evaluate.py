@@ -386,21 +386,61 @@ def measure_latency(
     return float(np.median(times) * 1000.0)
 
 
-def latency_tolerance(
-    model: onnx.ModelProto | bytes | Path | ort.InferenceSession,
-    feed: dict[str, np.ndarray],
-    blocks: int = 5,
-    floor: float = 0.02,
-) -> float:
-    """How far apart two timings of one model fall on this machine, relative to the faster.
+class LatencyTimer:
+    """Times models against the FP32 model, run for run in turn, so that what the machine does
+    meanwhile (frequency, other load) slows both alike and cancels in their ratio.
 
-    The model is timed ``blocks`` times as a trial times its INT8 model (median of 20 runs after 3
-    warm-up runs); the result is the spread of those medians, ``(max - min) / min``, at least
-    ``floor``. Trials whose latencies differ by less are ties for the selection.
+    Args:
+        fp32_model: The FP32 model (the reference every latency is relative to).
+        feed: One batch-1 input.
+        budget_s: Time to spend on one comparison; the run count follows (10 to 50 runs each).
 
     Raises:
-        EvaluationError: onnxruntime cannot load or run the model.
+        EvaluationError: onnxruntime cannot load or run the FP32 model.
     """
-    session = model if isinstance(model, ort.InferenceSession) else _session(model, "model to time")
-    medians = [measure_latency(session, feed, repeats=20, warmup=3) for _ in range(blocks)]
-    return max(floor, (max(medians) - min(medians)) / max(min(medians), 1e-9))
+
+    def __init__(
+        self, fp32_model: onnx.ModelProto | bytes | Path, feed: dict[str, np.ndarray], budget_s: float = 1.0
+    ) -> None:
+        self.feed = feed
+        self.reference = _session(fp32_model, "FP32 model to time against")
+        self._fp32_model = fp32_model
+        self.fp32_ms = measure_latency(self.reference, feed, repeats=10, warmup=3)
+        self.repeats = int(min(50, max(10, budget_s * 1000.0 / (2 * max(self.fp32_ms, 1e-3)))))
+
+    def ratio(self, session: ort.InferenceSession) -> float:
+        """Median latency of ``session`` divided by the FP32 model's, timed in turn.
+
+        Raises:
+            EvaluationError: onnxruntime cannot run the model.
+        """
+        runs: tuple[list[float], list[float]] = ([], [])
+        try:
+            for i in range(3 + self.repeats):
+                for times, timed in zip(runs, (session, self.reference), strict=True):
+                    began = time.perf_counter()
+                    timed.run(None, self.feed)
+                    if i >= 3:
+                        times.append(time.perf_counter() - began)
+        except Exception as exc:
+            raise EvaluationError(
+                f"onnxruntime cannot run the model to measure its latency ({one_line(exc)})"
+            ) from exc
+        return float(np.median(runs[0]) / max(np.median(runs[1]), 1e-12))
+
+    def model_ratio(self, model: onnx.ModelProto | bytes | Path, sessions: int = 3) -> float:
+        """:meth:`ratio` of a model, the median over ``sessions`` new sessions of it: a session's
+        memory layout and threads make its speed differ from another's of the same model.
+
+        Raises:
+            EvaluationError: onnxruntime cannot load or run the model.
+        """
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        return float(np.median([self.ratio(_session(data, "model to time")) for _ in range(sessions)]))
+
+    def tolerance(self, blocks: int = 10, floor: float = 0.25) -> float:
+        """How far the ratio of the FP32 model to itself strays: the spread of the ratios of
+        ``blocks`` new sessions of it, ``max - min``, at least ``floor`` (each trial builds a new
+        session too). Trials whose latencies differ by less are ties for the selection."""
+        ratios = [self.ratio(_session(self._fp32_model, "FP32 model to time")) for _ in range(blocks)]
+        return max(floor, max(ratios) - min(ratios))

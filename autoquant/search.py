@@ -18,6 +18,7 @@ best trial are written after every improving trial.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import onnx
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -39,7 +41,7 @@ from autoquant.errors import (
     QuantizationError,
     one_line,
 )
-from autoquant.evaluate import Evaluator, measure_latency
+from autoquant.evaluate import Evaluator, LatencyTimer
 from autoquant.graph import session_for
 from autoquant.pipeline import Calibrated
 from autoquant.quantize import QuantizedModel, quantize_model
@@ -106,26 +108,30 @@ class TrialOutcome:
 
 
 LATENCY_TOLERANCE_ATTR = "latency_tolerance"
+FP32_LATENCY_ATTR = "fp32_latency_ms"
+LATENCIES_ATTR = "latency_by_structure"
 
 
 def ranked(outcomes: Sequence[TrialOutcome], latency_tolerance: float = 0.0) -> list[TrialOutcome]:
     """Outcomes best first, by the selection rule.
 
-    Within budget: fewer FP32 nodes first; among as many FP32 nodes, latencies within
-    ``latency_tolerance`` (relative) of the fastest are ties, which the smaller decay and then the
-    lower trial number break; the rest follow in tiers built the same way. Over budget: smaller
+    Within budget: fewer FP32 nodes first; among as many FP32 nodes, the trials sorted by latency
+    form tiers, each a run of latencies within ``latency_tolerance`` (relative) of the one before:
+    a tier's latencies are ties, which the smaller decay and then the lower trial number break. Over budget: smaller
     decay, fewer FP32 nodes, lower latency, lower number.
     """
     within = sorted((o for o in outcomes if o.within_budget), key=lambda o: (len(o.fp32_nodes), o.latency_ms))
     order: list[TrialOutcome] = []
-    while within:
-        group = [o for o in within if len(o.fp32_nodes) == len(within[0].fp32_nodes)]
-        while group:
-            fastest = min(o.latency_ms for o in group)
-            tier = [o for o in group if o.latency_ms <= fastest * (1.0 + latency_tolerance)]
-            order += sorted(tier, key=lambda o: (o.decay, o.number))
-            group = [o for o in group if o not in tier]
-        within = [o for o in within if o not in order]
+    tier: list[TrialOutcome] = []
+    for o in within:  # tiers: runs of latencies each within the tolerance of the one before
+        if tier and (
+            len(o.fp32_nodes) != len(tier[-1].fp32_nodes)
+            or o.latency_ms > tier[-1].latency_ms * (1.0 + latency_tolerance)
+        ):
+            order += sorted(tier, key=lambda t: (t.decay, t.number))
+            tier = []
+        tier.append(o)
+    order += sorted(tier, key=lambda t: (t.decay, t.number))
     over = [o for o in outcomes if not o.within_budget]
     return order + sorted(over, key=lambda o: (o.decay, len(o.fp32_nodes), o.latency_ms, o.number))
 
@@ -177,7 +183,7 @@ class SearchContext:
     calibrated: Calibrated
     evaluator: Evaluator
     space: SearchSpace
-    latency_feed: dict[str, np.ndarray]
+    timer: LatencyTimer
     analysis_feeds: list[dict[str, np.ndarray]]
     ranking_fn: Callable[[QuantizationConfig], Sensitivity]
     on_best: Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
@@ -187,6 +193,8 @@ class SearchContext:
     new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
     should_stop: Callable[[], bool] = lambda: False  # a deadline passed or the user asked to stop
     user_stopped: Callable[[], bool] = lambda: False  # the user asked to stop (Ctrl-C)
+    fp32_latency_ms: float = 0.0  # the study's FP32 latency: trial latencies are ratios to it
+    latencies: dict[str, float] = field(default_factory=dict)  # structure key -> latency (ms)
     shown_tracebacks: set[str] = field(default_factory=set)
 
     @property
@@ -213,6 +221,19 @@ def stage(what: str, error: type[AutoquantError]) -> Iterator[None]:
         raise
     except Exception as exc:
         raise error(f"{what} failed ({one_line(exc)})") from exc
+
+
+def structure_key(model: onnx.ModelProto) -> str:
+    """A hash of what decides a QDQ model's speed: its nodes (op types, attributes, wiring) and the
+    element types of its initializers, not their values. Trials whose choices changed only scales,
+    zero points or thresholds have the same key and run the same kernels."""
+    digest = hashlib.sha256()
+    for node in model.graph.node:
+        digest.update(f"{node.op_type}|{node.domain}|{list(node.input)}|{list(node.output)}|".encode())
+        digest.update(b"".join(a.SerializeToString() for a in node.attribute))
+    for tensor in model.graph.initializer:
+        digest.update(f"{tensor.name}|{tensor.data_type}|{list(tensor.dims)}|".encode())
+    return digest.hexdigest()[:16]
 
 
 def run_choice(
@@ -242,7 +263,10 @@ def run_choice(
         evaluation = ctx.evaluator.evaluate(session, ctx.reporter.progress)
     timings["inference"] = evaluation.seconds
     with stage("measuring the latency", EvaluationError):
-        latency = measure_latency(session, ctx.latency_feed, repeats=20, warmup=3)
+        structure = structure_key(result.model)
+        if structure not in ctx.latencies:  # the same graph runs as fast whatever its scales
+            ctx.latencies[structure] = ctx.timer.model_ratio(result.model) * ctx.fp32_latency_ms
+        latency = ctx.latencies[structure]
     outcome = TrialOutcome(
         number=number,
         key=key,
@@ -286,6 +310,7 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
             raise
         for name, value in outcome.attrs().items():
             trial.set_user_attr(name, value)
+        study.set_user_attr(LATENCIES_ATTR, ctx.latencies)
         log_trial(ctx, outcome, result)
         best = best_outcome([*outcomes(study), outcome], latency_tolerance(study))
         if best is outcome:

@@ -25,7 +25,7 @@ from autoquant import pipeline
 from autoquant.analyze import Sensitivity
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import ConfigError, SearchError
-from autoquant.evaluate import latency_tolerance
+from autoquant.evaluate import LatencyTimer
 from autoquant.hardware import ReduceRange, resolve_reduce_range, target_isa
 from autoquant.locking import output_lock
 from autoquant.outputs import MODEL_FILE, write_files, write_outputs
@@ -33,6 +33,8 @@ from autoquant.quantize import QuantizedModel
 from autoquant.report import render_report
 from autoquant.search import (
     DEFAULT_SAMPLED_TRIALS,
+    FP32_LATENCY_ATTR,
+    LATENCIES_ATTR,
     LATENCY_TOLERANCE_ATTR,
     NullReporter,
     Reporter,
@@ -315,9 +317,10 @@ def _tune(
     fp32_score = evaluator.fp32_score
     study = open_study(config, fresh)
     study.set_user_attr("fp32_score", fp32_score)
-    latency_feed = pipeline.sample_feeds(config, graph, 1)[0]
+    timer = LatencyTimer(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
     if LATENCY_TOLERANCE_ATTR not in study.user_attrs:  # measured once: a resumed study ranks alike
-        study.set_user_attr(LATENCY_TOLERANCE_ATTR, latency_tolerance(graph.prepared_path, latency_feed))
+        study.set_user_attr(LATENCY_TOLERANCE_ATTR, timer.tolerance())
+        study.set_user_attr(FP32_LATENCY_ATTR, timer.fp32_ms)
     tracker.attach(study, calibrated.stats.key, fp32_score)
 
     ranking = _ranking_writer(config, calibrated, study.study_name)
@@ -332,7 +335,9 @@ def _tune(
         calibrated=calibrated,
         evaluator=evaluator,
         space=space,
-        latency_feed=latency_feed,
+        timer=timer,
+        fp32_latency_ms=study.user_attrs[FP32_LATENCY_ATTR],
+        latencies=dict(study.user_attrs.get(LATENCIES_ATTR, {})),
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
         ranking_fn=ranking,
         on_best=best_writer(config),

@@ -151,7 +151,7 @@ def test_fp32_cache_reads_each_array_once(setup, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counting)
     reference = pipeline.evaluator(config, calibrated.graph).reference()
-    assert reference[0].shape == (500, 10) and reads == {"out0": 1}
+    assert reference[0].shape == (500, 10) and reads == {"out0": 1, "batch_axes": 1}
 
 
 def test_onnxruntime_failures_are_evaluation_errors_with_their_cause(setup) -> None:
