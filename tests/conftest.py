@@ -1,4 +1,4 @@
-"""Shared fixtures: the committed digits example and the model-zoo architectures shipped with onnx."""
+"""Fixtures shared by the suite; helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "examples" / "digits"
-DIGITS_CONFIG = ROOT / "configs" / "digits.yaml"
-ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+from tests.helpers import DIGITS, DIGITS_CONFIG, digits_study
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,26 +21,22 @@ def _isolated_user_environment(tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield
 
 
-def zoo_models() -> list[Path]:
-    """The light model-zoo architectures in the onnx wheel."""
-    return sorted(ZOO.glob("light_*.onnx"))
-
-
 @pytest.fixture()
 def digits_config(tmp_path: Path) -> Path:
-    """A copy of configs/digits.yaml that writes into tmp_path (data paths stay on the committed files)."""
-    text = DIGITS_CONFIG.read_text()
-    text = text.replace("../examples/digits", str(DIGITS)).replace("../runs/digits", str(tmp_path / "out"))
-    path = tmp_path / "digits.yaml"
-    path.write_text(text)
-    return path
+    """configs/digits.yaml as a file writing into tmp_path/out, tracking off (tests/helpers.py)."""
+    return digits_study(tmp_path, "digits.yaml")
 
 
-def write_config(tmp_path: Path, body: str, name: str = "study.yaml") -> Path:
-    """Write a config file into tmp_path and return its path."""
-    path = tmp_path / name
-    path.write_text(body)
-    return path
+@pytest.fixture(scope="session")
+def calibrated_digits(tmp_path_factory: pytest.TempPathFactory):
+    """The digits config and its prepared model and statistics, calibrated once for the session."""
+    from autoquant import pipeline
+    from autoquant.config import load_config
+
+    config = load_config(DIGITS_CONFIG).replace(
+        output={"directory": tmp_path_factory.mktemp("out")}, tracking={"enabled": False}
+    )
+    return config, pipeline.calibrate(config)
 
 
 @pytest.fixture(scope="session")
@@ -53,16 +45,6 @@ def digits_test_data() -> tuple[np.ndarray, np.ndarray]:
     return np.load(DIGITS / "data" / "test.npy"), np.loadtxt(
         DIGITS / "data" / "test_labels.txt", dtype=np.int64
     )
-
-
-def top1(model: onnx.ModelProto | str | Path, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of a model over (x, y), computed with onnxruntime."""
-    import onnxruntime as ort
-
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
-    return float((logits.argmax(axis=1) == y).mean())
 
 
 @pytest.fixture()

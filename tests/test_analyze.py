@@ -12,17 +12,14 @@ import pytest
 
 from autoquant import pipeline
 from autoquant.analyze import Sensitivity, difference
-from autoquant.config import load_config
 from autoquant.quantize import quantize_model
 from autoquant.report import render_report, sensitivity_csv
 from autoquant.thresholds import compute_thresholds
-from tests.conftest import DIGITS_CONFIG
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory: pytest.TempPathFactory):
-    config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path_factory.mktemp("out")})
-    calibrated = pipeline.calibrate(config)
+def analysed(calibrated_digits):
+    config, calibrated = calibrated_digits
     return config, calibrated, pipeline.analyze_layers(config, calibrated)
 
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoquant.cli import app
-from tests.conftest import DIGITS, write_config
+from tests.helpers import DIGITS, write_config
 
 
 def _listing(folder: Path) -> list[str]:

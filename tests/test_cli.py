@@ -13,19 +13,26 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from autoquant import __version__
-from tests.conftest import DIGITS, write_config
+from tests.helpers import DIGITS, write_config
 
 
-def run(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """Run the installed CLI as a user would (in a process of its own: onnxruntime's C++ log writes
-    to the process's stderr directly)."""
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command in this process with Click's runner (stdout and stderr apart)."""
+    from typer.testing import CliRunner
+
+    from autoquant.cli import app
+
+    result = CliRunner(env=env).invoke(app, list(args))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the installed CLI in a process of its own, as a user would: onnxruntime's C++ log
+    writes to the process's stderr directly, which only a real process shows."""
     return subprocess.run(
         [sys.executable, "-m", "autoquant", *args],
         capture_output=True,
         text=True,
-        cwd=cwd,
         timeout=300,
         env={**os.environ, **(env or {})},
     )
@@ -176,7 +183,7 @@ DEPENDENCY_NOISE = ("[W:onnxruntime", "Removing initializer", "Traceback", "Expe
 
 
 def test_quantize_is_quiet_and_names_the_cpu(digits_config: Path, tmp_path: Path) -> None:
-    result = run("quantize", str(digits_config), env={"AUTOQUANT_TARGET_ISA": "avx2"})
+    result = run_process("quantize", str(digits_config), env={"AUTOQUANT_TARGET_ISA": "avx2"})
     assert result.returncode == 0, result.stderr
     assert not [line for line in result.stderr.splitlines() if any(n in line for n in DEPENDENCY_NOISE)]
     assert "x86_64 avx2 (no VNNI)" in result.stdout and "true (auto" in result.stdout

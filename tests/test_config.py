@@ -8,7 +8,7 @@ import pytest
 
 from autoquant.config import load_config, parse_config
 from autoquant.errors import ConfigError
-from tests.conftest import DIGITS_CONFIG, ROOT, write_config
+from tests.helpers import DIGITS_CONFIG, ROOT, write_config
 
 
 @pytest.mark.parametrize("name", ["reference.yaml", "digits.yaml"])

@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from autoquant import pipeline
-from autoquant.config import QuantizationConfig, load_config
+from autoquant.config import QuantizationConfig
 from autoquant.errors import ConfigError, DataError, EvaluationError, UserCodeError
 from autoquant.evaluate import compute_decay, measure_latency
-from tests.conftest import DIGITS_CONFIG, top1
+from tests.helpers import top1
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
-    config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path_factory.mktemp("out")})
-    calibrated = pipeline.calibrate(config)
+def setup(calibrated_digits):
+    config, calibrated = calibrated_digits
     return config, calibrated, pipeline.quantize(calibrated, QuantizationConfig())
 
 

@@ -19,8 +19,8 @@ import pytest
 from onnx import numpy_helper
 
 from autoquant.graph import prepare_model
-from tests.conftest import DIGITS, top1
 from tests.fixtures import export_styles as styles
+from tests.helpers import DIGITS, top1
 
 EXTERNAL = ("digits_external_data", "tiny_vit_external_data")
 STYLES = [*styles.STYLES, *EXTERNAL]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import DIGITS
+from tests.helpers import DIGITS
 
 COMMANDS = ("check", "quantize", "tune")
 

@@ -11,7 +11,7 @@ from onnx import helper
 
 from autoquant.errors import ModelError
 from autoquant.graph import prepare_model, weight_channel_ranges
-from tests.conftest import DIGITS, ZOO
+from tests.helpers import DIGITS, ZOO
 
 
 def test_digits_graph(tmp_path: Path) -> None:

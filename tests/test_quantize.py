@@ -21,7 +21,7 @@ from autoquant.outputs import int8_kernels, write_outputs
 from autoquant.quantize import activation_quant_params, quantize_model
 from autoquant.statistics import HistogramCollector, Statistics
 from autoquant.thresholds import compute_thresholds
-from tests.conftest import top1
+from tests.helpers import top1
 
 
 @pytest.fixture(autouse=True)
@@ -32,11 +32,8 @@ def cpu_without_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory: pytest.TempPathFactory) -> pipeline.Calibrated:
-    from tests.conftest import DIGITS_CONFIG
-
-    config = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path_factory.mktemp("out")})
-    return pipeline.calibrate(config)
+def calibrated(calibrated_digits) -> pipeline.Calibrated:
+    return calibrated_digits[1]
 
 
 def _qlinear_convs(model: onnx.ModelProto) -> int:
@@ -240,7 +237,7 @@ def test_concat_quantization_can_be_turned_off(tmp_path: Path) -> None:
 
 
 def test_outputs_are_written_together(calibrated: pipeline.Calibrated, tmp_path: Path) -> None:
-    from tests.conftest import DIGITS_CONFIG
+    from tests.helpers import DIGITS_CONFIG
 
     config = load_config(DIGITS_CONFIG)
     result = pipeline.quantize(
@@ -279,7 +276,7 @@ def test_outputs_are_written_together(calibrated: pipeline.Calibrated, tmp_path:
 
 
 def test_failed_write_leaves_nothing(calibrated: pipeline.Calibrated, tmp_path: Path) -> None:
-    from tests.conftest import DIGITS_CONFIG
+    from tests.helpers import DIGITS_CONFIG
 
     result = pipeline.quantize(calibrated, QuantizationConfig())
     broken = onnx.ModelProto()
@@ -292,7 +289,7 @@ def test_failed_write_leaves_nothing(calibrated: pipeline.Calibrated, tmp_path: 
 
 
 def test_thresholds_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
-    from tests.conftest import DIGITS_CONFIG
+    from tests.helpers import DIGITS_CONFIG
 
     base = load_config(DIGITS_CONFIG).replace(output={"directory": tmp_path})
     results = []
@@ -305,7 +302,7 @@ def test_thresholds_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
 
 def test_second_run_skips_the_fp32_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from autoquant import statistics
-    from tests.conftest import DIGITS_CONFIG
+    from tests.helpers import DIGITS_CONFIG
 
     config = load_config(DIGITS_CONFIG).replace(
         output={"directory": tmp_path}, calibration={"calib_iterations": 20}

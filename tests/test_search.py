@@ -21,7 +21,7 @@ from autoquant.errors import ConfigError, SearchError
 from autoquant.search import TrialOutcome, best_outcome, ranked
 from autoquant.space import load_space
 from autoquant.study import storage_url, study_name
-from tests.conftest import top1, write_config
+from tests.helpers import digits_study, digits_variant, top1, write_config
 
 # ---------------------------------------------------------------- spaces
 
@@ -101,9 +101,8 @@ def test_selection_rule() -> None:
 # ---------------------------------------------------------------- studies on the digits model
 
 
-def _study_config(digits_config: Path, tmp_path: Path, search: str, name: str = "study.yaml") -> Path:
-    text = digits_config.read_text().replace("search:\n  mode: fast\n  accept_int8_decay: 0.005\n", search)
-    return write_config(tmp_path, text, name)
+def _study_config(tmp_path: Path, search: dict, name: str = "study.yaml") -> Path:
+    return digits_study(tmp_path, name, search=search)
 
 
 def _load_study(config_path: Path) -> optuna.Study:
@@ -170,12 +169,7 @@ def test_best_config_reproduces_the_model_bit_for_bit(digits_config: Path, tmp_p
     assert (tmp_path / "re" / "model.int8.onnx").read_bytes() == (out / "model.int8.onnx").read_bytes()
 
 
-TIGHT = """search:
-  mode: full
-  accept_int8_decay: 0.0
-  space: kl_only.yaml
-  n_trials: 2
-"""
+TIGHT = {"mode": "full", "accept_int8_decay": 0.0, "n_trials": 2}
 
 
 @pytest.mark.slow
@@ -186,7 +180,7 @@ def test_full_mode_meets_a_budget_plain_quantization_cannot(
         "parameters:\n  per_channel: {choices: [false, true]}\n  method: {choices: [kl]}\n"
         "  fp32_layers: {int: {low: 0, high: null}, search: bisect}\nstrategies:\n  - {name: default}\n"
     )
-    config = load_config(_study_config(digits_config, tmp_path, TIGHT))
+    config = load_config(_study_config(tmp_path, {**TIGHT, "space": tmp_path / "kl_only.yaml"}))
     result = autoquant.tune(config)
     plain = [o for o in result.trials if o.key in ("strategy:default",) or o.key.startswith("sampled:")]
     assert plain and all(not o.within_budget for o in plain)
@@ -299,15 +293,11 @@ def test_a_study_without_any_completed_trial_names_the_last_failure(
         autoquant.tune(load_config(digits_config))
 
 
-SLOW_FULL = """search:
-  mode: full
-  accept_int8_decay: 0.0
-  n_trials: 6
-"""
+SLOW_FULL = {"mode": "full", "accept_int8_decay": 0.0, "n_trials": 6}
 
 
 def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_config: Path, tmp_path: Path) -> None:
-    config_path = _study_config(digits_config, tmp_path, SLOW_FULL)
+    config_path = _study_config(tmp_path, SLOW_FULL)
     process = subprocess.Popen(
         [sys.executable, "-m", "autoquant", "tune", str(config_path)],
         stdout=subprocess.PIPE,
@@ -337,7 +327,7 @@ def _wait_for_completed(config_path: Path, process: subprocess.Popen, count: int
 
 @pytest.mark.slow
 def test_killed_study_resumes_without_repeating_work(digits_config: Path, tmp_path: Path) -> None:
-    config_path = _study_config(digits_config, tmp_path, SLOW_FULL)
+    config_path = _study_config(tmp_path, SLOW_FULL)
     command = [sys.executable, "-m", "autoquant", "tune", str(config_path)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_completed(config_path, process, 4)
@@ -371,24 +361,21 @@ def test_ask_and_tell_in_the_users_code(digits_config: Path, digits_test_data) -
 
 
 def test_timeout_ends_the_study_between_trials(digits_config: Path, tmp_path: Path) -> None:
-    search = "search:\n  mode: full\n  accept_int8_decay: 0.0\n  timeout: 0.01\n"
-    config = load_config(_study_config(digits_config, tmp_path, search))
+    config = load_config(_study_config(tmp_path, {"mode": "full", "accept_int8_decay": 0.0, "timeout": 0.01}))
     result = autoquant.tune(config)
     # The deadline passes before the first trial, which still runs (a study never ends with nothing).
     assert len(result.trials) == 1 and (config.output.directory / "study_summary.json").is_file()
 
 
 @pytest.mark.slow
-def test_identical_and_resumed_full_studies_agree(digits_config: Path, tmp_path: Path) -> None:
+def test_identical_and_resumed_full_studies_agree(tmp_path: Path) -> None:
     """Two identical full-mode studies, and a third stopped after 8 trials and resumed, sample the
     same trials and choose the same best (latency noise is a tie, see search.ranked)."""
-    search = "search:\n  mode: full\n  n_trials: 6\n"
     studies = []
     for name in ("a", "b", "c"):
         folder = tmp_path / name
         folder.mkdir()
-        config = load_config(_study_config(digits_config, folder, search + "tracking: {enabled: false}\n"))
-        config = config.replace(output={"directory": folder / "out"})
+        config = digits_variant(folder, search={"mode": "full", "n_trials": 6})
         if name == "c":
             autoquant.tune(config, stop=lambda: len(_trials(config)) >= 8)  # noqa: B023
             assert len(_trials(config)) == 8

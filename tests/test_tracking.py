@@ -21,14 +21,19 @@ import autoquant
 from autoquant.config import load_config
 from autoquant.study import storage_url, study_name
 from autoquant.tracking import PARENT_ATTR, global_tracking_uri, tracking_uri, uri_origin
-from tests.conftest import write_config
+from tests.helpers import digits_study
 
 pytestmark = pytest.mark.slow
 
 
-def _config(digits_config: Path, tmp_path: Path, tracking: str) -> Path:
-    text = digits_config.read_text().replace("output:", f"tracking: {tracking}\noutput:")
-    return write_config(tmp_path, text, "tracked.yaml")
+@pytest.fixture()
+def digits_config(tmp_path: Path) -> Path:
+    """The digits study with tracking on (the suite's other tests turn it off)."""
+    return digits_study(tmp_path, "digits.yaml", tracking={"enabled": True})
+
+
+def _config(digits_config: Path, tmp_path: Path, **tracking: object) -> Path:
+    return digits_study(tmp_path, "tracked.yaml", tracking={"enabled": True, **tracking})
 
 
 def _check_store(uri: str, config_path: Path) -> None:
@@ -73,7 +78,7 @@ def _check_store(uri: str, config_path: Path) -> None:
 
 def test_local_store(digits_config: Path, tmp_path: Path) -> None:
     db = tmp_path / "store" / "mlflow.db"
-    config_path = _config(digits_config, tmp_path, f"{{uri: 'sqlite:///{db}'}}")
+    config_path = _config(digits_config, tmp_path, uri=f"sqlite:///{db}")
     result = autoquant.tune(load_config(config_path))
     assert len(result.trials) == 3
     _check_store(f"sqlite:///{db}", config_path)
@@ -93,7 +98,7 @@ def test_default_store_is_inside_the_output_folder(digits_config: Path, tmp_path
 
 
 def test_tracking_can_be_turned_off(digits_config: Path, tmp_path: Path) -> None:
-    config = load_config(_config(digits_config, tmp_path, "{enabled: false}"))
+    config = load_config(_config(digits_config, tmp_path, enabled=False))
     autoquant.tune(config)
     assert not (config.output.directory / "mlflow.db").exists()
 
@@ -147,13 +152,13 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_real_tracking_server(digits_config: Path, tmp_path: Path, mlflow_server: str) -> None:
-    config_path = _config(digits_config, tmp_path, f"{{uri: '{mlflow_server}'}}")
+    config_path = _config(digits_config, tmp_path, uri=mlflow_server)
     autoquant.tune(load_config(config_path))
     _check_store(mlflow_server, config_path)
 
 
 def test_unreachable_server_fails_fast_and_writes_nothing(digits_config: Path, tmp_path: Path) -> None:
-    config_path = _config(digits_config, tmp_path, f"{{uri: 'http://127.0.0.1:{_free_port()}'}}")
+    config_path = _config(digits_config, tmp_path, uri=f"http://127.0.0.1:{_free_port()}")
     began = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "autoquant", "tune", str(config_path)],

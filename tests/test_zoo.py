@@ -16,7 +16,7 @@ from autoquant.outputs import int8_kernels
 from autoquant.quantize import quantize_model
 from autoquant.statistics import Statistics, run_statistics_pass
 from autoquant.thresholds import compute_thresholds, methods
-from tests.conftest import zoo_models
+from tests.helpers import zoo_models
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,55 @@
+"""Shared test helpers: the committed digits example, the onnx wheel's model zoo, config variants
+built through the config API, and an independent top-1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from autoquant.config import StudyConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits"
+DIGITS_CONFIG = ROOT / "configs" / "digits.yaml"
+ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def zoo_models() -> list[Path]:
+    """The light model-zoo architectures in the onnx wheel."""
+    return sorted(ZOO.glob("light_*.onnx"))
+
+
+def write_config(tmp_path: Path, body: str, name: str = "study.yaml") -> Path:
+    """Write a config file into tmp_path and return its path."""
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def digits_variant(tmp_path: Path, **sections: Any) -> StudyConfig:
+    """configs/digits.yaml writing into ``tmp_path / "out"`` with tracking off, and ``sections``
+    (``search={"mode": "full"}``, ...) updating it key by key through the config API."""
+    base = load_config(DIGITS_CONFIG).replace(
+        output={"directory": tmp_path / "out"}, tracking={"enabled": False}
+    )
+    return base.replace(**sections) if sections else base
+
+
+def digits_study(tmp_path: Path, name: str = "study.yaml", **sections: Any) -> Path:
+    """:func:`digits_variant` written as a YAML file in tmp_path (for the command line)."""
+    path = tmp_path / name
+    path.write_text(digits_variant(tmp_path, **sections).to_yaml())
+    return path
+
+
+def top1(model: onnx.ModelProto | str | Path, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of a model over (x, y), computed with onnxruntime."""
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    return float((logits.argmax(axis=1) == y).mean())
