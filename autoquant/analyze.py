@@ -13,18 +13,17 @@ in FP32.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
 
+from autoquant.common import ProgressFn
 from autoquant.config import QuantizationConfig
 from autoquant.graph import ModelGraph, session_for
 from autoquant.quantize import quantize_model
 from autoquant.thresholds import TensorRange
-
-ProgressFn = Callable[[int], None]
 
 
 @dataclass(frozen=True)

@@ -11,32 +11,33 @@ computes the score with their own post-processing, and reports it::
         trial.report(metric.score())
     result = tuner.result()
 
-Without ``search.fp32_score`` the first trial is the FP32 model itself (``trial.fp32`` is True);
-its score is the reference for the decay. Then come the fast strategies (fast mode stops at the
-first within budget) and, in full mode, ``search.n_trials`` sampled trials. Every trial is an
-Optuna trial of the stored study; the best one's outputs are written as ``autoquant tune`` does.
+The study is the one ``autoquant tune`` runs, phases, resume, tracking and outputs alike: the
+driver (:func:`autoquant.study.tune`) runs on a background thread with the Tuner as its
+:class:`~autoquant.search.Scorer`, and each score it needs is handed to the loop above. Without
+``search.fp32_score`` (or a score a resumed study stored) the first trial is the FP32 model itself
+(``trial.fp32`` is True); its score is the reference for the decay.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import optuna
 
-from autoquant import pipeline
-from autoquant.config import QuantizationConfig, StudyConfig
+from autoquant.common import ProgressFn
+from autoquant.config import StudyConfig
 from autoquant.errors import DataError
-from autoquant.evaluate import compute_decay, measure_latency
+from autoquant.evaluate import Evaluation, compute_decay
 from autoquant.graph import session_for
-from autoquant.quantize import QuantizedModel, quantize_model
-from autoquant.search import DEFAULT_SAMPLED_TRIALS, TrialOutcome, best_outcome, outcomes
-from autoquant.space import Value, load_space
-from autoquant.study import TuneResult, best_writer, open_study, study_result
-from autoquant.thresholds import compute_thresholds
+from autoquant.search import Candidate
+from autoquant.space import Value
+from autoquant.study import TuneResult, stored_result
 
 
 @dataclass
@@ -47,13 +48,14 @@ class Trial:
         number: Optuna trial number (-1 for the FP32 reference).
         params: The quantization choices.
         fp32: True for the FP32 reference model.
-        model: The model to evaluate.
+        model: The model to evaluate (the prepared FP32 model's path for the reference).
+        score: What :meth:`report` was given.
     """
 
     number: int
     params: dict[str, Value]
     fp32: bool
-    model: onnx.ModelProto
+    model: onnx.ModelProto | object
     _session: ort.InferenceSession = field(repr=False)
     score: float | None = None
 
@@ -70,6 +72,10 @@ class Trial:
         self.score = float(score)
 
 
+class _Unscored(DataError):
+    """The user's loop ended a trial without reporting a score."""
+
+
 class Tuner:
     """Iterate over trials; see the module docstring.
 
@@ -80,82 +86,74 @@ class Tuner:
 
     def __init__(self, config: StudyConfig, fresh: bool = False) -> None:
         self.config = config
-        self.calibrated = pipeline.calibrate(config)
-        self.space = load_space(config.search.space or config.search.mode, config.search.overrides)
-        self.study = open_study(config, fresh)
-        self.fp32_score = config.search.fp32_score
-        self._write_best = best_writer(config)
-        self._feed = _first_calibration_feed(config, self.calibrated)
+        self.fresh = fresh
+        self._handed: queue.Queue[Trial | None] = queue.Queue()  # driver -> user
+        self._told: queue.Queue[float | None] = queue.Queue()  # user -> driver
+        self._stop = threading.Event()
+        self._result: TuneResult | None = None
+        self._error: BaseException | None = None
+        self._fp32_score: float | None = None
+
+    # ---- the user's side --------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Trial]:
-        if self.fp32_score is None:
-            model = self.calibrated.graph.load()
-            reference = Trial(-1, {}, True, model, session_for(model))
-            yield reference
-            if reference.score is None:
-                raise DataError("the FP32 trial ended without trial.report(score)")
-            self.fp32_score = reference.score
-        base = self.config.quantization
-        for strategy in self.space.strategies:
-            partial = {k: v for k, v in strategy.items() if k != "name"}
-            trial = yield from self._one(
-                self.space.complete(partial, base), f"strategy:{strategy.get('name', '')}"
-            )
-            if self.config.search.mode == "fast" and trial.within_budget:
-                return
-        if self.config.search.mode == "full":
-            for _ in range(self.config.search.n_trials or DEFAULT_SAMPLED_TRIALS):
-                yield from self._one(None, "sampled")
+        from autoquant.study import tune
 
-    def _one(self, params: dict[str, Value] | None, key: str) -> Iterator[Trial]:
-        if params is not None:
-            self.study.enqueue_trial(params, user_attrs={"key": key})
-        optuna_trial = self.study.ask()
-        if params is None:
-            key = f"sampled:{optuna_trial.number}"
-            optuna_trial.set_user_attr("key", key)
-        chosen = self.space.suggest(optuna_trial, self.config.quantization, len(self.calibrated.graph.nodes))
-        quantization = self.space.apply(chosen, self.config.quantization)
-        result = self._quantize(quantization)
-        session = session_for(result.model)
-        trial = Trial(optuna_trial.number, chosen, False, result.model, session)
-        yield trial
-        if trial.score is None:
-            self.study.tell(optuna_trial, state=optuna.trial.TrialState.FAIL)
-            raise DataError(f"trial {trial.number} ended without trial.report(score)")
-        decay = compute_decay(self.fp32_score, trial.score, self.config.search.decay)
-        outcome = TrialOutcome(
-            number=trial.number,
-            key=key,
-            params=chosen,
-            score=trial.score,
-            decay=decay,
-            decay_ci=None,
-            fp32_nodes=result.fp32_nodes,
-            latency_ms=measure_latency(session, self._feed, repeats=20, warmup=3),
-            within_budget=decay <= self.config.search.accept_int8_decay,
-        )
-        for name, value in outcome.attrs().items():
-            optuna_trial.set_user_attr(name, value)
-        if best_outcome([*outcomes(self.study), outcome]) is outcome:
-            self._write_best(outcome, result, quantization)
-        self.study.tell(optuna_trial, decay)
-        return outcome
+        def drive() -> None:
+            try:
+                self._result = tune(self.config, fresh=self.fresh, stop=self._stop.is_set, scorer=self)
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._handed.put(None)
 
-    def _quantize(self, quantization: QuantizationConfig) -> QuantizedModel:
-        ranges = compute_thresholds(self.calibrated.stats, quantization)
-        return quantize_model(self.calibrated.graph, ranges, quantization)
+        driver = threading.Thread(target=drive, name="autoquant-tuner", daemon=True)
+        driver.start()
+        trial: Trial | None = None
+        try:
+            while (trial := self._handed.get()) is not None:
+                yield trial
+                handed, trial = trial, None
+                self._told.put(handed.score)
+                if handed.score is None:
+                    raise _Unscored(f"trial {handed.number} ended without trial.report(score)")
+        finally:
+            if trial is not None:  # the loop left early (break, an exception): stop after this one
+                self._stop.set()
+                self._told.put(trial.score)
+            driver.join()
+        if self._error is not None and not isinstance(self._error, _Unscored):
+            raise self._error
 
     def result(self) -> TuneResult:
         """The study so far: the best trial by the selection rule and every completed one."""
-        if self.fp32_score is None:
-            raise DataError("no FP32 score yet: iterate the tuner and report the FP32 trial first")
-        return study_result(self.config, self.study, self.fp32_score)
+        if self._result is not None:
+            return self._result
+        return stored_result(self.config)
 
+    # ---- the driver's side: the Scorer protocol ---------------------------------------------------
 
-def _first_calibration_feed(config: StudyConfig, calibrated: pipeline.Calibrated) -> dict[str, np.ndarray]:
-    """A batch-1 feed for latency, from the calibration data (the test data may live elsewhere)."""
-    from autoquant.data import open_reader
+    def _hand(self, trial: Trial) -> float:
+        self._handed.put(trial)
+        score = self._told.get()
+        if score is None:
+            self._stop.set()
+            raise _Unscored(f"trial {trial.number} ended without trial.report(score)")
+        return score
 
-    reader = open_reader(config.calibration, list(calibrated.graph.inputs), limit=1)
-    return next(iter(reader.batches(1))).inputs
+    def reference_score(self, fp32: Candidate, stored: float | None, progress: ProgressFn) -> float:
+        """``search.fp32_score``, the score a resumed study stored, or the user's for the FP32 model."""
+        known = self.config.search.fp32_score if self.config.search.fp32_score is not None else stored
+        if known is None:
+            known = self._hand(Trial(-1, {}, True, fp32.model, session_for(fp32.model)))
+        self._fp32_score = known
+        return known
+
+    def score(self, candidate: Candidate, progress: ProgressFn) -> Evaluation:
+        """Hand the candidate to the user's loop and wait for its score."""
+        began = time.perf_counter()
+        session = candidate.session or session_for(candidate.model)
+        score = self._hand(Trial(candidate.number, candidate.params, False, candidate.model, session))
+        assert self._fp32_score is not None
+        decay = compute_decay(self._fp32_score, score, self.config.search.decay)
+        return Evaluation(score, self._fp32_score, decay, None, 0, time.perf_counter() - began)

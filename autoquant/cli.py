@@ -51,6 +51,8 @@ OutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Output folder; overrides the config's output.directory."),
 ]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ignore the statistics cache.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Delete the stored study and start over.")]
 
 
 def _version(value: bool) -> None:
@@ -181,11 +183,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
 
 @app.command()
 @handle_errors
-def quantize(
-    config: ConfigArg,
-    output: OutputOpt = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore the statistics cache.")] = False,
-) -> None:
+def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt = False) -> None:
     """Quantize once with the config's choices and write the INT8 model and calibration tables."""
     from autoquant import pipeline
     from autoquant.outputs import int8_kernels, write_outputs
@@ -230,7 +228,7 @@ def evaluate(
     """Score the FP32 and INT8 models on the test set: decay with its 95 % interval, and latency."""
     from autoquant import pipeline
     from autoquant.evaluate import measure_latency
-    from autoquant.outputs import MODEL_FILE
+    from autoquant.names import MODEL_FILE
 
     cfg = load(config, output, writes=False)
     int8_path = int8 or cfg.output.directory / MODEL_FILE
@@ -269,6 +267,7 @@ def evaluate(
 def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     """Rank layers by how much quantizing each alone hurts; write sensitivity.json/.csv and report.html."""
     from autoquant import pipeline
+    from autoquant.names import REPORT_FILE, SENSITIVITY_CSV_FILE, SENSITIVITY_FILE
     from autoquant.outputs import write_files
     from autoquant.report import render_report, sensitivity_csv
 
@@ -293,9 +292,9 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     paths = write_files(
         cfg.output.directory,
         {
-            "sensitivity.json": sensitivity.to_json().encode(),
-            "sensitivity.csv": sensitivity_csv(sensitivity).encode(),
-            "report.html": html.encode(),
+            SENSITIVITY_FILE: sensitivity.to_json().encode(),
+            SENSITIVITY_CSV_FILE: sensitivity_csv(sensitivity).encode(),
+            REPORT_FILE: html.encode(),
         },
     )
     table = Table(title=f"most sensitive layers ({sensitivity.samples} samples)")
@@ -312,11 +311,7 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
 
 @app.command()
 @handle_errors
-def tune(
-    config: ConfigArg,
-    output: OutputOpt = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the stored study and start over.")] = False,
-) -> None:
+def tune(config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False) -> None:
     """Search for the best INT8 model within the budget (resumes the stored study)."""
     from autoquant import study as tuning
     from autoquant.display import LiveReporter, summary_table

@@ -8,7 +8,6 @@ calibration tools (``accept_int8_decay``, ``calib_iterations``, ``test_iteration
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,9 +25,7 @@ from pydantic import (
 )
 
 from autoquant.errors import ConfigError
-
-THRESHOLD_METHODS = ("max", "percentile", "kl", "symkl", "jsd", "mse")
-_CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+from autoquant.usercode import code_file, is_code_spec
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -44,18 +41,22 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 
 def _resolve_source(value: str, info: ValidationInfo) -> str:
     """Resolve a data source: a path, ``module:function`` or ``file.py:function``."""
-    if _CALLABLE_SPEC.match(value) and ".py:" not in value:
-        return value
-    path, sep, func = value.rpartition(".py:")
-    if sep:
-        return f"{_resolve_path(Path(path + '.py'), info)}:{func}"
+    if is_code_spec(value):
+        return _resolve_code(value, info)
     return str(_resolve_path(Path(value), info))
 
 
 def _resolve_code(value: str, info: ValidationInfo) -> str:
     """Resolve the file of a ``path/file.py:function`` spec; names and ``module:function`` stay."""
-    path, sep, func = value.rpartition(".py:")
-    return f"{_resolve_path(Path(path + '.py'), info)}:{func}" if sep else value
+    file = code_file(value)
+    return f"{_resolve_path(file, info)}:{value.rpartition(':')[2]}" if file is not None else value
+
+
+def _one_of(value: str, names: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``names`` (a registry's), else the one error of every such key."""
+    if value not in names:
+        raise ValueError(f"must be one of {', '.join(names)}, got {value!r}")
+    return value
 
 
 def _aliases(*names: str) -> AliasChoices:
@@ -96,9 +97,9 @@ class DataConfig(_Section):
             "source", "calib_image_source", "test_image_source", "calib_lmdb_path", "test_lmdb_path"
         ),
     )
-    format: Literal["auto", "images", "numpy", "lmdb", "callable"] = "auto"
+    format: str = Field(default="auto", description="auto, or a registered data reader (numpy, images, ...).")
     labels: ConfigPath | None = None
-    label_format: Literal["classification", "detection"] = "classification"
+    label_format: str = "classification"
     data_preprocess_str: str | None = Field(
         default=None, validation_alias=_aliases("data_preprocess_str", "data_preproccess_str")
     )
@@ -107,6 +108,20 @@ class DataConfig(_Section):
     )
     on_decode_error: Literal["stop", "skip"] = "stop"
     batch_size: int = Field(default=1, ge=1)
+
+    @field_validator("format")
+    @classmethod
+    def _registered_reader(cls, value: str) -> str:
+        from autoquant.data import registered_readers
+
+        return _one_of(value, ("auto", *registered_readers()))
+
+    @field_validator("label_format")
+    @classmethod
+    def _known_label_format(cls, value: str) -> str:
+        from autoquant.data._labels import LABEL_FORMATS
+
+        return _one_of(value, LABEL_FORMATS)
 
 
 class CalibrationConfig(DataConfig):
@@ -146,7 +161,7 @@ class QuantizationConfig(_Section):
     per_channel: bool = False
     depthwise_per_channel: bool = False
     activation_scheme: Literal["symmetric", "asymmetric"] = "asymmetric"
-    method: Literal[THRESHOLD_METHODS] = Field(default="kl", validation_alias=_aliases("method", "th_method"))
+    method: str = Field(default="kl", validation_alias=_aliases("method", "th_method"))
     bins: int = Field(default=2048, validation_alias=_aliases("bins", "bin"))
     max_percentile: float = Field(default=0.99999, gt=0.0, le=1.0)
     ratio_search: bool = False
@@ -172,6 +187,13 @@ class QuantizationConfig(_Section):
         default="auto",
         description="7-bit weights; auto: on x86-64 CPUs without VNNI (see autoquant.hardware).",
     )
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, value: str) -> str:
+        from autoquant.thresholds import methods
+
+        return _one_of(value, methods())
 
     @field_validator("bins")
     @classmethod
@@ -363,9 +385,8 @@ def _missing_paths(config: StudyConfig, node: yaml.Node | None, path: Path) -> l
     ]
     for section, data in (("calibration", config.calibration), ("test", config.test)):
         source = data.source
-        if source is not None and not _CALLABLE_SPEC.match(source):
-            file = source.rsplit(".py:", 1)[0] + ".py" if ".py:" in source else source
-            wanted.append(((section, "source"), Path(file), "file or folder"))
+        if source is not None and (code_file(source) is not None or not is_code_spec(source)):
+            wanted.append(((section, "source"), code_file(source) or Path(source), "file or folder"))
     problems = []
     for loc, target, kind in wanted:
         if target is None or (target.is_file() if kind == "file" else target.exists()):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import tempfile
 import time
 import traceback
 import zipfile
@@ -24,6 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from autoquant.common import ProgressFn, atomic_write
 from autoquant.config import StudyConfig
 from autoquant.data import Batch, DataReader, open_reader
 from autoquant.errors import AutoquantError, ConfigError, DataError, EvaluationError, UserCodeError, one_line
@@ -39,7 +38,6 @@ from autoquant.objectives import (
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int], None]
 BOOTSTRAP_RESAMPLES = 1000
 
 
@@ -272,6 +270,21 @@ class Evaluator:
         ci = self._bootstrap(fp32, objective, start) if supports_resampling(objective) else None
         return Evaluation(score, self.fp32_score, decay, ci, start, seconds)
 
+    # ------------------------------------------------------------------ the Scorer protocol
+
+    def reference_score(
+        self, fp32: object, stored: float | None, progress: ProgressFn | None = None
+    ) -> float:
+        """The FP32 score on the test set (replayed from the cached reference outputs; ``stored``
+        is not needed: the cache makes it as cheap and exact)."""
+        self.fp32_objective(progress)
+        assert self.fp32_score is not None
+        return self.fp32_score
+
+    def score(self, candidate: object, progress: ProgressFn | None = None) -> Evaluation:
+        """:meth:`evaluate` the candidate's session (see :class:`autoquant.search.Scorer`)."""
+        return self.evaluate(candidate.session, progress)  # type: ignore[attr-defined]
+
     def _bootstrap(self, fp32: Objective, int8: Objective, samples: int) -> tuple[float, float]:
         rng = np.random.default_rng(self.config.search.seed)
         fixed = self.config.search.fp32_score
@@ -348,15 +361,7 @@ def find_batch_axes(
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def measure_latency(

@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from autoquant.errors import SearchError
+from autoquant.names import LOCK_FILE
 
 logger = logging.getLogger(__name__)
-
-LOCK_FILE = ".autoquant.lock"
 
 
 def _alive(pid: int) -> bool:

@@ -22,13 +22,8 @@ import onnxruntime as ort
 from autoquant.config import StudyConfig
 from autoquant.errors import ModelError, OutputError, QuantizationError, write_fault
 from autoquant.graph import write_model
+from autoquant.names import CONFIG_FILE, FP32_NODES_FILE, MODEL_FILE, TABLE_FILE, TRT_CACHE_FILE
 from autoquant.quantize import QuantizedModel, activation_quant_params
-
-MODEL_FILE = "model.int8.onnx"
-TABLE_FILE = "calibration_table.json"
-TRT_CACHE_FILE = "calibration.cache"
-FP32_NODES_FILE = "fp32_nodes.txt"
-CONFIG_FILE = "config.resolved.yaml"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,14 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from autoquant.analyze import Sensitivity, analyze
+from autoquant.common import ProgressFn
 from autoquant.config import DataConfig, QuantizationConfig, StudyConfig
 from autoquant.data import InputSpec, open_reader
 from autoquant.errors import ConfigError
 from autoquant.evaluate import Evaluator
 from autoquant.graph import ModelGraph, model_inputs, prepare_model
 from autoquant.quantize import QuantizedModel, quantize_model
-from autoquant.statistics import ProgressFn, Statistics, collect_statistics, statistics_key
+from autoquant.statistics import Statistics, collect_statistics, statistics_key
 from autoquant.thresholds import compute_thresholds
+from autoquant.usercode import code_file
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +122,7 @@ def data_fingerprint(data: DataConfig) -> str:
     digest = hashlib.sha256()
     for part in (data.format, data.data_preprocess_str, data.image_data_preprocess, data.on_decode_error):
         digest.update(f"{part}|".encode())
-    source = Path(str(data.source).rsplit(".py:", 1)[0] + ".py") if ".py:" in str(data.source) else None
-    path = source or Path(str(data.source))
+    path = code_file(str(data.source)) or Path(str(data.source))
     digest.update(str(data.source).encode())
     files = (
         sorted(p for p in path.rglob("*") if p.is_file())
@@ -179,11 +181,20 @@ def expected_samples(config: StudyConfig, graph: ModelGraph) -> int:
 
 
 def quantize(
-    calibrated: Calibrated, quantization: QuantizationConfig, ranking: Sequence[str] = ()
+    calibrated: Calibrated,
+    quantization: QuantizationConfig,
+    ranking: Sequence[str] = (),
+    timings: dict[str, float] | None = None,
 ) -> QuantizedModel:
-    """Thresholds then quantization, for one set of quantization choices."""
+    """Thresholds then quantization, for one set of quantization choices; the seconds each took go
+    into ``timings`` (``thresholds``, ``quantize``) when it is given."""
+    began = time.perf_counter()
     ranges = compute_thresholds(calibrated.stats, quantization)
-    return quantize_model(calibrated.graph, ranges, quantization, ranking)
+    middle = time.perf_counter()
+    result = quantize_model(calibrated.graph, ranges, quantization, ranking)
+    if timings is not None:
+        timings.update(thresholds=middle - began, quantize=time.perf_counter() - middle)
+    return result
 
 
 def sample_feeds(config: StudyConfig, graph: ModelGraph, limit: int) -> list[dict[str, np.ndarray]]:

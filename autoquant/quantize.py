@@ -17,42 +17,15 @@ from onnx import numpy_helper
 
 from autoquant.config import QuantizationConfig
 from autoquant.errors import QuantizationError
-from autoquant.graph import ModelGraph
+from autoquant.graph import WEIGHTED_OPS, ModelGraph
 from autoquant.hardware import resolve_reduce_range, target_isa
 from autoquant.logs import quiet_onnxruntime
+from autoquant.ort_quantizer import int8_kernel_op_types, qdq_quantize
 from autoquant.thresholds import TensorRange
 
 logger = logging.getLogger(__name__)
 # onnxruntime's quantizer creates sessions of its own; their warnings are not the user's concern.
 quiet_onnxruntime()
-
-#: Ops with heavy INT8 compute kernels.
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-#: Ops that onnxruntime's CPU provider runs in INT8 after QDQ fusion (QLinear* kernels and
-#: data-movement ops that pass INT8 through).
-ORT_INT8_OPS = (
-    *COMPUTE_OPS,
-    "Add",
-    "Mul",
-    "Concat",
-    "AveragePool",
-    "GlobalAveragePool",
-    "MaxPool",
-    "LeakyRelu",
-    "Sigmoid",
-    "Softmax",
-    "Relu",
-    "Clip",
-    "Reshape",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Flatten",
-    "Resize",
-    "Gather",
-    "Split",
-    "Slice",
-)
 
 
 @dataclass(frozen=True)
@@ -75,7 +48,7 @@ class QuantizedModel:
 def op_types_to_quantize(graph: ModelGraph, config: QuantizationConfig) -> list[str]:
     """Op types handed to the quantizer for ``config.op_types`` and ``enable_concat_quantize``."""
     present = sorted({n.op_type for n in graph.nodes})
-    wanted = {"all": present, "compute": COMPUTE_OPS, "ort_int8": ORT_INT8_OPS}[config.op_types]
+    wanted = {"all": present, "compute": WEIGHTED_OPS, "ort_int8": int8_kernel_op_types()}[config.op_types]
     return [op for op in present if op in wanted and (config.enable_concat_quantize or op != "Concat")]
 
 
@@ -109,16 +82,6 @@ def fp32_nodes(graph: ModelGraph, config: QuantizationConfig, ranking: Sequence[
     return list(dict.fromkeys(names))
 
 
-def _tensors_range(ranges: dict[str, TensorRange]):
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-
-    data = {
-        name: TensorData(lowest=np.float32(r.lowest), highest=np.float32(r.highest))
-        for name, r in ranges.items()
-    }
-    return TensorsData(CalibrationMethod.MinMax, data)
-
-
 def quantize_model(
     graph: ModelGraph,
     ranges: dict[str, TensorRange],
@@ -143,50 +106,26 @@ def quantize_model(
         QuantizationError: Bad node names, or onnxruntime's quantizer fails.
         ConfigError: ``AUTOQUANT_TARGET_ISA`` names an unknown instruction set.
     """
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.onnx_model import ONNXModel
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import update_opset_version
-
     excluded = fp32_nodes(graph, config, ranking)
     symmetric = config.activation_scheme == "symmetric"
-    overrides: dict[str, list[dict]] = {}
-    if config.first_input_unsigned and symmetric:
-        overrides.update({spec.name: [{"quant_type": QuantType.QUInt8}] for spec in graph.inputs})
-    if config.depthwise_per_channel and not config.per_channel:
-        overrides.update({n.weight: [{"axis": 0}] for n in graph.nodes if n.depthwise and n.weight})
-    extra_options = {
-        "ActivationSymmetric": symmetric,
-        "WeightSymmetric": True,
-        "ForceQuantizeNoInputCheck": True,
-        "TensorQuantOverrides": overrides,
-    }
-    activation_type = QuantType.QInt8 if symmetric else QuantType.QUInt8
     isa = target_isa()
     reduce_range = resolve_reduce_range(config.reduce_range, isa)
-    model = graph.load()
+    depthwise = config.depthwise_per_channel and not config.per_channel
     try:
-        model = update_opset_version(
-            model, QuantType.QInt8, activation_type, tensor_quant_overrides=overrides
+        quantized = qdq_quantize(
+            graph.load(),
+            {name: (r.lowest, r.highest) for name, r in ranges.items()},
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            symmetric_activations=symmetric,
+            unsigned_inputs=[s.name for s in graph.inputs]
+            if config.first_input_unsigned and symmetric
+            else (),
+            per_channel_weights=[n.weight for n in graph.nodes if depthwise and n.depthwise and n.weight],
+            nodes_to_quantize=only,
+            nodes_to_exclude=excluded,
+            op_types=op_types_to_quantize(graph, config),
         )
-        quantizer = QDQQuantizer(
-            model,
-            config.per_channel,
-            reduce_range,
-            QuantType.QInt8,
-            activation_type,
-            _tensors_range(ranges),
-            list(only) if only is not None else None,
-            excluded,
-            op_types_to_quantize(graph, config),
-            extra_options,
-        )
-        quantized = quantizer.quantize_model()
-        # onnxruntime sorts nodes when it loads a model, but the ONNX spec (and onnx.checker)
-        # wants them sorted in the file: the quantizer appends Q/DQ nodes at the end.
-        sortable = ONNXModel(quantized)
-        sortable.topological_sort()
-        quantized = sortable.model
     except Exception as exc:
         raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from exc
     if only is not None:

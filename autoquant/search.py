@@ -25,28 +25,41 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.analyze import Sensitivity, difference, run_outputs
+from autoquant.common import ProgressFn
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import (
     AutoquantError,
-    CalibrationError,
     EvaluationError,
     QuantizationError,
     one_line,
 )
-from autoquant.evaluate import Evaluator, LatencyTimer
+from autoquant.evaluate import Evaluation, LatencyTimer
 from autoquant.graph import session_for
-from autoquant.pipeline import Calibrated
-from autoquant.quantize import QuantizedModel, quantize_model
+from autoquant.names import (
+    FP32_NODES_FILE,
+    SENSITIVITY_FILE,
+    STUDY_LATENCIES,
+    STUDY_LATENCY_TOLERANCE,
+    STUDY_SCALES_PROGRESS,
+    TABLE_FILE,
+    TRIAL_FAIL_REASON,
+    TRIAL_KEY,
+    TRIAL_SCALES,
+    TrialKey,
+)
+from autoquant.pipeline import Calibrated, quantize
+from autoquant.quantize import QuantizedModel
 from autoquant.space import SearchSpace, Value
-from autoquant.thresholds import compute_thresholds
 from autoquant.tracking import MlflowTracker, NullTracker
 
 logger = logging.getLogger(__name__)
@@ -74,7 +87,7 @@ class TrialOutcome:
     def attrs(self) -> dict[str, Any]:
         """User attributes for Optuna storage (JSON-serialisable)."""
         return {
-            "key": self.key,
+            TRIAL_KEY: self.key,
             "score": self.score,
             "decay": self.decay,
             "decay_ci": list(self.decay_ci) if self.decay_ci else None,
@@ -94,7 +107,7 @@ class TrialOutcome:
         ci = a.get("decay_ci")
         return cls(
             number=trial.number,
-            key=a.get("key", ""),
+            key=a.get(TRIAL_KEY, ""),
             params=dict(trial.params),
             score=a["score"],
             decay=a["decay"],
@@ -105,11 +118,6 @@ class TrialOutcome:
             timings=a.get("timings", {}),
             layer_scales=a.get("layer_scales", {}),
         )
-
-
-LATENCY_TOLERANCE_ATTR = "latency_tolerance"
-FP32_LATENCY_ATTR = "fp32_latency_ms"
-LATENCIES_ATTR = "latency_by_structure"
 
 
 def ranked(outcomes: Sequence[TrialOutcome], latency_tolerance: float = 0.0) -> list[TrialOutcome]:
@@ -175,13 +183,43 @@ class NullReporter:
         """Ignore a finished trial."""
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A model for a :class:`Scorer` to score: an Optuna trial's INT8 model with its session, or
+    the FP32 model (``number`` -1, no session yet)."""
+
+    number: int
+    key: str
+    params: dict[str, Value]
+    model: onnx.ModelProto | Path
+    session: ort.InferenceSession | None
+
+
+class Scorer(Protocol):
+    """Who scores the models of a study. The driver is the same whoever it is: the test set with
+    autoquant's objective (:class:`~autoquant.evaluate.Evaluator`), or the user's own code
+    (:class:`~autoquant.ask_tell.Tuner`)."""
+
+    def reference_score(self, fp32: Candidate, stored: float | None, progress: ProgressFn) -> float:
+        """The FP32 model's score; ``stored`` is the one a resumed study recorded, if any."""
+        ...
+
+    def score(self, candidate: Candidate, progress: ProgressFn) -> Evaluation:
+        """Score an INT8 model against the FP32 score.
+
+        Raises:
+            AutoquantError: The model cannot be scored; the trial fails with this reason.
+        """
+        ...
+
+
 @dataclass
 class SearchContext:
     """Everything a trial needs, built once per study."""
 
     config: StudyConfig
     calibrated: Calibrated
-    evaluator: Evaluator
+    scorer: Scorer
     space: SearchSpace
     timer: LatencyTimer
     analysis_feeds: list[dict[str, np.ndarray]]
@@ -245,22 +283,18 @@ def run_choice(
         AutoquantError: One stage failed; its message names the stage, the original is its cause.
     """
     timings: dict[str, float] = {}
-    began = time.perf_counter()
-    with stage("computing the thresholds", CalibrationError):
-        ranges = compute_thresholds(ctx.calibrated.stats, quantization)
-    timings["thresholds"] = time.perf_counter() - began
     with stage("the sensitivity analysis for fp32_layers", EvaluationError):
         ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
-    began = time.perf_counter()
     with stage("onnxruntime's quantizer", QuantizationError):
-        result = quantize_model(ctx.calibrated.graph, ranges, quantization, ranking)
-    timings["quantize"] = time.perf_counter() - began
+        result = quantize(ctx.calibrated, quantization, ranking, timings)
     began = time.perf_counter()
     with stage("creating an onnxruntime session for the quantized model", QuantizationError):
         session = session_for(result.model)
     timings["session"] = time.perf_counter() - began
     with stage("evaluating the quantized model", EvaluationError):
-        evaluation = ctx.evaluator.evaluate(session, ctx.reporter.progress)
+        evaluation = ctx.scorer.score(
+            Candidate(number, key, params, result.model, session), ctx.reporter.progress
+        )
     timings["inference"] = evaluation.seconds
     with stage("measuring the latency", EvaluationError):
         structure = structure_key(result.model)
@@ -288,11 +322,11 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
     base = ctx.config.quantization
 
     def objective(trial: optuna.Trial) -> float:
-        key = trial.user_attrs.get("key") or f"sampled:{trial.number}"
-        trial.set_user_attr("key", key)
-        params = ctx.space.suggest(trial, base, ctx.nodes, bisect=key.startswith("bisect"))
+        key = trial.user_attrs.get(TRIAL_KEY) or TrialKey.sampled(trial.number)
+        trial.set_user_attr(TRIAL_KEY, key)
+        params = ctx.space.suggest(trial, base, ctx.nodes, bisect=key.startswith(TrialKey.BISECT))
         quantization = ctx.space.apply(params, base)
-        scales = trial.user_attrs.get("scales")
+        scales = trial.user_attrs.get(TRIAL_SCALES)
         if scales:
             quantization = quantization.model_copy(update={"layer_scales": scales})
         ctx.reporter.trial_started(trial.number, key, params)
@@ -304,13 +338,13 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
                 ctx.shown_tracebacks.add(details)
                 logger.error("trial %d failed in user code:\n%s", trial.number, details.rstrip())
             logger.debug("trial %d failed", trial.number, exc_info=exc)  # the cause chain, with --verbose
-            trial.set_user_attr("fail_reason", str(exc))
+            trial.set_user_attr(TRIAL_FAIL_REASON, str(exc))
             ctx.tracker.log_failure(trial.number, params, str(exc))
             ctx.reporter.trial_finished(None, str(exc), current_best(study))
             raise
         for name, value in outcome.attrs().items():
             trial.set_user_attr(name, value)
-        study.set_user_attr(LATENCIES_ATTR, ctx.latencies)
+        study.set_user_attr(STUDY_LATENCIES, ctx.latencies)
         log_trial(ctx, outcome, result)
         best = best_outcome([*outcomes(study), outcome], latency_tolerance(study))
         if best is outcome:
@@ -337,12 +371,12 @@ def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel)
         **{f"time_{k}": v for k, v in outcome.timings.items()},
     }
     artifacts = {
-        "calibration_table.json": json.dumps(calibration_table(result), indent=2),
-        "fp32_nodes.txt": "".join(f"{n}\n" for n in outcome.fp32_nodes),
+        TABLE_FILE: json.dumps(calibration_table(result), indent=2),
+        FP32_NODES_FILE: "".join(f"{n}\n" for n in outcome.fp32_nodes),
     }
     if ctx.new_sensitivity is not None:
-        artifacts["sensitivity.json"], ctx.new_sensitivity = ctx.new_sensitivity, None
-    tags = {"key": outcome.key, "within_budget": outcome.within_budget}
+        artifacts[SENSITIVITY_FILE], ctx.new_sensitivity = ctx.new_sensitivity, None
+    tags = {TRIAL_KEY: outcome.key, "within_budget": outcome.within_budget}
     ctx.tracker.log_trial(outcome.number, outcome.params, metrics, tags, artifacts)
 
 
@@ -354,7 +388,7 @@ def outcomes(study: optuna.Study) -> list[TrialOutcome]:
 
 def latency_tolerance(study: optuna.Study) -> float:
     """The study's latency tolerance (relative; 0 before it is measured)."""
-    return float(study.user_attrs.get(LATENCY_TOLERANCE_ATTR, 0.0))
+    return float(study.user_attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
 
 
 def current_best(study: optuna.Study) -> TrialOutcome | None:
@@ -365,7 +399,8 @@ def current_best(study: optuna.Study) -> TrialOutcome | None:
 def _finished(study: optuna.Study, key: str) -> FrozenTrial | None:
     states = (TrialState.COMPLETE, TrialState.FAIL)
     return next(
-        (t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("key") == key), None
+        (t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get(TRIAL_KEY) == key),
+        None,
     )
 
 
@@ -399,8 +434,8 @@ def run_keyed(
     if not force:
         _check_stop(ctx)
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if params is not None and not any(t.user_attrs.get("key") == key for t in waiting):
-        study.enqueue_trial(params, user_attrs={"key": key, **attrs})
+    if params is not None and not any(t.user_attrs.get(TRIAL_KEY) == key for t in waiting):
+        study.enqueue_trial(params, user_attrs={TRIAL_KEY: key, **attrs})
     study.optimize(objective, n_trials=1, catch=(AutoquantError,))
     return _finished(study, key) or study.trials[-1]
 
@@ -418,7 +453,7 @@ def run_fast(ctx: SearchContext, study: optuna.Study, objective: Callable, stop_
     for strategy in strategies:
         name = str(strategy.get("name", len(strategies)))
         partial = {k: v for k, v in strategy.items() if k != "name"}
-        trial = run_keyed(ctx, study, objective, f"strategy:{name}", ctx.space.complete(partial, base))
+        trial = run_keyed(ctx, study, objective, TrialKey.strategy(name), ctx.space.complete(partial, base))
         if stop_at_first and within_budget(trial):
             return
 
@@ -429,7 +464,7 @@ def run_sampled(ctx: SearchContext, study: optuna.Study, objective: Callable, co
     done = sum(
         1
         for t in study.trials
-        if t.user_attrs.get("key", "").startswith("sampled:") and t.state.is_finished()
+        if t.user_attrs.get(TRIAL_KEY, "").startswith(TrialKey.SAMPLED) and t.state.is_finished()
     )
     for _ in range(max(0, count - done)):
         _check_stop(ctx)
@@ -451,11 +486,8 @@ def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Calla
     low, high = 0, ctx.nodes
     while high - low > 1:
         k = (low + high) // 2
-        trial = run_keyed(ctx, study, objective, f"bisect:{k}", {**params, "fp32_layers": k})
+        trial = run_keyed(ctx, study, objective, TrialKey.bisect(k), {**params, "fp32_layers": k})
         low, high = (low, k) if within_budget(trial) else (k, high)
-
-
-SCALES_PROGRESS_ATTR = "scales_progress"
 
 
 def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
@@ -468,7 +500,7 @@ def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
     phase, the scales found so far are confirmed by the trial; on a stop request they stay stored,
     unconfirmed, for the next run.
     """
-    if _finished(study, "scales") is not None:
+    if _finished(study, TrialKey.SCALES) is not None:
         return
     base_outcome = min(outcomes(study), key=lambda o: (o.decay, len(o.fp32_nodes)), default=None)
     if base_outcome is None:
@@ -477,13 +509,13 @@ def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
     ctx.reporter.phase("per-layer threshold scales")
     params = dict(base_outcome.params)
     quantization = ctx.space.apply(params, ctx.config.quantization)
-    saved = study.user_attrs.get(SCALES_PROGRESS_ATTR)
+    saved = study.user_attrs.get(STUDY_SCALES_PROGRESS)
     progress = (
         saved if saved and saved.get("params") == params else {"params": params, "next": 0, "scales": {}}
     )
 
     def save(state: dict) -> None:
-        study.set_user_attr(SCALES_PROGRESS_ATTR, state)
+        study.set_user_attr(STUDY_SCALES_PROGRESS, state)
 
     scales, finished = greedy_scales(ctx, quantization, progress, save)
     if not finished:
@@ -495,7 +527,7 @@ def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
         logger.info(
             "per-layer scales: the deadline passed; confirming the %d scales found so far", len(scales)
         )
-    run_keyed(ctx, study, objective, "scales", params, force=True, scales=scales)
+    run_keyed(ctx, study, objective, TrialKey.SCALES, params, force=True, **{TRIAL_SCALES: scales})
 
 
 def greedy_scales(
@@ -516,7 +548,7 @@ def greedy_scales(
         The scales found and whether every tensor was tried.
     """
     graph = ctx.calibrated.graph
-    names = list(ctx.evaluator.output_names)
+    names = list(ctx.config.model.outputs) or list(graph.outputs)
     reference = run_outputs(str(graph.prepared_path), ctx.analysis_feeds, names)
     ignored = set(ctx.config.search.ignore_layer_list)
     skip = {t for n in graph.nodes if n.name in ignored for t in (*n.inputs, *n.outputs)}
@@ -525,8 +557,9 @@ def greedy_scales(
     scales: dict[str, float] = dict(progress.get("scales", {}))
 
     def error(candidate: dict[str, float]) -> float:
-        q = quantization.model_copy(update={"layer_scales": candidate})
-        model = quantize_model(graph, compute_thresholds(ctx.calibrated.stats, q), q, ranking).model
+        model = quantize(
+            ctx.calibrated, quantization.model_copy(update={"layer_scales": candidate}), ranking
+        ).model
         return difference(reference, run_outputs(model, ctx.analysis_feeds, names)).l2
 
     best = error(scales)

@@ -15,22 +15,22 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from autoquant.common import ProgressFn, atomic_write
 from autoquant.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int], None]
 _CACHE_VERSION = "2"  # 2: names stored as a unicode array (no pickle)
 
 
@@ -249,24 +249,20 @@ def save_statistics(stats: Statistics, path: Path) -> None:
     """Write statistics atomically as an ``.npz`` file."""
     names = list(stats.tensors)
     values = [stats.tensors[n] for n in names]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                names=np.array(names, dtype=np.str_),
-                minimum=np.array([v.minimum for v in values], dtype=np.float64),
-                maximum=np.array([v.maximum for v in values], dtype=np.float64),
-                range=np.array([v.range for v in values], dtype=np.float64),
-                counts=np.array([[v.count, v.nan_count, v.inf_count] for v in values], dtype=np.int64),
-                histogram=np.stack([v.histogram for v in values]) if values else np.zeros((0, 2)),
-                samples=np.array(stats.samples),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f: BinaryIO) -> None:
+        np.savez(
+            f,
+            names=np.array(names, dtype=np.str_),
+            minimum=np.array([v.minimum for v in values], dtype=np.float64),
+            maximum=np.array([v.maximum for v in values], dtype=np.float64),
+            range=np.array([v.range for v in values], dtype=np.float64),
+            counts=np.array([[v.count, v.nan_count, v.inf_count] for v in values], dtype=np.int64),
+            histogram=np.stack([v.histogram for v in values]) if values else np.zeros((0, 2)),
+            samples=np.array(stats.samples),
+        )
+
+    atomic_write(path, write)
 
 
 def load_statistics(path: Path, key: str) -> Statistics:

@@ -28,16 +28,28 @@ from autoquant.errors import ConfigError, SearchError
 from autoquant.evaluate import LatencyTimer
 from autoquant.hardware import ReduceRange, resolve_reduce_range, target_isa
 from autoquant.locking import output_lock
-from autoquant.outputs import MODEL_FILE, write_files, write_outputs
+from autoquant.names import (
+    BEST_CONFIG_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
+    SENSITIVITY_FILE,
+    STUDY_DB_FILE,
+    STUDY_FP32_LATENCY,
+    STUDY_FP32_SCORE,
+    STUDY_LATENCIES,
+    STUDY_LATENCY_TOLERANCE,
+    SUMMARY_FILE,
+    TRIAL_FAIL_REASON,
+)
+from autoquant.outputs import write_files, write_outputs
 from autoquant.quantize import QuantizedModel
 from autoquant.report import render_report
 from autoquant.search import (
     DEFAULT_SAMPLED_TRIALS,
-    FP32_LATENCY_ATTR,
-    LATENCIES_ATTR,
-    LATENCY_TOLERANCE_ATTR,
+    Candidate,
     NullReporter,
     Reporter,
+    Scorer,
     SearchContext,
     SearchStopped,
     TrialOutcome,
@@ -53,10 +65,6 @@ from autoquant.space import load_space
 from autoquant.tracking import MlflowTracker, NullTracker, make_tracker
 
 logger = logging.getLogger(__name__)
-
-BEST_CONFIG_FILE = "best_config.yaml"
-SUMMARY_FILE = "study_summary.json"
-REPORT_FILE = "report.html"
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class TuneResult:
 
 def storage_url(config: StudyConfig) -> str:
     """The Optuna storage: ``storage.url`` or SQLite ``study.db`` in the output folder."""
-    return config.storage.url or f"sqlite:///{config.output.directory / 'study.db'}"
+    return config.storage.url or f"sqlite:///{config.output.directory / STUDY_DB_FILE}"
 
 
 def study_name(config: StudyConfig) -> str:
@@ -159,7 +167,7 @@ def stored_result(config: StudyConfig) -> TuneResult:
     if storage is None or name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise ConfigError(f"no study {name!r} in {url}; run `autoquant tune` first")
     study = optuna.load_study(study_name=name, storage=storage)
-    return study_result(config, study, study.user_attrs.get("fp32_score", float("nan")))
+    return study_result(config, study, study.user_attrs.get(STUDY_FP32_SCORE, float("nan")))
 
 
 def best_config(
@@ -220,7 +228,7 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
     """The result of the study as stored now."""
     done = outcomes(study)
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-    tolerance = float(study.user_attrs.get(LATENCY_TOLERANCE_ATTR, 0.0))
+    tolerance = float(study.user_attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
     return TuneResult(
         study_name=study.study_name,
         storage=storage_url(config),
@@ -244,7 +252,7 @@ def _ranking_writer(
         report = render_report(
             sensitivity, f"autoquant sensitivity: {name}", {"model": str(config.model.path)}
         )
-        files = {"sensitivity.json": sensitivity.to_json().encode(), REPORT_FILE: report.encode()}
+        files = {SENSITIVITY_FILE: sensitivity.to_json().encode(), REPORT_FILE: report.encode()}
         write_files(config.output.directory, files)
         return sensitivity
 
@@ -281,6 +289,7 @@ def tune(
     reporter: Reporter | None = None,
     fresh: bool = False,
     stop: Callable[[], bool] | None = None,
+    scorer: Scorer | None = None,
 ) -> TuneResult:
     """Run (or resume) the study described by ``config``.
 
@@ -290,6 +299,9 @@ def tune(
         fresh: Delete a stored study of the same name and start over.
         stop: Polled between trials; when it returns True the study ends after the current trial
             (the CLI sets it on Ctrl-C). ``search.timeout`` ends the study the same way.
+        scorer: Who scores the models (:class:`~autoquant.search.Scorer`); default: the test set
+            with ``test.objective``. The ask-and-tell :class:`~autoquant.ask_tell.Tuner` passes
+            the user's code.
 
     Returns:
         The best trial and every completed one.
@@ -300,27 +312,31 @@ def tune(
             output folder.
     """
     with output_lock(config.output.directory, f"study {study_name(config)!r}"):
-        return _tune(config, reporter or NullReporter(), fresh, stop)
+        return _tune(config, reporter or NullReporter(), fresh, stop, scorer)
 
 
 def _tune(
-    config: StudyConfig, reporter: Reporter, fresh: bool, stop: Callable[[], bool] | None
+    config: StudyConfig,
+    reporter: Reporter,
+    fresh: bool,
+    stop: Callable[[], bool] | None,
+    scorer: Scorer | None,
 ) -> TuneResult:
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
     tracker = make_tracker(config)  # fails in seconds, before any calibration work
     calibrated = pipeline.calibrate(config)
     graph = calibrated.graph
-    evaluator = pipeline.evaluator(config, graph)
-    reporter.phase("FP32 reference on the test set")
-    evaluator.fp32_objective(reporter.progress)
-    fp32_score = evaluator.fp32_score
+    scorer = scorer or pipeline.evaluator(config, graph)
     study = open_study(config, fresh)
-    study.set_user_attr("fp32_score", fp32_score)
+    reporter.phase("FP32 reference")
+    fp32 = Candidate(-1, "fp32", {}, graph.prepared_path, None)
+    fp32_score = scorer.reference_score(fp32, study.user_attrs.get(STUDY_FP32_SCORE), reporter.progress)
+    study.set_user_attr(STUDY_FP32_SCORE, fp32_score)
     timer = LatencyTimer(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
-    if LATENCY_TOLERANCE_ATTR not in study.user_attrs:  # measured once: a resumed study ranks alike
-        study.set_user_attr(LATENCY_TOLERANCE_ATTR, timer.tolerance())
-        study.set_user_attr(FP32_LATENCY_ATTR, timer.fp32_ms)
+    if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
+        study.set_user_attr(STUDY_LATENCY_TOLERANCE, timer.tolerance())
+        study.set_user_attr(STUDY_FP32_LATENCY, timer.fp32_ms)
     tracker.attach(study, calibrated.stats.key, fp32_score)
 
     ranking = _ranking_writer(config, calibrated, study.study_name)
@@ -333,11 +349,11 @@ def _tune(
     ctx = SearchContext(
         config=config,
         calibrated=calibrated,
-        evaluator=evaluator,
+        scorer=scorer,
         space=space,
         timer=timer,
-        fp32_latency_ms=study.user_attrs[FP32_LATENCY_ATTR],
-        latencies=dict(study.user_attrs.get(LATENCIES_ATTR, {})),
+        fp32_latency_ms=study.user_attrs[STUDY_FP32_LATENCY],
+        latencies=dict(study.user_attrs.get(STUDY_LATENCIES, {})),
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
         ranking_fn=ranking,
         on_best=best_writer(config),
@@ -356,7 +372,9 @@ def _tune(
         if result.trials:
             _finish(config, result, tracker)
     if not result.trials:
-        failures = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
+        failures = [
+            t.user_attrs.get(TRIAL_FAIL_REASON, "") for t in study.trials if t.state == TrialState.FAIL
+        ]
         last = next((f for f in reversed(failures) if f), "unknown")
         raise SearchError(
             f"no trial of study {study.study_name!r} completed ({len(failures)} failed); the last failure: "

@@ -25,16 +25,22 @@ import onnx
 from autoquant.config import StudyConfig
 from autoquant.errors import ConfigError
 from autoquant.hardware import resolve_reduce_range, target_isa
+from autoquant.names import (
+    MLFLOW_ARTIFACTS_DIR,
+    MLFLOW_DB_FILE,
+    STUDY_MLFLOW_PARENT,
+    SUMMARY_FILE,
+    TRIAL_FAIL_REASON,
+)
 
 logger = logging.getLogger(__name__)
 
-PARENT_ATTR = "mlflow_parent_run_id"
 _TIMEOUT_S = 5.0
 
 
 def tracking_uri(config: StudyConfig) -> str:
     """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the output folder."""
-    default = f"sqlite:///{config.output.directory / 'mlflow.db'}"
+    default = f"sqlite:///{config.output.directory / MLFLOW_DB_FILE}"
     return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
@@ -150,17 +156,19 @@ class MlflowTracker:
             return found.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
-            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+            location = (
+                (Path(self.uri.removeprefix("sqlite:///")).parent / MLFLOW_ARTIFACTS_DIR).resolve().as_uri()
+            )
         return self.client.create_experiment(name, artifact_location=location)
 
     def attach(self, study: Any, stats_key: str, fp32_score: float) -> None:
         """Reuse the study's parent run, or create it and store its id in the study."""
         self.study_name, self.stats_key, self.fp32_score = study.study_name, stats_key, fp32_score
-        stored = study.user_attrs.get(PARENT_ATTR)
+        stored = study.user_attrs.get(STUDY_MLFLOW_PARENT)
         with self._waiting():
             self.parent_id = self._submit(self._attach, stored).result()
         if self.parent_id != stored:
-            study.set_user_attr(PARENT_ATTR, self.parent_id)
+            study.set_user_attr(STUDY_MLFLOW_PARENT, self.parent_id)
 
     def _attach(self, stored: str | None) -> str:
         from mlflow import MlflowClient
@@ -236,7 +244,7 @@ class MlflowTracker:
     def _log_failure(self, number: int, params: dict, reason: str) -> None:
         from mlflow.entities import Param
 
-        tags = self._trial_tags(number, "FAIL", {"fail_reason": reason[:5000]})
+        tags = self._trial_tags(number, "FAIL", {TRIAL_FAIL_REASON: reason[:5000]})
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.client.set_terminated(run.info.run_id, "FAILED")
@@ -287,7 +295,7 @@ class MlflowTracker:
         self.client.log_batch(
             self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
         )
-        self.client.log_text(self.parent_id, json.dumps(summary, indent=2), "study_summary.json")
+        self.client.log_text(self.parent_id, json.dumps(summary, indent=2), SUMMARY_FILE)
         if report_path is not None and report_path.is_file():
             self.client.log_artifact(self.parent_id, str(report_path))
         if model_path is not None and model_path.is_file():

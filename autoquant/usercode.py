@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,19 @@ from types import ModuleType
 from typing import Any
 
 from autoquant.errors import AutoquantError
+
+_MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def code_file(spec: str) -> Path | None:
+    """The file of a ``path/file.py:function`` spec, or None for anything else."""
+    path, sep, _ = spec.rpartition(".py:")
+    return Path(path + ".py") if sep else None
+
+
+def is_code_spec(spec: str) -> bool:
+    """Whether ``spec`` names code: ``path/file.py:function`` or ``package.module:function``."""
+    return code_file(spec) is not None or bool(_MODULE_SPEC.match(spec))
 
 
 def _import_file(path: Path) -> ModuleType:

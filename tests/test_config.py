@@ -133,3 +133,33 @@ def test_objective_and_decode_files_resolve_against_the_config(tmp_path: Path) -
     assert config.test.objective == f"{tmp_path / 'my' / 'obj.py'}:make"
     assert config.test.decode == "pkg.mod:decode"
     assert load_config(write_config(tmp_path, body % ("top5", "null"))).test.objective == "top5"
+
+
+def test_registered_plugins_are_valid_config_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config asks the registries: a threshold method or a data reader registered by a user
+    is accepted by name, and an unknown name lists the registered ones."""
+    import numpy as np
+
+    from autoquant import thresholds
+    from autoquant.config import CalibrationConfig, QuantizationConfig
+    from autoquant.data import _base
+
+    with pytest.raises(ValueError, match="method\n.*must be one of max, percentile, kl"):
+        QuantizationConfig(method="l1")
+    monkeypatch.setitem(thresholds._METHODS, "l1", thresholds._METHODS["mse"])
+    assert QuantizationConfig(method="l1").method == "l1"
+
+    @_base.register_reader("tfrecord")
+    class TfRecordReader(_base.DataReader):  # a user's reader: registering is enough for the config
+        def _samples(self):
+            yield _base.Sample({"input": np.zeros((1, 4, 4), np.float32)})
+
+        def _count(self) -> int:
+            return 1
+
+    try:
+        assert CalibrationConfig(source="x", format="tfrecord").format == "tfrecord"
+    finally:
+        del _base._READERS["tfrecord"]
+    with pytest.raises(ValueError, match="must be one of auto, "):
+        CalibrationConfig(source="x", format="tfrecord")

@@ -10,7 +10,7 @@ import pytest
 from autoquant import pipeline
 from autoquant.config import QuantizationConfig
 from autoquant.errors import ConfigError, DataError, EvaluationError, UserCodeError
-from autoquant.evaluate import compute_decay, measure_latency
+from autoquant.evaluate import LatencyTimer, compute_decay, measure_latency
 from tests.helpers import top1
 
 
@@ -130,12 +130,20 @@ def test_nan_score_is_an_error(setup, tmp_path: Path) -> None:
         evaluator.evaluate(int8.model)
 
 
-def test_latency_is_measured_for_both_models(setup) -> None:
+def test_int8_and_fp32_latency_are_measured_the_same_way_against_each_other(setup) -> None:
+    """Latency is a ratio to the FP32 model, timed run for run in turn: the FP32 model against
+    itself comes out near 1, and the tolerance covers how far it strays."""
+    import onnx
+
     config, calibrated, int8 = setup
     feed = pipeline.sample_feeds(config, calibrated.graph, 1)[0]
     assert next(iter(feed.values())).shape[0] == 1
+    timer = LatencyTimer(calibrated.graph.prepared_path, feed, budget_s=0.1)
+    itself = timer.model_ratio(onnx.load(calibrated.graph.prepared_path))
+    tolerance = timer.tolerance(blocks=3)
+    assert 0.5 < itself < 2.0 and 0.25 <= tolerance
+    assert timer.model_ratio(int8.model) > 0 and timer.fp32_ms > 0
     assert measure_latency(int8.model, feed, repeats=5, warmup=1) > 0
-    assert measure_latency(calibrated.graph.prepared_path, feed, repeats=5, warmup=1) > 0
 
 
 def test_fp32_cache_reads_each_array_once(setup, monkeypatch: pytest.MonkeyPatch) -> None:

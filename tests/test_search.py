@@ -360,6 +360,38 @@ def test_ask_and_tell_in_the_users_code(digits_config: Path, digits_test_data) -
     assert [o.key for o in result.trials] == ["strategy:default", "strategy:per_channel", "strategy:mse"]
 
 
+def test_an_ask_and_tell_study_resumes_without_rerunning_what_finished(
+    tmp_path: Path, digits_test_data
+) -> None:
+    """The ask-and-tell loop runs the same driver as ``tune``: a loop left after two INT8 trials
+    and started again goes on with the third strategy; neither the FP32 trial nor a finished
+    strategy is handed out again, and the outputs are written as ``tune`` writes them."""
+    x, y = digits_test_data
+    config = digits_variant(tmp_path, search={"accept_int8_decay": 0.0})
+
+    def top1_of(trial) -> float:
+        return float((trial.run(x)[0].argmax(1) == y).mean())
+
+    first = []
+    for trial in autoquant.Tuner(config):
+        trial.report(top1_of(trial))
+        first.append(trial.number)
+        if len(first) == 3:  # the FP32 trial and two strategies
+            break
+    second = autoquant.Tuner(config)
+    handed = []
+    for trial in second:
+        assert not trial.fp32
+        trial.report(top1_of(trial))
+        handed.append(trial.number)
+    assert first == [-1, 0, 1] and handed[0] == 2 and handed == sorted(handed)
+    keys = [o.key for o in second.result().trials]
+    order = ["default", "per_channel", "mse", "depthwise_per_channel", "first_layer_fp32", "percentile"]
+    assert keys == [f"strategy:{s}" for s in order[: 2 + len(handed)]]  # each once, in order
+    assert (config.output.directory / "model.int8.onnx").is_file()
+    assert (config.output.directory / "study_summary.json").is_file()
+
+
 def test_timeout_ends_the_study_between_trials(digits_config: Path, tmp_path: Path) -> None:
     config = load_config(_study_config(tmp_path, {"mode": "full", "accept_int8_decay": 0.0, "timeout": 0.01}))
     result = autoquant.tune(config)

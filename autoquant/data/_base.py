@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,13 @@ import numpy as np
 
 from autoquant.config import DataConfig
 from autoquant.data._labels import read_labels
-from autoquant.errors import DataError
+from autoquant.errors import ConfigError, DataError
+from autoquant.usercode import code_file, is_code_spec
 
 logger = logging.getLogger("autoquant.data")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIXES = (".npy", ".npz")
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 @dataclass(frozen=True)
@@ -238,7 +237,7 @@ def registered_readers() -> dict[str, type[DataReader]]:
 
 
 def _detect_format(source: str) -> str:
-    if ".py:" in source or (_CALLABLE.match(source) and not Path(source).exists()):
+    if code_file(source) is not None or (is_code_spec(source) and not Path(source).exists()):
         return "callable"
     path = Path(source)
     if not path.exists():
@@ -278,10 +277,11 @@ def open_reader(config: DataConfig, inputs: Sequence[InputSpec], limit: int = 0)
         count matches.
 
     Raises:
-        DataError: No or missing source, unknown format, or unusable data or labels.
+        ConfigError: No source is configured.
+        DataError: A missing source, an unknown format, or unusable data or labels.
     """
     if not config.source:
-        raise DataError(
+        raise ConfigError(
             "no data source: set source to an image list or folder, .npy/.npz, LMDB or module:function"
         )
     name = _detect_format(config.source) if config.format == "auto" else config.format

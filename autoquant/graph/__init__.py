@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 from autoquant.graph._describe import (
-    QUANTIZABLE_OPS,
     ModelGraph,
     QuantizableNode,
     describe,
@@ -73,7 +72,6 @@ def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True)
 
 __all__ = [
     "MIN_OPSET",
-    "QUANTIZABLE_OPS",
     "WEIGHTED_OPS",
     "ModelGraph",
     "QuantizableNode",

@@ -15,43 +15,10 @@ from autoquant.data import InputSpec
 from autoquant.errors import ModelError
 from autoquant.graph._model_io import load_model
 from autoquant.graph._prepare import WEIGHTED_OPS, constant_tensors, opset
+from autoquant.ort_quantizer import quantizable_op_types
 
 logger = logging.getLogger("autoquant.graph")
 
-#: Op types whose tensors onnxruntime's QDQ quantizer can quantize.
-QUANTIZABLE_OPS = (
-    "Add",
-    "ArgMax",
-    "AveragePool",
-    "BatchNormalization",
-    "Clip",
-    "Concat",
-    "Conv",
-    "ConvTranspose",
-    "Flatten",
-    "Gather",
-    "GatherElements",
-    "Gemm",
-    "GlobalAveragePool",
-    "InstanceNormalization",
-    "LayerNormalization",
-    "LeakyRelu",
-    "MatMul",
-    "MaxPool",
-    "Mul",
-    "Pad",
-    "Relu",
-    "Reshape",
-    "Resize",
-    "Sigmoid",
-    "Slice",
-    "Softmax",
-    "Split",
-    "Squeeze",
-    "Transpose",
-    "Unsqueeze",
-    "Where",
-)
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 #: Ops a decomposed normalization is written with (LayerNorm, RMSNorm, TF's Rsqrt, ...).
 _NORM_OPS = frozenset(
@@ -267,6 +234,7 @@ def describe(
     Activations are the float tensors of quantizable nodes that depend on a model input:
     initializers and tensors computed from constants only get no statistics.
     """
+    quantizable = quantizable_op_types()
     weights = {t.name: t for t in model.graph.initializer}
     types = _tensor_types(model)
     constant = constant_tensors(model.graph)
@@ -276,7 +244,7 @@ def describe(
         return bool(name) and name not in constant and types.get(name) in _FLOAT_TYPES
 
     for node in model.graph.node:
-        if node.op_type not in QUANTIZABLE_OPS or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in quantizable or node.domain not in ("", "ai.onnx"):
             continue
         ins = tuple(t for t in node.input if is_activation(t))
         outs = tuple(t for t in node.output if is_activation(t))

@@ -502,5 +502,5 @@ def test_registry_and_format_detection(tmp_path: Path) -> None:
         DataError, match=r"data.csv: cannot tell the data format.*set data.format to one of .*numpy"
     ):
         open_reader(config(tmp_path / "data.csv"), SPEC)
-    with pytest.raises(DataError, match="no data source"):
+    with pytest.raises(ConfigError, match="no data source"):
         open_reader(DataConfig(), SPEC)

@@ -1,0 +1,58 @@
+"""The names autoquant writes and stores, defined once: files in the output folder, the keys of
+trials, and the user attributes of Optuna trials and studies. A study resumes by these names, so
+they change only with a migration."""
+
+from __future__ import annotations
+
+# --- files in the output folder ------------------------------------------------------------------
+MODEL_FILE = "model.int8.onnx"
+TABLE_FILE = "calibration_table.json"
+TRT_CACHE_FILE = "calibration.cache"
+FP32_NODES_FILE = "fp32_nodes.txt"
+CONFIG_FILE = "config.resolved.yaml"
+BEST_CONFIG_FILE = "best_config.yaml"
+SUMMARY_FILE = "study_summary.json"
+SENSITIVITY_FILE = "sensitivity.json"
+SENSITIVITY_CSV_FILE = "sensitivity.csv"
+REPORT_FILE = "report.html"
+STUDY_DB_FILE = "study.db"
+MLFLOW_DB_FILE = "mlflow.db"
+MLFLOW_ARTIFACTS_DIR = "mlartifacts"
+LOCK_FILE = ".autoquant.lock"
+
+
+# --- trial keys: what a trial is, so that a resumed study never runs it twice --------------------
+class TrialKey:
+    """Keys of trials (the ``key`` user attribute): ``strategy:<name>``, ``sampled:<number>``,
+    ``bisect:<k>`` and ``scales``."""
+
+    STRATEGY = "strategy:"
+    SAMPLED = "sampled:"
+    BISECT = "bisect:"
+    SCALES = "scales"
+
+    @staticmethod
+    def strategy(name: str) -> str:
+        return f"{TrialKey.STRATEGY}{name}"
+
+    @staticmethod
+    def sampled(number: int) -> str:
+        return f"{TrialKey.SAMPLED}{number}"
+
+    @staticmethod
+    def bisect(k: int) -> str:
+        return f"{TrialKey.BISECT}{k}"
+
+
+# --- trial user attributes --------------------------------------------------------------------------
+TRIAL_KEY = "key"
+TRIAL_SCALES = "scales"  # the per-tensor scales a trial applies (set when it is enqueued)
+TRIAL_FAIL_REASON = "fail_reason"
+
+# --- study user attributes --------------------------------------------------------------------------
+STUDY_FP32_SCORE = "fp32_score"
+STUDY_SCALES_PROGRESS = "scales_progress"
+STUDY_LATENCY_TOLERANCE = "latency_tolerance"
+STUDY_FP32_LATENCY = "fp32_latency_ms"
+STUDY_LATENCIES = "latency_by_structure"
+STUDY_MLFLOW_PARENT = "mlflow_parent_run_id"
