@@ -19,8 +19,9 @@ from optuna.trial import TrialState
 
 import autoquant
 from autoquant.config import load_config
+from autoquant.names import STUDY_MLFLOW_PARENT
 from autoquant.study import storage_url, study_name
-from autoquant.tracking import PARENT_ATTR, global_tracking_uri, tracking_uri, uri_origin
+from autoquant.tracking import global_tracking_uri, tracking_uri, uri_origin
 from tests.helpers import digits_study
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def _check_store(uri: str, config_path: Path) -> None:
     experiment = client.get_experiment_by_name(study.study_name)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs[PARENT_ATTR]
+    assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs[STUDY_MLFLOW_PARENT]
     parent = parents[0]
     children = {int(r.data.tags["trial_number"]): r for r in runs if r not in parents}
     assert sorted(children) == [t.number for t in study.trials]
