@@ -98,3 +98,20 @@ def qdq_quantize(
     sortable = ONNXModel(quantizer.quantize_model())
     sortable.topological_sort()
     return sortable.model
+
+
+def scale_zero_point(
+    lowest: float, highest: float, dtype: np.dtype, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scale (float32) and zero point (``dtype``) onnxruntime's quantizer gives an activation
+    with this range: its own ``compute_scale_zp``, so that a rewritten model is bit for bit the
+    one the quantizer would write."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    qtype = QuantType.QUInt8 if np.dtype(dtype) == np.uint8 else QuantType.QInt8
+    qmin, qmax = get_qmin_qmax_for_qType(qtype.tensor_type, symmetric=symmetric)
+    zero, scale = compute_scale_zp(
+        np.array(lowest, np.float32), np.array(highest, np.float32), qmin, qmax, symmetric
+    )
+    return np.asarray(scale, np.float32), np.asarray(zero).astype(dtype)

@@ -25,6 +25,7 @@ from autoquant.errors import ConfigError
 from autoquant.evaluate import Evaluator
 from autoquant.graph import ModelGraph, model_inputs, prepare_model
 from autoquant.quantize import QuantizedModel, quantize_model
+from autoquant.rescale import Requantizer
 from autoquant.statistics import Statistics, collect_statistics, statistics_key
 from autoquant.thresholds import compute_thresholds
 from autoquant.usercode import code_file
@@ -185,13 +186,18 @@ def quantize(
     quantization: QuantizationConfig,
     ranking: Sequence[str] = (),
     timings: dict[str, float] | None = None,
+    requantizer: Requantizer | None = None,
 ) -> QuantizedModel:
     """Thresholds then quantization, for one set of quantization choices; the seconds each took go
-    into ``timings`` (``thresholds``, ``quantize``) when it is given."""
+    into ``timings`` (``thresholds``, ``quantize``) when it is given. A ``requantizer`` rewrites
+    the scales of a graph structure it has built before instead of quantizing again."""
     began = time.perf_counter()
     ranges = compute_thresholds(calibrated.stats, quantization)
     middle = time.perf_counter()
-    result = quantize_model(calibrated.graph, ranges, quantization, ranking)
+    if requantizer is not None:
+        result = requantizer.quantize(ranges, quantization, ranking)
+    else:
+        result = quantize_model(calibrated.graph, ranges, quantization, ranking)
     if timings is not None:
         timings.update(thresholds=middle - began, quantize=time.perf_counter() - middle)
     return result

@@ -59,6 +59,7 @@ from autoquant.names import (
 )
 from autoquant.pipeline import Calibrated, quantize
 from autoquant.quantize import QuantizedModel
+from autoquant.rescale import Requantizer
 from autoquant.space import SearchSpace, Value
 from autoquant.tracking import MlflowTracker, NullTracker
 
@@ -233,6 +234,7 @@ class SearchContext:
     user_stopped: Callable[[], bool] = lambda: False  # the user asked to stop (Ctrl-C)
     fp32_latency_ms: float = 0.0  # the study's FP32 latency: trial latencies are ratios to it
     latencies: dict[str, float] = field(default_factory=dict)  # structure key -> latency (ms)
+    requantizer: Requantizer | None = None  # rewrites scales of a structure built before
     shown_tracebacks: set[str] = field(default_factory=set)
 
     @property
@@ -286,7 +288,7 @@ def run_choice(
     with stage("the sensitivity analysis for fp32_layers", EvaluationError):
         ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
     with stage("onnxruntime's quantizer", QuantizationError):
-        result = quantize(ctx.calibrated, quantization, ranking, timings)
+        result = quantize(ctx.calibrated, quantization, ranking, timings, ctx.requantizer)
     began = time.perf_counter()
     with stage("creating an onnxruntime session for the quantized model", QuantizationError):
         session = session_for(result.model)
@@ -557,9 +559,8 @@ def greedy_scales(
     scales: dict[str, float] = dict(progress.get("scales", {}))
 
     def error(candidate: dict[str, float]) -> float:
-        model = quantize(
-            ctx.calibrated, quantization.model_copy(update={"layer_scales": candidate}), ranking
-        ).model
+        choices = quantization.model_copy(update={"layer_scales": candidate})
+        model = quantize(ctx.calibrated, choices, ranking, requantizer=ctx.requantizer).model
         return difference(reference, run_outputs(model, ctx.analysis_feeds, names)).l2
 
     best = error(scales)

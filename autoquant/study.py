@@ -44,6 +44,7 @@ from autoquant.names import (
 from autoquant.outputs import write_files, write_outputs
 from autoquant.quantize import QuantizedModel
 from autoquant.report import render_report
+from autoquant.rescale import Requantizer
 from autoquant.search import (
     DEFAULT_SAMPLED_TRIALS,
     Candidate,
@@ -155,18 +156,33 @@ def _fail_interrupted(study: optuna.Study) -> None:
         logger.info("trial %d was interrupted by a previous run; it will run again", trial.number)
 
 
+def _existing_study(config: StudyConfig) -> optuna.Study | None:
+    """The stored study of ``config``, or None; creates no storage file."""
+    url, name = storage_url(config), study_name(config)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    storage = open_storage(url)
+    if name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _stored_attr(config: StudyConfig, name: str) -> object:
+    study = _existing_study(config)
+    return None if study is None else study.user_attrs.get(name)
+
+
 def stored_result(config: StudyConfig) -> TuneResult:
     """The stored study of ``config`` as it is now, without running anything.
 
     Raises:
         ConfigError: There is no such study in the storage.
     """
-    url, name = storage_url(config), study_name(config)
-    missing = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file()
-    storage = None if missing else open_storage(url)
-    if storage is None or name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        raise ConfigError(f"no study {name!r} in {url}; run `autoquant tune` first")
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = _existing_study(config)
+    if study is None:
+        raise ConfigError(
+            f"no study {study_name(config)!r} in {storage_url(config)}; run `autoquant tune` first"
+        )
     return study_result(config, study, study.user_attrs.get(STUDY_FP32_SCORE, float("nan")))
 
 
@@ -328,10 +344,11 @@ def _tune(
     calibrated = pipeline.calibrate(config)
     graph = calibrated.graph
     scorer = scorer or pipeline.evaluator(config, graph)
-    study = open_study(config, fresh)
     reporter.phase("FP32 reference")
     fp32 = Candidate(-1, "fp32", {}, graph.prepared_path, None)
-    fp32_score = scorer.reference_score(fp32, study.user_attrs.get(STUDY_FP32_SCORE), reporter.progress)
+    stored = None if fresh else _stored_attr(config, STUDY_FP32_SCORE)
+    fp32_score = scorer.reference_score(fp32, stored, reporter.progress)
+    study = open_study(config, fresh)  # only now: a failure before leaves no study behind
     study.set_user_attr(STUDY_FP32_SCORE, fp32_score)
     timer = LatencyTimer(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
     if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
@@ -354,6 +371,7 @@ def _tune(
         timer=timer,
         fp32_latency_ms=study.user_attrs[STUDY_FP32_LATENCY],
         latencies=dict(study.user_attrs.get(STUDY_LATENCIES, {})),
+        requantizer=Requantizer(graph),
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
         ranking_fn=ranking,
         on_best=best_writer(config),

@@ -21,7 +21,7 @@ from autoquant.errors import ConfigError, SearchError
 from autoquant.search import TrialOutcome, best_outcome, ranked
 from autoquant.space import load_space
 from autoquant.study import storage_url, study_name
-from tests.helpers import digits_study, digits_variant, top1, write_config
+from tests.helpers import digits_study, digits_variant, top1
 
 # ---------------------------------------------------------------- spaces
 
@@ -217,10 +217,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(
     digits_config: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "flaky.py").write_text(FAILING_OBJECTIVE)
-    text = digits_config.read_text().replace(
-        "  batch_size: 100\n", "  batch_size: 100\n  objective: flaky.py:Top1\n"
-    )
-    config = load_config(write_config(tmp_path, text))
+    config = load_config(digits_study(tmp_path, test={"objective": f"{tmp_path / 'flaky.py'}:Top1"}))
     result = autoquant.tune(config)
     study = _load_study(tmp_path / "study.yaml")
     states = [t.state for t in study.trials]
