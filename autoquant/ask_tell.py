@@ -149,8 +149,9 @@ class Tuner:
         self._fp32_score = known
         return known
 
-    def score(self, candidate: Candidate, progress: ProgressFn) -> Evaluation:
-        """Hand the candidate to the user's loop and wait for its score."""
+    def score(self, candidate: Candidate, progress: ProgressFn, prune: bool = False) -> Evaluation:
+        """Hand the candidate to the user's loop and wait for its score (never pruned: the user
+        scores the whole test set)."""
         began = time.perf_counter()
         session = candidate.session or session_for(candidate.model)
         score = self._hand(Trial(candidate.number, candidate.params, False, candidate.model, session))

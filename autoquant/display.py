@@ -84,7 +84,8 @@ class LiveReporter:
             self.task = None
         best_text = f"best #{best.number}" if best else "no best yet"
         if outcome is None:
-            self.console.print(f"  [red]failed[/]: {failure}  ({best_text})", highlight=False)
+            kind = "[yellow]stopped[/]" if failure and failure.startswith("pruned") else "[red]failed[/]"
+            self.console.print(f"  {kind}: {failure}  ({best_text})", highlight=False)
             return
         self.console.print(
             f"  #{outcome.number:<3} {outcome.key:<28} score {outcome.score:.4f}  decay "
@@ -101,7 +102,12 @@ def summary_table(result: TuneResult) -> Table:
     table = Table(
         title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}",
         caption=f"latencies within {result.latency_tolerance:.0%} of each other are ties (the spread of "
-        "repeated timings of the FP32 model against itself here); the smaller decay wins them",
+        "repeated timings of the FP32 model against itself here); the smaller decay wins them; "
+        + (
+            f"first trial within budget after {result.time_to_budget_s:.1f} s"
+            if result.time_to_budget_s is not None
+            else "no trial within budget"
+        ),
     )
     for column in ("trial", "how", "score", "decay", "95 % CI", "FP32 nodes", "latency ms", ""):
         table.add_column(column)

@@ -39,6 +39,10 @@ from autoquant.objectives import (
 logger = logging.getLogger(__name__)
 
 BOOTSTRAP_RESAMPLES = 1000
+#: Sequential evaluation: looks at the decay after each tenth of the test set; each look stops
+#: the trial when the decay's lower bound (bootstrap mean - Z x std, Z for 0.1 % one-sided) is
+#: over the budget, so that a trial within budget is stopped with at most 1 % chance (Bonferroni).
+LOOKS, LOOK_RESAMPLES, LOOK_Z = 10, 200, 3.09
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Evaluation:
         decay_ci: Bootstrap 95 % interval of the decay, or None when the objective cannot resample.
         samples: Test samples evaluated.
         seconds: Wall time of the inference loop.
+        pruned: The evaluation stopped early, its decay certainly over the budget; ``score`` and
+            ``decay`` are those of the first ``samples`` samples.
     """
 
     score: float
@@ -60,6 +66,7 @@ class Evaluation:
     decay_ci: tuple[float, float] | None
     samples: int
     seconds: float
+    pruned: bool = False
 
 
 def compute_decay(fp32: float, score: float, mode: str) -> float:
@@ -239,9 +246,16 @@ class Evaluator:
     # ------------------------------------------------------------------ INT8 evaluation
 
     def evaluate(
-        self, model: onnx.ModelProto | bytes | Path | ort.InferenceSession, progress: ProgressFn | None = None
+        self,
+        model: onnx.ModelProto | bytes | Path | ort.InferenceSession,
+        progress: ProgressFn | None = None,
+        prune: bool = False,
     ) -> Evaluation:
         """Score ``model`` (or a session built for it) on the test set and compare it with FP32.
+
+        With ``prune``, the decay is looked at after each tenth of the test set (:data:`LOOKS`),
+        and the evaluation stops when it is certainly over ``search.accept_int8_decay``; a model
+        within budget is always scored on the whole test set.
 
         Raises:
             DataError: Outputs that do not fit the objective, or a non-finite score.
@@ -254,6 +268,10 @@ class Evaluator:
         axes = self.batch_axes()
         objective = self._new_objective()
         start, seconds = 0, 0.0
+        total = len(self.reader)
+        prune = prune and supports_resampling(objective) and supports_resampling(fp32)
+        looks = iter(range(1, LOOKS)) if prune else iter(())
+        next_look = next(looks, None)
         for batch in self._batches():
             began = time.perf_counter()
             outputs = _run(session, self.output_names, batch, axes)
@@ -264,6 +282,11 @@ class Evaluator:
             start += n
             if progress is not None:
                 progress(n)
+            if next_look is not None and start >= total * next_look / LOOKS and start < total:
+                while next_look is not None and start >= total * next_look / LOOKS:
+                    next_look = next(looks, None)
+                if self._certainly_over(fp32, objective, start):
+                    return self._partial(objective, fp32, start, seconds)
         score = _check_score(_guarded(self.objective_name, objective.score), "INT8")
         assert self.fp32_score is not None
         decay = compute_decay(self.fp32_score, score, self.config.search.decay)
@@ -281,19 +304,38 @@ class Evaluator:
         assert self.fp32_score is not None
         return self.fp32_score
 
-    def score(self, candidate: object, progress: ProgressFn | None = None) -> Evaluation:
+    def score(self, candidate: object, progress: ProgressFn | None = None, prune: bool = False) -> Evaluation:
         """:meth:`evaluate` the candidate's session (see :class:`autoquant.search.Scorer`)."""
-        return self.evaluate(candidate.session, progress)  # type: ignore[attr-defined]
+        return self.evaluate(candidate.session, progress, prune)  # type: ignore[attr-defined]
 
-    def _bootstrap(self, fp32: Objective, int8: Objective, samples: int) -> tuple[float, float]:
+    def _resampled_decays(self, fp32: Objective, int8: Objective, samples: int, count: int) -> np.ndarray:
         rng = np.random.default_rng(self.config.search.seed)
         fixed = self.config.search.fp32_score
         decays = []
-        for _ in range(BOOTSTRAP_RESAMPLES):
+        for _ in range(count):
             indices = rng.integers(0, samples, samples)
             base = fixed if fixed is not None else _guarded(self.objective_name, fp32.score, indices)
             score = _guarded(self.objective_name, int8.score, indices)
             decays.append(compute_decay(base, score, self.config.search.decay))
+        return np.asarray(decays, np.float64)
+
+    def _certainly_over(self, fp32: Objective, int8: Objective, samples: int) -> bool:
+        """Whether the decay on the first ``samples`` samples is over the budget beyond doubt."""
+        decays = self._resampled_decays(fp32, int8, samples, LOOK_RESAMPLES)
+        return bool(decays.mean() - LOOK_Z * decays.std() > self.config.search.accept_int8_decay)
+
+    def _partial(self, int8: Objective, fp32: Objective, samples: int, seconds: float) -> Evaluation:
+        """The pruned evaluation: the score and decay of the first ``samples`` samples."""
+        first = np.arange(samples)
+        score = _check_score(_guarded(self.objective_name, int8.score, first), "INT8")
+        fixed = self.config.search.fp32_score
+        base = fixed if fixed is not None else _guarded(self.objective_name, fp32.score, first)
+        decay = compute_decay(base, score, self.config.search.decay)
+        logger.debug("stopped after %d samples: decay %+.4f is certainly over the budget", samples, decay)
+        return Evaluation(score, base, decay, None, samples, seconds, pruned=True)
+
+    def _bootstrap(self, fp32: Objective, int8: Objective, samples: int) -> tuple[float, float]:
+        decays = self._resampled_decays(fp32, int8, samples, BOOTSTRAP_RESAMPLES)
         low, high = np.percentile(decays, [2.5, 97.5])
         return float(low), float(high)
 

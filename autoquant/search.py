@@ -51,6 +51,8 @@ from autoquant.names import (
     STUDY_LATENCIES,
     STUDY_LATENCY_TOLERANCE,
     STUDY_SCALES_PROGRESS,
+    STUDY_STARTED,
+    STUDY_TIME_TO_BUDGET,
     TABLE_FILE,
     TRIAL_FAIL_REASON,
     TRIAL_KEY,
@@ -58,7 +60,7 @@ from autoquant.names import (
     TrialKey,
 )
 from autoquant.pipeline import Calibrated, quantize
-from autoquant.quantize import QuantizedModel
+from autoquant.quantize import QuantizedModel, fp32_nodes
 from autoquant.rescale import Requantizer
 from autoquant.space import SearchSpace, Value
 from autoquant.tracking import MlflowTracker, NullTracker
@@ -205,8 +207,9 @@ class Scorer(Protocol):
         """The FP32 model's score; ``stored`` is the one a resumed study recorded, if any."""
         ...
 
-    def score(self, candidate: Candidate, progress: ProgressFn) -> Evaluation:
-        """Score an INT8 model against the FP32 score.
+    def score(self, candidate: Candidate, progress: ProgressFn, prune: bool = False) -> Evaluation:
+        """Score an INT8 model against the FP32 score; with ``prune`` the scorer may stop early
+        when the decay is certainly over budget (``Evaluation.pruned``).
 
         Raises:
             AutoquantError: The model cannot be scored; the trial fails with this reason.
@@ -276,13 +279,27 @@ def structure_key(model: onnx.ModelProto) -> str:
     return digest.hexdigest()[:16]
 
 
+class Pruned(Exception):
+    """A trial's evaluation stopped early, its decay certainly over the budget (not an error)."""
+
+    def __init__(self, evaluation: Evaluation) -> None:
+        super().__init__(f"pruned after {evaluation.samples} samples: decay {evaluation.decay:+.4f}")
+        self.evaluation = evaluation
+
+
 def run_choice(
-    ctx: SearchContext, quantization: QuantizationConfig, number: int, key: str, params: dict[str, Value]
+    ctx: SearchContext,
+    quantization: QuantizationConfig,
+    number: int,
+    key: str,
+    params: dict[str, Value],
+    prune: bool = False,
 ) -> tuple[TrialOutcome, QuantizedModel]:
     """Quantize with ``quantization``, evaluate and measure; the body of every trial.
 
     Raises:
         AutoquantError: One stage failed; its message names the stage, the original is its cause.
+        Pruned: With ``prune``, the evaluation stopped early, the decay certainly over budget.
     """
     timings: dict[str, float] = {}
     with stage("the sensitivity analysis for fp32_layers", EvaluationError):
@@ -294,10 +311,11 @@ def run_choice(
         session = session_for(result.model)
     timings["session"] = time.perf_counter() - began
     with stage("evaluating the quantized model", EvaluationError):
-        evaluation = ctx.scorer.score(
-            Candidate(number, key, params, result.model, session), ctx.reporter.progress
-        )
+        candidate = Candidate(number, key, params, result.model, session)
+        evaluation = ctx.scorer.score(candidate, ctx.reporter.progress, prune)
     timings["inference"] = evaluation.seconds
+    if evaluation.pruned:
+        raise Pruned(evaluation)
     with stage("measuring the latency", EvaluationError):
         structure = structure_key(result.model)
         if structure not in ctx.latencies:  # the same graph runs as fast whatever its scales
@@ -332,8 +350,17 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
         if scales:
             quantization = quantization.model_copy(update={"layer_scales": scales})
         ctx.reporter.trial_started(trial.number, key, params)
+        # Stop evaluations certainly over budget once a completed trial guards against ending empty.
+        prune = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         try:
-            outcome, result = run_choice(ctx, quantization, trial.number, key, params)
+            outcome, result = run_choice(ctx, quantization, trial.number, key, params, prune)
+        except Pruned as pruned:
+            e = pruned.evaluation
+            for name, value in {"score": e.score, "decay": e.decay, "samples": e.samples}.items():
+                trial.set_user_attr(name, value)
+            trial.report(e.decay, step=e.samples)
+            ctx.reporter.trial_finished(None, str(pruned), current_best(study))
+            raise optuna.TrialPruned(str(pruned)) from None
         except AutoquantError as exc:
             details = getattr(exc, "details", "")
             if details and details not in ctx.shown_tracebacks:  # user code: its traceback, once
@@ -347,6 +374,9 @@ def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.
         for name, value in outcome.attrs().items():
             trial.set_user_attr(name, value)
         study.set_user_attr(STUDY_LATENCIES, ctx.latencies)
+        if outcome.within_budget and STUDY_TIME_TO_BUDGET not in study.user_attrs:
+            started = float(study.user_attrs.get(STUDY_STARTED, time.time()))
+            study.set_user_attr(STUDY_TIME_TO_BUDGET, time.time() - started)
         log_trial(ctx, outcome, result)
         best = best_outcome([*outcomes(study), outcome], latency_tolerance(study))
         if best is outcome:
@@ -399,7 +429,7 @@ def current_best(study: optuna.Study) -> TrialOutcome | None:
 
 
 def _finished(study: optuna.Study, key: str) -> FrozenTrial | None:
-    states = (TrialState.COMPLETE, TrialState.FAIL)
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return next(
         (t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get(TRIAL_KEY) == key),
         None,
@@ -477,15 +507,31 @@ def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Calla
     """Binary-search the smallest k such that keeping the k most sensitive nodes in FP32 meets the budget.
 
     The choices are those of the best trial by decay. k = 0 is taken as failing (else there is
-    nothing to search) and k = all nodes as passing; about log2(nodes) trials run.
+    nothing to search) and k = all nodes as passing; about log2(nodes) trials run. Only the ks
+    that could beat the best trial within budget are searched: a trial with k blacklisted nodes
+    keeps at least k + the nodes its choices keep anyway in FP32, so when no k >= 1 can make
+    fewer FP32 nodes than the best, the phase is skipped.
     """
     base_outcome = min(outcomes(study), key=lambda o: o.decay, default=None)
     if base_outcome is None or (base_outcome.within_budget and not base_outcome.fp32_nodes):
         return
     params = {k: v for k, v in base_outcome.params.items() if k != "fp32_layers"}
+    quantization = ctx.space.apply(params, ctx.config.quantization)
+    fixed = len(fp32_nodes(ctx.calibrated.graph, quantization.model_copy(update={"fp32_layers": 0})))
+    best = current_best(study)
+    high = (
+        ctx.nodes if best is None or not best.within_budget else min(ctx.nodes, len(best.fp32_nodes) - fixed)
+    )
+    if high <= 1:
+        logger.info(
+            "FP32 blacklist bisection skipped: no k >= 1 can beat trial %d's %d FP32 nodes",
+            best.number,
+            len(best.fp32_nodes),
+        )
+        return
     ctx.reporter.phase("binary search over the FP32 blacklist")
-    ctx.ranking(ctx.space.apply(params, ctx.config.quantization))  # compute the ranking before the trials
-    low, high = 0, ctx.nodes
+    ctx.ranking(quantization)  # compute the ranking before the trials
+    low = 0
     while high - low > 1:
         k = (low + high) // 2
         trial = run_keyed(ctx, study, objective, TrialKey.bisect(k), {**params, "fp32_layers": k})

@@ -38,6 +38,8 @@ from autoquant.names import (
     STUDY_FP32_SCORE,
     STUDY_LATENCIES,
     STUDY_LATENCY_TOLERANCE,
+    STUDY_STARTED,
+    STUDY_TIME_TO_BUDGET,
     SUMMARY_FILE,
     TRIAL_FAIL_REASON,
 )
@@ -81,6 +83,7 @@ class TuneResult:
     failed: int
     output: Path
     latency_tolerance: float = 0.0
+    time_to_budget_s: float | None = None  # from the study's start to its first trial within budget
 
     @property
     def within_budget(self) -> bool:
@@ -233,6 +236,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
         "cpu_isa_source": isa.source,
         "within_budget": result.within_budget,
         "latency_tolerance": result.latency_tolerance,
+        "time_to_budget_s": result.time_to_budget_s,
         "best": row(result.best) if result.best else None,
         "completed_trials": len(result.trials),
         "failed_trials": result.failed,
@@ -255,6 +259,7 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
         failed=failed,
         output=config.output.directory,
         latency_tolerance=tolerance,
+        time_to_budget_s=study.user_attrs.get(STUDY_TIME_TO_BUDGET),
     )
 
 
@@ -338,6 +343,7 @@ def _tune(
     stop: Callable[[], bool] | None,
     scorer: Scorer | None,
 ) -> TuneResult:
+    began = time.time()
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
     tracker = make_tracker(config)  # fails in seconds, before any calibration work
@@ -350,6 +356,8 @@ def _tune(
     fp32_score = scorer.reference_score(fp32, stored, reporter.progress)
     study = open_study(config, fresh)  # only now: a failure before leaves no study behind
     study.set_user_attr(STUDY_FP32_SCORE, fp32_score)
+    if STUDY_STARTED not in study.user_attrs:
+        study.set_user_attr(STUDY_STARTED, began)
     timer = LatencyTimer(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
     if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
         study.set_user_attr(STUDY_LATENCY_TOLERANCE, timer.tolerance())

@@ -291,6 +291,7 @@ class MlflowTracker:
             "best_fp32_nodes": len(best.get("fp32_nodes", [])) if best else None,
             "completed_trials": summary.get("completed_trials"),
             "failed_trials": summary.get("failed_trials"),
+            "time_to_budget_s": summary.get("time_to_budget_s"),
         }
         self.client.log_batch(
             self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]

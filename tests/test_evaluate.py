@@ -182,3 +182,19 @@ def test_onnxruntime_failures_are_evaluation_errors_with_their_cause(setup) -> N
     with pytest.raises(EvaluationError, match="cannot run the model to measure its latency") as info:
         measure_latency(int8.model, {"input": np.zeros((1, 3), np.float32)}, repeats=1, warmup=0)
     assert info.value.__cause__ is not None
+
+
+def test_sequential_evaluation_stops_only_what_is_certainly_over_budget(setup) -> None:
+    """A model far over budget stops at the first look (a tenth of the test set, here its first
+    batch of 100), with the score and decay of
+    the samples seen; a model within budget is scored on every sample, exactly as without pruning."""
+    config, calibrated, int8 = setup
+    evaluator = pipeline.evaluator(config, calibrated.graph)
+    ruined = QuantizationConfig(layer_scales={t: 0.05 for t in calibrated.graph.activations})
+    bad = evaluator.evaluate(pipeline.quantize(calibrated, ruined).model, prune=True)
+    assert bad.pruned and bad.samples == 100 and bad.decay > 0.3 and bad.decay_ci is None  # the first batch
+    good = pipeline.quantize(calibrated, QuantizationConfig(method="mse"))
+    kept = evaluator.evaluate(good.model, prune=True)
+    whole = evaluator.evaluate(good.model)
+    assert not kept.pruned and kept.samples == whole.samples == 500
+    assert (kept.score, kept.decay, kept.decay_ci) == (whole.score, whole.decay, whole.decay_ci)

@@ -124,8 +124,11 @@ def test_fast_mode_stops_at_the_first_passing_strategy(
     assert config.search.accept_int8_decay >= 0.994 - top1(written, x, y) == pytest.approx(result.best.decay)
     summary = json.loads((config.output.directory / "study_summary.json").read_text())
     assert summary["best"]["number"] == result.best.number and summary["completed_trials"] == 3
+    # From the study's start (before calibration) to the end of trial 2, the first within budget.
+    timings = sum(sum(o.timings.values()) for o in result.trials)
+    assert timings < summary["time_to_budget_s"] == result.time_to_budget_s < 300
     again = autoquant.tune(config)  # resumes: nothing left to do
-    assert len(again.trials) == 3
+    assert len(again.trials) == 3 and again.time_to_budget_s == result.time_to_budget_s
     shown = subprocess.run(
         [sys.executable, "-m", "autoquant", "status", str(digits_config)],
         capture_output=True,
@@ -432,3 +435,26 @@ def _trials(source) -> list:
     except KeyError:
         return []
     return study.get_trials(states=(TrialState.COMPLETE,))
+
+
+def test_a_trial_certainly_over_budget_is_pruned_and_not_rerun(tmp_path: Path) -> None:
+    """Once a trial has completed, a trial whose decay is certainly over the budget stops early and
+    is stored as pruned with its partial score; a resumed study does not run it again."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "parameters:\n  method: {choices: [mse, percentile]}\n"
+        "  max_percentile: {choices: [0.5], when: {method: [percentile]}}\n"
+        "strategies:\n  - {name: mse, method: mse}\n  - {name: clipped, method: percentile, max_percentile: 0.5}\n"
+    )
+    config = digits_variant(
+        tmp_path, search={"mode": "full", "accept_int8_decay": 0.0, "space": space, "n_trials": 1}
+    )
+    result = autoquant.tune(config)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    clipped = next(t for t in study.trials if t.user_attrs.get("key") == "strategy:clipped")
+    assert clipped.state == TrialState.PRUNED
+    assert clipped.user_attrs["samples"] < 500 and clipped.user_attrs["decay"] > 0.05
+    assert "strategy:clipped" not in [o.key for o in result.trials]
+    count = len(study.trials)
+    autoquant.tune(config)
+    assert len(optuna.load_study(study_name=result.study_name, storage=result.storage).trials) == count
