@@ -24,10 +24,12 @@ CHOICES = [
 METHODS = ["kl", "mse", "percentile", "max"]
 
 
-def _assert_rewrites_equal_quantizing(calibrated: pipeline.Calibrated, base: QuantizationConfig) -> None:
+def _assert_rewrites_equal_quantizing(
+    calibrated: pipeline.Calibrated, base: QuantizationConfig, choice_set=CHOICES, methods=METHODS
+) -> None:
     requantizer = Requantizer(calibrated.graph)
-    for choices in CHOICES:
-        for method in METHODS:
+    for choices in choice_set:
+        for method in methods:
             config = base.model_copy(update={**choices, "method": method})
             if method == "max":  # a per-tensor threshold scale too
                 config = config.model_copy(update={"layer_scales": {calibrated.graph.activations[2]: 0.7}})
@@ -36,7 +38,7 @@ def _assert_rewrites_equal_quantizing(calibrated: pipeline.Calibrated, base: Qua
             rewritten = requantizer.quantize(ranges, config).model
             assert rewritten.SerializeToString() == direct.SerializeToString(), (choices, method)
     # Each structure is quantized twice (once more to map its scales), then rewritten.
-    assert requantizer.rewrites == len(CHOICES) * (len(METHODS) - 1)
+    assert requantizer.rewrites == len(choice_set) * (len(methods) - 1)
 
 
 def test_digits(calibrated_digits) -> None:
@@ -62,4 +64,7 @@ def test_real_recognizer_with_decomposed_layernorm(tmp_path: Path) -> None:
         calibration={"source": str(calib), "batch_size": 1, "calib_iterations": 0},
         test={"source": str(test), "labels": None, "batch_size": 1, "test_iterations": 0},
     )
-    _assert_rewrites_equal_quantizing(pipeline.calibrate(config), config.quantization)
+    # Each direct quantization of this model takes seconds: two structures, three methods.
+    _assert_rewrites_equal_quantizing(
+        pipeline.calibrate(config), config.quantization, CHOICES[1:3], ["kl", "percentile", "max"]
+    )
