@@ -1,7 +1,8 @@
 """Evaluate stage: score FP32 and INT8 models on the test set with ONNX Runtime.
 
-The FP32 outputs on the test set are computed once and cached on disk (keyed like the statistics:
-model hash, data fingerprint, sample count); the FP32 score is replayed from them, or taken from
+The FP32 outputs on the test set are computed once and stored in the cache (keyed like the
+statistics: model hash, data fingerprint, sample count) and read back a batch at a time
+(:mod:`autoquant.reference`); the FP32 score is replayed from them, or taken from
 ``search.fp32_score``. Each INT8 evaluation then runs the INT8 model once over the test set, batch
 by batch, and reports the decay with a bootstrap 95 % confidence interval over test samples.
 """
@@ -13,8 +14,7 @@ import logging
 import math
 import time
 import traceback
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from autoquant.common import ProgressFn, atomic_write
+from autoquant.common import ProgressFn
 from autoquant.config import StudyConfig
 from autoquant.data import Batch, DataReader, open_reader
 from autoquant.errors import AutoquantError, ConfigError, DataError, EvaluationError, UserCodeError, one_line
@@ -35,6 +35,7 @@ from autoquant.objectives import (
     objective_name,
     supports_resampling,
 )
+from autoquant.reference import StoredArray, read_reference, write_reference
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,8 @@ class Evaluator:
         key = hashlib.sha256(
             f"{graph.model_hash}|{data_fingerprint}|{test.test_iterations}|{self.output_names}".encode()
         ).hexdigest()[:24]
-        self._cache_path = Path(cache_dir) / f"fp32-{key}.npz" if cache_dir is not None else None
-        self._reference: list[np.ndarray] | None = None
+        self._cache_path = Path(cache_dir) / f"fp32-{key}" if cache_dir is not None else None
+        self._reference: Sequence[np.ndarray | StoredArray] | None = None
         self._axes: list[int] | None = None
         self._fp32: Objective | None = None
         self.fp32_score: float | None = config.search.fp32_score
@@ -158,8 +159,12 @@ class Evaluator:
 
     # ------------------------------------------------------------------ FP32 reference
 
-    def reference(self, progress: ProgressFn | None = None) -> list[np.ndarray]:
-        """FP32 outputs over the test set (one array per output, samples first), cached on disk."""
+    def reference(self, progress: ProgressFn | None = None) -> Sequence[np.ndarray | StoredArray]:
+        """FP32 outputs over the test set (one array per output, samples first).
+
+        With a cache folder they are stored there a batch at a time and read back by slices
+        (:mod:`autoquant.reference`), so they never sit in memory whole.
+        """
         if self._reference is not None:
             return self._reference
         cached = self._read_cache()
@@ -169,16 +174,18 @@ class Evaluator:
             return self._reference
         session = _session(self.graph.prepared_path, "FP32 model")
         axes = self.batch_axes(session)
-        parts: list[list[np.ndarray]] = [[] for _ in self.output_names]
-        for batch in self._batches():
-            for i, value in enumerate(_run(session, self.output_names, batch, axes)):
-                parts[i].append(value)
-            if progress is not None:
-                progress(len(batch.sample_ids))
-        self._reference = [np.concatenate(p) for p in parts]
-        if self._cache_path is not None:
-            arrays = {f"out{i}": a for i, a in enumerate(self._reference)}
-            _save_npz(self._cache_path, {**arrays, "batch_axes": np.array(axes, np.int64)})
+
+        def batches() -> Iterator[list[np.ndarray]]:
+            for batch in self._batches():
+                yield _run(session, self.output_names, batch, axes)
+                if progress is not None:
+                    progress(len(batch.sample_ids))
+
+        if self._cache_path is None:
+            parts = list(zip(*batches(), strict=True))
+            self._reference = [np.concatenate(p) for p in parts]
+        else:
+            self._reference = write_reference(self._cache_path, batches(), axes)
         return self._reference
 
     def batch_axes(self, session: ort.InferenceSession | None = None) -> list[int]:
@@ -198,24 +205,19 @@ class Evaluator:
             )
         return self._axes
 
-    def _read_cache(self) -> list[np.ndarray] | None:
-        """The cached FP32 outputs (each array read once), or None when absent or unreadable."""
-        if self._cache_path is None or not self._cache_path.is_file():
+    def _read_cache(self) -> list[StoredArray] | None:
+        """The cached FP32 outputs, or None when absent, incomplete or made for other batch axes."""
+        if self._cache_path is None:
             return None
-        try:
-            with np.load(self._cache_path, allow_pickle=False) as data:
-                if "batch_axes" not in data.files:  # written by an older version
-                    return None
-                arrays = [data[f"out{i}"] for i in range(len(self.output_names))]
-                axes = [int(a) for a in data["batch_axes"]]
-            configured = self.config.model.output_batch_axes
-            if any(configured.get(n, a) != a for n, a in zip(self.output_names, axes, strict=True)):
-                return None  # the config now names other batch axes: run again
-            self._axes = axes
-            return arrays
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            logger.warning("ignoring the unreadable FP32 cache %s (%s); running again", self._cache_path, exc)
+        stored = read_reference(self._cache_path)
+        if stored is None or len(stored[0]) != len(self.output_names):
             return None
+        arrays, axes = stored
+        configured = self.config.model.output_batch_axes
+        if any(configured.get(n, a) != a for n, a in zip(self.output_names, axes, strict=True)):
+            return None  # the config now names other batch axes: run again
+        self._axes = axes
+        return arrays
 
     def fp32_objective(self, progress: ProgressFn | None = None) -> Objective:
         """The objective replayed over the FP32 reference outputs."""
@@ -400,10 +402,6 @@ def find_batch_axes(
     if moved:
         logger.info("outputs that are not batch-first: %s", ", ".join(moved))
     return axes
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def measure_latency(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -482,12 +483,17 @@ def run_fast(ctx: SearchContext, study: optuna.Study, objective: Callable, stop_
     base = ctx.config.quantization
     strategies = ctx.space.strategies
     ctx.reporter.phase(f"{len(strategies)} known-good strategies")
-    for strategy in strategies:
-        name = str(strategy.get("name", len(strategies)))
-        partial = {k: v for k, v in strategy.items() if k != "name"}
-        trial = run_keyed(ctx, study, objective, TrialKey.strategy(name), ctx.space.complete(partial, base))
-        if stop_at_first and within_budget(trial):
-            return
+    try:
+        for index, strategy in enumerate(strategies):
+            ctx.reporter.step(index, len(strategies), "strategies")
+            name = str(strategy.get("name", len(strategies)))
+            partial = {k: v for k, v in strategy.items() if k != "name"}
+            key = TrialKey.strategy(name)
+            trial = run_keyed(ctx, study, objective, key, ctx.space.complete(partial, base))
+            if stop_at_first and within_budget(trial):
+                return
+    finally:
+        ctx.reporter.step(len(strategies), len(strategies), "strategies")
 
 
 def run_sampled(ctx: SearchContext, study: optuna.Study, objective: Callable, count: int) -> None:
@@ -498,9 +504,13 @@ def run_sampled(ctx: SearchContext, study: optuna.Study, objective: Callable, co
         for t in study.trials
         if t.user_attrs.get(TRIAL_KEY, "").startswith(TrialKey.SAMPLED) and t.state.is_finished()
     )
-    for _ in range(max(0, count - done)):
-        _check_stop(ctx)
-        study.optimize(objective, n_trials=1, catch=(AutoquantError,))
+    try:
+        for index in range(done, count):
+            ctx.reporter.step(index, count, "sampled trials")
+            _check_stop(ctx)
+            study.optimize(objective, n_trials=1, catch=(AutoquantError,))
+    finally:
+        ctx.reporter.step(count, count, "sampled trials")
 
 
 def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
@@ -531,11 +541,17 @@ def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Calla
         return
     ctx.reporter.phase("binary search over the FP32 blacklist")
     ctx.ranking(quantization)  # compute the ranking before the trials
-    low = 0
-    while high - low > 1:
-        k = (low + high) // 2
-        trial = run_keyed(ctx, study, objective, TrialKey.bisect(k), {**params, "fp32_layers": k})
-        low, high = (low, k) if within_budget(trial) else (k, high)
+    low, steps = 0, math.ceil(math.log2(high))
+    try:
+        for index in range(steps):
+            if high - low <= 1:
+                break
+            ctx.reporter.step(index, steps, "bisection steps")
+            k = (low + high) // 2
+            trial = run_keyed(ctx, study, objective, TrialKey.bisect(k), {**params, "fp32_layers": k})
+            low, high = (low, k) if within_budget(trial) else (k, high)
+    finally:
+        ctx.reporter.step(steps, steps, "bisection steps")
 
 
 def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:

@@ -10,7 +10,8 @@ import pytest
 from autoquant import pipeline
 from autoquant.config import QuantizationConfig
 from autoquant.errors import ConfigError, DataError, EvaluationError, UserCodeError
-from autoquant.evaluate import LatencyTimer, compute_decay, measure_latency
+from autoquant.evaluate import Evaluator, LatencyTimer, compute_decay, measure_latency
+from autoquant.reference import StoredArray, read_reference, write_reference
 from tests.helpers import top1
 
 
@@ -146,19 +147,41 @@ def test_int8_and_fp32_latency_are_measured_the_same_way_against_each_other(setu
     assert measure_latency(int8.model, feed, repeats=5, warmup=1) > 0
 
 
-def test_fp32_cache_reads_each_array_once(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp32_reference_is_stored_in_the_cache_and_read_by_slices(setup, digits_test_data) -> None:
+    import onnxruntime as ort
+
     config, calibrated, _ = setup
-    pipeline.evaluator(config, calibrated.graph).reference()  # written to the cache
-    reads: dict[str, int] = {}
-    original = np.lib.npyio.NpzFile.__getitem__
+    x, _ = digits_test_data
+    stored = pipeline.evaluator(config, calibrated.graph).reference()
+    assert isinstance(stored[0], StoredArray) and stored[0].shape == (500, 10)
+    whole = ort.InferenceSession(str(calibrated.graph.prepared_path)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(stored[0][37:41], whole[37:41], rtol=1e-5, atol=1e-6)
+    in_memory = Evaluator(config, calibrated.graph, None, "no cache").reference()
+    assert isinstance(in_memory[0], np.ndarray)
+    np.testing.assert_array_equal(stored[0][0:500], in_memory[0])
 
-    def counting(self, key):
-        reads[key] = reads.get(key, 0) + 1
-        return original(self, key)
 
-    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counting)
-    reference = pipeline.evaluator(config, calibrated.graph).reference()
-    assert reference[0].shape == (500, 10) and reads == {"out0": 1, "batch_axes": 1}
+def test_stored_reference_appears_whole_and_a_stale_copy_is_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "fp32-k"
+    a, b = np.arange(24, dtype=np.float32).reshape(6, 2, 2), np.arange(6, dtype=np.int64)
+    batches = [[a[:4], b[:4]], [a[4:], b[4:]]]
+    stored = write_reference(folder, batches, [0, 1])
+    np.testing.assert_array_equal(stored[0][1:5], a[1:5])
+    np.testing.assert_array_equal(stored[1][0:6], b)
+    assert stored[1][5:9].tolist() == [5] and read_reference(folder)[1] == [0, 1]
+    assert [p.name for p in tmp_path.iterdir()] == ["fp32-k"]  # nothing staged is left
+    assert write_reference(folder, [[a[:1], b[:1]]], [0, 1])[0].shape == (6, 2, 2)  # a complete copy stays
+    (folder / "out0.bin").write_bytes(bytes(8))  # truncated: not a reference any more
+    assert read_reference(folder) is None
+    np.testing.assert_array_equal(write_reference(folder, batches, [0, 1])[0][0:6], a)
+
+    def failing():
+        yield [a[:4], b[:4]]
+        raise RuntimeError("the model failed")
+
+    with pytest.raises(RuntimeError):
+        write_reference(tmp_path / "fp32-other", failing(), [0, 0])
+    assert [p.name for p in tmp_path.iterdir()] == ["fp32-k"]
 
 
 def test_onnxruntime_failures_are_evaluation_errors_with_their_cause(setup) -> None:
@@ -188,7 +211,7 @@ def test_sequential_evaluation_stops_only_what_is_certainly_over_budget(setup) -
     """A model far over budget stops at the first look (a tenth of the test set, here its first
     batch of 100), with the score and decay of
     the samples seen; a model within budget is scored on every sample, exactly as without pruning."""
-    config, calibrated, int8 = setup
+    config, calibrated, _ = setup
     evaluator = pipeline.evaluator(config, calibrated.graph)
     ruined = QuantizationConfig(layer_scales={t: 0.05 for t in calibrated.graph.activations})
     bad = evaluator.evaluate(pipeline.quantize(calibrated, ruined).model, prune=True)
