@@ -32,8 +32,24 @@ COMPUTE_OPS = WEIGHTED_OPS
 #: Element-wise arithmetic that ``float_ops: elementwise`` leaves in float. Relu and Clip are not
 #: among them: onnxruntime folds them into the QLinearConv before them.
 ELEMENTWISE_OPS = frozenset(
-    {"Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid", "Tanh", "Erf", "Pow", "Sqrt", "Exp",
-     "Reciprocal", "Max", "Min", "Neg", "Abs"}
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Sigmoid",
+        "HardSigmoid",
+        "Tanh",
+        "Erf",
+        "Pow",
+        "Sqrt",
+        "Exp",
+        "Reciprocal",
+        "Max",
+        "Min",
+        "Neg",
+        "Abs",
+    }
 )
 
 

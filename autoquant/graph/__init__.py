@@ -73,8 +73,8 @@ def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True)
 
 __all__ = [
     "MIN_OPSET",
-    "ActivationChain",
     "WEIGHTED_OPS",
+    "ActivationChain",
     "ModelGraph",
     "QuantizableNode",
     "SourceModel",
