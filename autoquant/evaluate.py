@@ -352,7 +352,7 @@ def _session(
     if isinstance(model, ort.InferenceSession):
         return model
     try:
-        return session_for(model, session_options(threads))
+        return session_for(model, session_options(threads)) if threads else session_for(model)
     except Exception as exc:
         raise EvaluationError(f"onnxruntime cannot load the {what} ({one_line(exc)})") from exc
 
