@@ -33,6 +33,7 @@ from autoquant.names import (
     MODEL_FILE,
     REPORT_FILE,
     SENSITIVITY_FILE,
+    STUDY_COMPUTE_LAYERS,
     STUDY_DB_FILE,
     STUDY_FP32_LATENCIES,
     STUDY_FP32_LATENCY,
@@ -45,7 +46,7 @@ from autoquant.names import (
     TRIAL_FAIL_REASON,
 )
 from autoquant.outputs import write_files, write_outputs
-from autoquant.quantize import QuantizedModel
+from autoquant.quantize import QuantizedModel, compute_layers
 from autoquant.report import render_report, render_study_report
 from autoquant.rescale import Requantizer
 from autoquant.search import (
@@ -88,6 +89,7 @@ class TuneResult:
     time_to_budget_s: float | None = None  # from the study's start to its first trial within budget
     fp32_latency: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms, batch 1
     pareto: tuple[TrialOutcome, ...] = ()  # the Pareto front of (decay, latency, FP32 compute layers)
+    compute_layers: int | None = None  # the model's compute layers (Conv, ConvTranspose, Gemm, MatMul)
 
     @property
     def within_budget(self) -> bool:
@@ -244,6 +246,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
         "within_budget": result.within_budget,
         "latency_tolerance": result.latency_tolerance,
         "time_to_budget_s": result.time_to_budget_s,
+        "compute_layers": result.compute_layers,
         "latency": latency_summary(result),
         "best": row(result.best) if result.best else None,
         "pareto_front": [o.number for o in result.pareto],
@@ -296,6 +299,7 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
         time_to_budget_s=study.user_attrs.get(STUDY_TIME_TO_BUDGET),
         fp32_latency=dict(study.user_attrs.get(STUDY_FP32_LATENCIES, {})),
         pareto=tuple(pareto_front(done)),
+        compute_layers=study.user_attrs.get(STUDY_COMPUTE_LAYERS),
     )
 
 
@@ -411,6 +415,7 @@ def _tune(
     study.set_user_attr(STUDY_FP32_SCORE, fp32_score)
     if STUDY_STARTED not in study.user_attrs:
         study.set_user_attr(STUDY_STARTED, began)
+    study.set_user_attr(STUDY_COMPUTE_LAYERS, len(compute_layers(graph, [n.name for n in graph.nodes])))
     timers = latency_timers(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
     if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
         study.set_user_attr(STUDY_LATENCY_TOLERANCE, timers[SELECTION_THREADS].tolerance())
