@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -116,8 +117,13 @@ def run_tune(
     path = folder / f"{run}.yaml"
     path.write_text(yaml.safe_dump(config))
     began = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "autoquant", "tune", str(path)], capture_output=True, text=True, cwd=folder
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(  # this checkout's autoquant, whatever is installed
+        [sys.executable, "-m", "autoquant", "tune", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=env,
     )
     seconds = time.perf_counter() - began
     if result.returncode != 0:
