@@ -227,7 +227,8 @@ def evaluate(
 ) -> None:
     """Score the FP32 and INT8 models on the test set: decay with its 95 % interval, and latency."""
     from autoquant import pipeline
-    from autoquant.evaluate import measure_latency
+    from autoquant.evaluate import compare_latency
+    from autoquant.hardware import host_isa
     from autoquant.names import MODEL_FILE
 
     cfg = load(config, output, writes=False)
@@ -245,7 +246,7 @@ def evaluate(
         result = evaluator.evaluate(int8_path, advance)
     end_stage()
     feed = pipeline.sample_feeds(cfg, graph, 1)[0]
-    fp32_ms, int8_ms = measure_latency(graph.prepared_path, feed), measure_latency(int8_path, feed)
+    latency = compare_latency(graph.prepared_path, int8_path, feed)
     budget = cfg.search.accept_int8_decay
     table = Table(
         title=f"autoquant evaluate ({evaluator.objective_label}, {result.samples} samples)", show_header=False
@@ -255,9 +256,13 @@ def evaluate(
     ci = f" (95 % CI {result.decay_ci[0]:+.4f} .. {result.decay_ci[1]:+.4f})" if result.decay_ci else ""
     verdict = "within" if result.decay <= budget else "over"
     table.add_row(f"decay ({cfg.search.decay})", f"{result.decay:+.4f}{ci}, {verdict} budget {budget}")
-    table.add_row(
-        "latency, batch 1", f"FP32 {fp32_ms:.3f} ms, INT8 {int8_ms:.3f} ms ({fp32_ms / int8_ms:.2f}x)"
-    )
+    for label, t in latency.items():
+        threads = "1 thread" if label == "1" else "default threads"
+        table.add_row(
+            f"latency, batch 1, {threads}",
+            f"FP32 {t.fp32_ms:.3f} ms, INT8 {t.int8_ms:.3f} ms ({t.speedup:.2f}x)",
+        )
+    table.add_row("CPU", host_isa().label)
     table.add_row("INT8 model", str(int8_path))
     out.print(table)
 
@@ -314,7 +319,7 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
 def tune(config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False) -> None:
     """Search for the best INT8 model within the budget (resumes the stored study)."""
     from autoquant import study as tuning
-    from autoquant.display import LiveReporter, summary_table
+    from autoquant.display import LiveReporter, best_latency_line, summary_table
 
     class StageReporter(LiveReporter):
         """Writes the warnings held during a phase or trial before its line; knows whether a
@@ -369,6 +374,7 @@ def tune(config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False) -
         f"best: trial {best.number} ({best.key}), decay {best.decay:+.4f} {verdict} the budget "
         f"{result.budget}; FP32 nodes: {', '.join(best.fp32_nodes) or 'none'}"
     )
+    out.print(best_latency_line(result))
     cpu = describe(best.params.get("reduce_range", cfg.quantization.reduce_range))
     out.print(
         f"CPU: {cpu['cpu_isa']}; reduce_range {cpu['reduce_range']}: {str(cpu['reduce_range_resolved']).lower()}"

@@ -178,6 +178,12 @@ class QuantizationConfig(_Section):
     )
     enable_concat_quantize: bool = True
     op_types: Literal["all", "compute", "ort_int8"] = "all"
+    float_ops: Literal["none", "activations", "elementwise"] = Field(
+        default="none",
+        description="Ops left in float for speed (not counted as FP32 layers): activations = the "
+        "decomposed GELU and SiLU activations, run as onnxruntime's fused kernel; elementwise = "
+        "those and every element-wise arithmetic op (Add, Mul, Div, Sigmoid, ...).",
+    )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, validation_alias=_aliases("nodes_to_exclude", "exclude_op")
     )

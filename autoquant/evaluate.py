@@ -26,7 +26,7 @@ from autoquant.common import ProgressFn
 from autoquant.config import StudyConfig
 from autoquant.data import Batch, DataReader, open_reader
 from autoquant.errors import AutoquantError, ConfigError, DataError, EvaluationError, UserCodeError, one_line
-from autoquant.graph import ModelGraph, session_for
+from autoquant.graph import ModelGraph, session_for, session_options
 from autoquant.objectives import (
     Objective,
     create_objective,
@@ -44,6 +44,10 @@ BOOTSTRAP_RESAMPLES = 1000
 #: the trial when the decay's lower bound (bootstrap mean - Z x std, Z for 0.1 % one-sided) is
 #: over the budget, so that a trial within budget is stopped with at most 1 % chance (Bonferroni).
 LOOKS, LOOK_RESAMPLES, LOOK_Z = 10, 200, 3.09
+#: The thread counts latency is measured at: label -> onnxruntime's ``intra_op_num_threads``
+#: (0: its default, one thread per physical core). The selection uses the first.
+THREADS = {"1": 1, "default": 0}
+SELECTION_THREADS = next(iter(THREADS))
 
 
 @dataclass(frozen=True)
@@ -342,12 +346,15 @@ class Evaluator:
         return float(low), float(high)
 
 
-def _session(model: onnx.ModelProto | bytes | Path | ort.InferenceSession, what: str) -> ort.InferenceSession:
-    """A session for ``model`` (or ``model`` itself); an onnxruntime failure is an :class:`EvaluationError`."""
+def _session(
+    model: onnx.ModelProto | bytes | Path | ort.InferenceSession, what: str, threads: int = 0
+) -> ort.InferenceSession:
+    """A session for ``model`` (or ``model`` itself) with ``threads`` intra-op threads (0: the
+    default); an onnxruntime failure is an :class:`EvaluationError`."""
     if isinstance(model, ort.InferenceSession):
         return model
     try:
-        return session_for(model)
+        return session_for(model, session_options(threads)) if threads else session_for(model)
     except Exception as exc:
         raise EvaluationError(f"onnxruntime cannot load the {what} ({one_line(exc)})") from exc
 
@@ -409,13 +416,15 @@ def measure_latency(
     feed: dict[str, np.ndarray],
     repeats: int = 50,
     warmup: int = 5,
+    threads: int = 0,
 ) -> float:
-    """Median wall time in milliseconds of one run on ``feed`` (batch 1), after ``warmup`` runs.
+    """Median wall time in milliseconds of one run on ``feed`` (batch 1), after ``warmup`` runs,
+    in a session with ``threads`` intra-op threads (0: onnxruntime's default; ignored for a session).
 
     Raises:
         EvaluationError: onnxruntime cannot load or run the model.
     """
-    session = _session(model, "model to time")
+    session = _session(model, "model to time", threads)
     times = []
     try:
         for _ in range(warmup):
@@ -433,22 +442,29 @@ def measure_latency(
 
 class LatencyTimer:
     """Times models against the FP32 model, run for run in turn, so that what the machine does
-    meanwhile (frequency, other load) slows both alike and cancels in their ratio.
+    meanwhile (frequency, other load) slows both alike and cancels in their ratio. Every session,
+    the FP32 model's and the timed models', has ``threads`` intra-op threads.
 
     Args:
         fp32_model: The FP32 model (the reference every latency is relative to).
         feed: One batch-1 input.
         budget_s: Time to spend on one comparison; the run count follows (10 to 50 runs each).
+        threads: onnxruntime's ``intra_op_num_threads`` (0: its default, one per physical core).
 
     Raises:
         EvaluationError: onnxruntime cannot load or run the FP32 model.
     """
 
     def __init__(
-        self, fp32_model: onnx.ModelProto | bytes | Path, feed: dict[str, np.ndarray], budget_s: float = 1.0
+        self,
+        fp32_model: onnx.ModelProto | bytes | Path,
+        feed: dict[str, np.ndarray],
+        budget_s: float = 1.0,
+        threads: int = 0,
     ) -> None:
         self.feed = feed
-        self.reference = _session(fp32_model, "FP32 model to time against")
+        self.threads = threads
+        self.reference = _session(fp32_model, "FP32 model to time against", threads)
         self._fp32_model = fp32_model
         self.fp32_ms = measure_latency(self.reference, feed, repeats=10, warmup=3)
         self.repeats = int(min(50, max(10, budget_s * 1000.0 / (2 * max(self.fp32_ms, 1e-3)))))
@@ -481,11 +497,63 @@ class LatencyTimer:
             EvaluationError: onnxruntime cannot load or run the model.
         """
         data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-        return float(np.median([self.ratio(_session(data, "model to time")) for _ in range(sessions)]))
+        ratios = [self.ratio(_session(data, "model to time", self.threads)) for _ in range(sessions)]
+        return float(np.median(ratios))
 
     def tolerance(self, blocks: int = 10, floor: float = 0.25) -> float:
         """How far the ratio of the FP32 model to itself strays: the spread of the ratios of
         ``blocks`` new sessions of it, ``max - min``, at least ``floor`` (each trial builds a new
         session too). Trials whose latencies differ by less are ties for the selection."""
-        ratios = [self.ratio(_session(self._fp32_model, "FP32 model to time")) for _ in range(blocks)]
+        sessions = (_session(self._fp32_model, "FP32 model to time", self.threads) for _ in range(blocks))
+        ratios = [self.ratio(session) for session in sessions]
         return max(floor, max(ratios) - min(ratios))
+
+
+def latency_timers(
+    fp32_model: onnx.ModelProto | bytes | Path, feed: dict[str, np.ndarray], budget_s: float = 1.0
+) -> dict[str, LatencyTimer]:
+    """One :class:`LatencyTimer` per thread count of :data:`THREADS`, by its label.
+
+    Raises:
+        EvaluationError: onnxruntime cannot load or run the FP32 model.
+    """
+    return {label: LatencyTimer(fp32_model, feed, budget_s, threads) for label, threads in THREADS.items()}
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """An INT8 model's batch-1 latency against the FP32 model's at one thread count.
+
+    Attributes:
+        threads: onnxruntime's ``intra_op_num_threads`` (0: its default).
+        fp32_ms: The FP32 model's median latency.
+        int8_ms: The INT8 model's: the FP32 latency times their ratio timed in turn.
+    """
+
+    threads: int
+    fp32_ms: float
+    int8_ms: float
+
+    @property
+    def speedup(self) -> float:
+        """FP32 ms / INT8 ms: above 1, the INT8 model is faster."""
+        return self.fp32_ms / max(self.int8_ms, 1e-12)
+
+
+def compare_latency(
+    fp32_model: onnx.ModelProto | bytes | Path,
+    int8_model: onnx.ModelProto | bytes | Path,
+    feed: dict[str, np.ndarray],
+    budget_s: float = 1.0,
+) -> dict[str, LatencyComparison]:
+    """Both models timed the same way, in this process, at each thread count of :data:`THREADS`
+    (the way a study times its trials: :meth:`LatencyTimer.model_ratio`).
+
+    Raises:
+        EvaluationError: onnxruntime cannot load or run a model.
+    """
+    found = {}
+    for label, timer in latency_timers(fp32_model, feed, budget_s).items():
+        ratio = timer.model_ratio(int8_model)
+        found[label] = LatencyComparison(timer.threads, timer.fp32_ms, ratio * timer.fp32_ms)
+    return found

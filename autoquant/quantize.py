@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from autoquant.config import QuantizationConfig
 from autoquant.errors import QuantizationError
-from autoquant.graph import WEIGHTED_OPS, ModelGraph
+from autoquant.graph import WEIGHTED_OPS, ModelGraph, fuse_activations
 from autoquant.hardware import resolve_reduce_range, target_isa
 from autoquant.logs import quiet_onnxruntime
 from autoquant.ort_quantizer import int8_kernel_op_types, qdq_quantize
@@ -26,6 +26,31 @@ from autoquant.thresholds import TensorRange
 logger = logging.getLogger(__name__)
 # onnxruntime's quantizer creates sessions of its own; their warnings are not the user's concern.
 quiet_onnxruntime()
+
+#: The compute layers: a node of these types left in FP32 counts against a trial in the selection.
+COMPUTE_OPS = WEIGHTED_OPS
+#: Element-wise arithmetic that ``float_ops: elementwise`` leaves in float. Relu and Clip are not
+#: among them: onnxruntime folds them into the QLinearConv before them.
+ELEMENTWISE_OPS = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Sigmoid",
+        "HardSigmoid",
+        "Tanh",
+        "Erf",
+        "Pow",
+        "Sqrt",
+        "Exp",
+        "Reciprocal",
+        "Max",
+        "Min",
+        "Neg",
+        "Abs",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +68,29 @@ class QuantizedModel:
     external_data: bool = False  # written with external data, like its source model
     reduce_range: bool = False
     cpu_isa: str = ""
+    float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops), not FP32 layers
+
+
+def compute_layers(graph: ModelGraph, names: Sequence[str]) -> tuple[str, ...]:
+    """The compute layers (:data:`COMPUTE_OPS`) among the nodes ``names``, in their order."""
+    compute = {n.name for n in graph.nodes if n.op_type in COMPUTE_OPS}
+    return tuple(n for n in names if n in compute)
+
+
+def float_nodes(graph: ModelGraph, config: QuantizationConfig) -> list[str]:
+    """Quantizable nodes left in float for speed by ``config.float_ops``, in graph order:
+    ``activations``, the nodes of the decomposed GELU/SiLU activations; ``elementwise``, those and
+    every node of :data:`ELEMENTWISE_OPS`. They are never compute layers."""
+    if config.float_ops == "none":
+        return []
+    chains = {name for chain in graph.activation_chains for name in chain.nodes}
+    elementwise = config.float_ops == "elementwise"
+    return [n.name for n in graph.nodes if n.name in chains or (elementwise and n.op_type in ELEMENTWISE_OPS)]
+
+
+def _float_in(model: onnx.ModelProto, quantized: set[str]) -> set[str]:
+    """Names of the nodes of ``model`` that the quantizer did not quantize."""
+    return {n.name for n in model.graph.node} - quantized
 
 
 def op_types_to_quantize(graph: ModelGraph, config: QuantizationConfig) -> list[str]:
@@ -94,8 +142,10 @@ def quantize_model(
     Args:
         graph: The prepared model.
         ranges: Activation ranges, from :func:`autoquant.thresholds.compute_thresholds`.
-        config: Weight granularity, activation scheme, exclusions, op types and ``reduce_range``
-            (``auto`` decides from :func:`autoquant.hardware.target_isa`).
+        config: Weight granularity, activation scheme, exclusions, op types, ``float_ops`` (the
+            chains it leaves in float become onnxruntime's fused kernels, see
+            :func:`autoquant.graph.fuse_activations`) and ``reduce_range`` (``auto`` decides from
+            :func:`autoquant.hardware.target_isa`).
         ranking: Node names by decreasing sensitivity, for ``config.fp32_layers``.
         only: Quantize only these nodes (the per-layer analysis); None quantizes every node.
 
@@ -107,6 +157,8 @@ def quantize_model(
         ConfigError: ``AUTOQUANT_TARGET_ISA`` names an unknown instruction set.
     """
     excluded = fp32_nodes(graph, config, ranking)
+    speed = [n for n in float_nodes(graph, config) if n not in set(excluded)]
+    op_types = op_types_to_quantize(graph, config)
     symmetric = config.activation_scheme == "symmetric"
     isa = target_isa()
     reduce_range = resolve_reduce_range(config.reduce_range, isa)
@@ -123,19 +175,25 @@ def quantize_model(
             else (),
             per_channel_weights=[n.weight for n in graph.nodes if depthwise and n.depthwise and n.weight],
             nodes_to_quantize=only,
-            nodes_to_exclude=excluded,
-            op_types=op_types_to_quantize(graph, config),
+            nodes_to_exclude=[*excluded, *speed],
+            op_types=op_types,
         )
     except Exception as exc:
         raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from exc
     if only is not None:
         excluded = [n.name for n in graph.nodes if n.name not in set(only)]
+    if config.float_ops != "none" and only is None:
+        wanted = set(op_types)
+        left = set(excluded) | set(speed)
+        kept = {n.name for n in graph.nodes if n.name not in left and n.op_type in wanted}
+        quantized, _ = fuse_activations(quantized, graph.activation_chains, _float_in(quantized, kept))
     return QuantizedModel(
         model=quantized,
         fp32_nodes=tuple(excluded),
         ranges=ranges,
         reduce_range=reduce_range,
         cpu_isa=isa.label,
+        float_nodes=tuple(speed),
         external_data=graph.external_data,
     )
 

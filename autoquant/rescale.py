@@ -29,7 +29,7 @@ from autoquant.config import QuantizationConfig
 from autoquant.graph import ModelGraph
 from autoquant.hardware import resolve_reduce_range, target_isa
 from autoquant.ort_quantizer import scale_zero_point
-from autoquant.quantize import QuantizedModel, fp32_nodes, quantize_model
+from autoquant.quantize import QuantizedModel, float_nodes, fp32_nodes, quantize_model
 from autoquant.thresholds import TensorRange
 
 logger = logging.getLogger(__name__)
@@ -265,9 +265,11 @@ class Requantizer:
         model = _rewrite(entry, ranges) if isinstance(entry, _Template) else None
         if model is not None:
             self.rewrites += 1
+            fp32 = fp32_nodes(self.graph, config, ranking)
             result = QuantizedModel(
                 model=model,
-                fp32_nodes=tuple(fp32_nodes(self.graph, config, ranking)),
+                fp32_nodes=tuple(fp32),
+                float_nodes=tuple(n for n in float_nodes(self.graph, config) if n not in set(fp32)),
                 ranges=ranges,
                 external_data=self.graph.external_data,
                 reduce_range=resolve_reduce_range(config.reduce_range),

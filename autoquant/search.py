@@ -10,10 +10,11 @@ needs is stored as trial user attributes, so a resumed study knows its past.
   binary search for the smallest ``fp32_layers`` (the most sensitive layers kept in FP32) that
   meets the budget, then the per-layer threshold scale tuning, confirmed by one full trial.
 
-The best trial is the one within budget with the fewest FP32 nodes, then the lowest latency, then
-the smallest decay; latencies within the measured noise of the timing count as equal (see
-:func:`ranked`). If none is within budget, the best is the one with the smallest decay. The outputs of the
-best trial are written after every improving trial.
+The best trial is the one within budget with the fewest compute layers left in FP32, then the
+lowest latency at one thread, then the smallest decay; latencies within the measured noise of the
+timing count as equal (see :mod:`autoquant.selection`). If none is within budget, the best is the
+one with the smallest decay. The outputs of the best trial are written after every improving trial.
+Latency is measured at one thread and at onnxruntime's default thread count.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from autoquant.errors import (
     QuantizationError,
     one_line,
 )
-from autoquant.evaluate import Evaluation, LatencyTimer
+from autoquant.evaluate import SELECTION_THREADS, Evaluation, LatencyTimer
 from autoquant.graph import session_for
 from autoquant.names import (
     FP32_NODES_FILE,
@@ -61,8 +62,9 @@ from autoquant.names import (
     TrialKey,
 )
 from autoquant.pipeline import Calibrated, quantize
-from autoquant.quantize import QuantizedModel, fp32_nodes
+from autoquant.quantize import QuantizedModel, compute_layers, fp32_nodes
 from autoquant.rescale import Requantizer
+from autoquant.selection import best_outcome, ranked  # noqa: F401  (ranked: re-exported)
 from autoquant.space import SearchSpace, Value
 from autoquant.tracking import MlflowTracker, NullTracker
 
@@ -87,6 +89,10 @@ class TrialOutcome:
     within_budget: bool
     timings: dict[str, float] = field(default_factory=dict)
     layer_scales: dict[str, float] = field(default_factory=dict)
+    fp32_compute: tuple[str, ...] = ()  # the compute layers among fp32_nodes (what the selection counts)
+    float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops): not FP32 layers
+    latencies: dict[str, float] = field(default_factory=dict)  # threads label -> ms (latency_ms: "1")
+    speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
 
     def attrs(self) -> dict[str, Any]:
         """User attributes for Optuna storage (JSON-serialisable)."""
@@ -96,7 +102,11 @@ class TrialOutcome:
             "decay": self.decay,
             "decay_ci": list(self.decay_ci) if self.decay_ci else None,
             "fp32_nodes": list(self.fp32_nodes),
+            "fp32_compute_layers": list(self.fp32_compute),
+            "float_nodes": list(self.float_nodes),
             "latency_ms": self.latency_ms,
+            "latency_by_threads": self.latencies,
+            "speedup_by_threads": self.speedups,
             "within_budget": self.within_budget,
             "timings": self.timings,
             "layer_scales": self.layer_scales,
@@ -121,37 +131,12 @@ class TrialOutcome:
             within_budget=a["within_budget"],
             timings=a.get("timings", {}),
             layer_scales=a.get("layer_scales", {}),
+            # a trial stored by an older version counts all its FP32 nodes (the safe side)
+            fp32_compute=tuple(a.get("fp32_compute_layers", a["fp32_nodes"])),
+            float_nodes=tuple(a.get("float_nodes", ())),
+            latencies=dict(a.get("latency_by_threads", {SELECTION_THREADS: a["latency_ms"]})),
+            speedups=dict(a.get("speedup_by_threads", {})),
         )
-
-
-def ranked(outcomes: Sequence[TrialOutcome], latency_tolerance: float = 0.0) -> list[TrialOutcome]:
-    """Outcomes best first, by the selection rule.
-
-    Within budget: fewer FP32 nodes first; among as many FP32 nodes, the trials sorted by latency
-    form tiers, each a run of latencies within ``latency_tolerance`` (relative) of the one before:
-    a tier's latencies are ties, which the smaller decay and then the lower trial number break. Over budget: smaller
-    decay, fewer FP32 nodes, lower latency, lower number.
-    """
-    within = sorted((o for o in outcomes if o.within_budget), key=lambda o: (len(o.fp32_nodes), o.latency_ms))
-    order: list[TrialOutcome] = []
-    tier: list[TrialOutcome] = []
-    for o in within:  # tiers: runs of latencies each within the tolerance of the one before
-        if tier and (
-            len(o.fp32_nodes) != len(tier[-1].fp32_nodes)
-            or o.latency_ms > tier[-1].latency_ms * (1.0 + latency_tolerance)
-        ):
-            order += sorted(tier, key=lambda t: (t.decay, t.number))
-            tier = []
-        tier.append(o)
-    order += sorted(tier, key=lambda t: (t.decay, t.number))
-    over = [o for o in outcomes if not o.within_budget]
-    return order + sorted(over, key=lambda o: (o.decay, len(o.fp32_nodes), o.latency_ms, o.number))
-
-
-def best_outcome(outcomes: Sequence[TrialOutcome], latency_tolerance: float = 0.0) -> TrialOutcome | None:
-    """The best outcome by :func:`ranked`."""
-    order = ranked(outcomes, latency_tolerance)
-    return order[0] if order else None
 
 
 class Reporter(Protocol):
@@ -226,7 +211,7 @@ class SearchContext:
     calibrated: Calibrated
     scorer: Scorer
     space: SearchSpace
-    timer: LatencyTimer
+    timers: dict[str, LatencyTimer]  # threads label (evaluate.THREADS) -> its timer
     analysis_feeds: list[dict[str, np.ndarray]]
     ranking_fn: Callable[[QuantizationConfig], Sensitivity]
     on_best: Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
@@ -236,8 +221,8 @@ class SearchContext:
     new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
     should_stop: Callable[[], bool] = lambda: False  # a deadline passed or the user asked to stop
     user_stopped: Callable[[], bool] = lambda: False  # the user asked to stop (Ctrl-C)
-    fp32_latency_ms: float = 0.0  # the study's FP32 latency: trial latencies are ratios to it
-    latencies: dict[str, float] = field(default_factory=dict)  # structure key -> latency (ms)
+    fp32_latency: dict[str, float] = field(default_factory=dict)  # the study's FP32 ms per threads label
+    latencies: dict[str, dict[str, float]] = field(default_factory=dict)  # structure -> label -> ms
     requantizer: Requantizer | None = None  # rewrites scales of a structure built before
     shown_tracebacks: set[str] = field(default_factory=set)
 
@@ -318,10 +303,7 @@ def run_choice(
     if evaluation.pruned:
         raise Pruned(evaluation)
     with stage("measuring the latency", EvaluationError):
-        structure = structure_key(result.model)
-        if structure not in ctx.latencies:  # the same graph runs as fast whatever its scales
-            ctx.latencies[structure] = ctx.timer.model_ratio(result.model) * ctx.fp32_latency_ms
-        latency = ctx.latencies[structure]
+        latencies = measure_structure(ctx, result.model)
     outcome = TrialOutcome(
         number=number,
         key=key,
@@ -330,12 +312,28 @@ def run_choice(
         decay=evaluation.decay,
         decay_ci=evaluation.decay_ci,
         fp32_nodes=result.fp32_nodes,
-        latency_ms=latency,
+        latency_ms=latencies[SELECTION_THREADS],
         within_budget=evaluation.decay <= ctx.config.search.accept_int8_decay,
         timings=timings,
         layer_scales=dict(quantization.layer_scales),
+        fp32_compute=compute_layers(ctx.calibrated.graph, result.fp32_nodes),
+        float_nodes=result.float_nodes,
+        latencies=latencies,
+        speedups={k: ctx.fp32_latency[k] / max(v, 1e-9) for k, v in latencies.items()},
     )
     return outcome, result
+
+
+def measure_structure(ctx: SearchContext, model: onnx.ModelProto) -> dict[str, float]:
+    """The model's latency (ms) at each thread count, measured once per graph structure: a graph
+    runs as fast whatever its scales. Each is the timer's INT8/FP32 ratio times the study's FP32
+    latency at that thread count."""
+    structure = structure_key(model)
+    known = ctx.latencies.get(structure)
+    if not isinstance(known, dict) or set(known) != set(ctx.timers):  # e.g. stored by an older version
+        known = {k: t.model_ratio(model) * ctx.fp32_latency[k] for k, t in ctx.timers.items()}
+        ctx.latencies[structure] = known
+    return dict(known)
 
 
 def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.Trial], float]:
@@ -399,7 +397,11 @@ def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel)
         "decay_ci_low": low,
         "decay_ci_high": high,
         "fp32_nodes": len(outcome.fp32_nodes),
+        "fp32_compute_layers": len(outcome.fp32_compute),
+        "float_nodes": len(outcome.float_nodes),
         "latency_ms": outcome.latency_ms,
+        **{f"latency_ms_{k}_threads": v for k, v in outcome.latencies.items()},
+        **{f"speedup_{k}_threads": v for k, v in outcome.speedups.items()},
         "model_size_bytes": result.model.ByteSize(),
         **{f"time_{k}": v for k, v in outcome.timings.items()},
     }
@@ -518,27 +520,27 @@ def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Calla
 
     The choices are those of the best trial by decay. k = 0 is taken as failing (else there is
     nothing to search) and k = all nodes as passing; about log2(nodes) trials run. Only the ks
-    that could beat the best trial within budget are searched: a trial with k blacklisted nodes
-    keeps at least k + the nodes its choices keep anyway in FP32, so when no k >= 1 can make
-    fewer FP32 nodes than the best, the phase is skipped.
+    that could beat the best trial within budget are searched: the selection counts the compute
+    layers left in FP32, and a blacklist of the k most sensitive nodes keeps those among them and
+    those its choices keep anyway; when the best within budget keeps no compute layer in FP32, or
+    no k >= 1 can keep fewer, the phase is skipped.
     """
     base_outcome = min(outcomes(study), key=lambda o: o.decay, default=None)
-    if base_outcome is None or (base_outcome.within_budget and not base_outcome.fp32_nodes):
+    if base_outcome is None or (base_outcome.within_budget and not base_outcome.fp32_compute):
         return
     params = {k: v for k, v in base_outcome.params.items() if k != "fp32_layers"}
     quantization = ctx.space.apply(params, ctx.config.quantization)
-    fixed = len(fp32_nodes(ctx.calibrated.graph, quantization.model_copy(update={"fp32_layers": 0})))
     best = current_best(study)
-    high = (
-        ctx.nodes if best is None or not best.within_budget else min(ctx.nodes, len(best.fp32_nodes) - fixed)
-    )
-    if high <= 1:
-        logger.info(
-            "FP32 blacklist bisection skipped: no k >= 1 can beat trial %d's %d FP32 nodes",
-            best.number,
-            len(best.fp32_nodes),
-        )
-        return
+    high = ctx.nodes
+    if best is not None and best.within_budget:
+        high = _beatable_ks(ctx, quantization, len(best.fp32_compute))
+        if high <= 1:
+            logger.info(
+                "FP32 blacklist bisection skipped: no k >= 1 can beat trial %d's %d FP32 compute layers",
+                best.number,
+                len(best.fp32_compute),
+            )
+            return
     ctx.reporter.phase("binary search over the FP32 blacklist")
     ctx.ranking(quantization)  # compute the ranking before the trials
     low, steps = 0, math.ceil(math.log2(high))
@@ -554,6 +556,20 @@ def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Calla
         ctx.reporter.step(steps, steps, "bisection steps")
 
 
+def _beatable_ks(ctx: SearchContext, quantization: QuantizationConfig, best_compute: int) -> int:
+    """The smallest k whose blacklist keeps at least ``best_compute`` compute layers in FP32 (so
+    only the ks below it can win), at most the number of nodes."""
+    graph = ctx.calibrated.graph
+    fixed = fp32_nodes(graph, quantization.model_copy(update={"fp32_layers": 0}))
+    if len(compute_layers(graph, fixed)) >= best_compute:
+        return 0
+    ranking = ctx.ranking(quantization)
+    for k in range(1, len(ranking) + 1):
+        if len(compute_layers(graph, list(dict.fromkeys([*fixed, *ranking[:k]])))) >= best_compute:
+            return k
+    return ctx.nodes
+
+
 def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
     """Greedy per-tensor threshold scales on ``data_limit`` samples, then one confirming trial.
 
@@ -566,7 +582,7 @@ def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
     """
     if _finished(study, TrialKey.SCALES) is not None:
         return
-    base_outcome = min(outcomes(study), key=lambda o: (o.decay, len(o.fp32_nodes)), default=None)
+    base_outcome = min(outcomes(study), key=lambda o: (o.decay, len(o.fp32_compute)), default=None)
     if base_outcome is None:
         return
     _check_stop(ctx)

@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -25,15 +25,17 @@ from autoquant import pipeline
 from autoquant.analyze import Sensitivity
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import ConfigError, SearchError
-from autoquant.evaluate import LatencyTimer
-from autoquant.hardware import ReduceRange, resolve_reduce_range, target_isa
+from autoquant.evaluate import SELECTION_THREADS, THREADS, latency_timers
+from autoquant.hardware import ReduceRange, host_isa, resolve_reduce_range, target_isa
 from autoquant.locking import output_lock
 from autoquant.names import (
     BEST_CONFIG_FILE,
     MODEL_FILE,
     REPORT_FILE,
     SENSITIVITY_FILE,
+    STUDY_COMPUTE_LAYERS,
     STUDY_DB_FILE,
+    STUDY_FP32_LATENCIES,
     STUDY_FP32_LATENCY,
     STUDY_FP32_SCORE,
     STUDY_LATENCIES,
@@ -44,8 +46,8 @@ from autoquant.names import (
     TRIAL_FAIL_REASON,
 )
 from autoquant.outputs import write_files, write_outputs
-from autoquant.quantize import QuantizedModel
-from autoquant.report import render_report
+from autoquant.quantize import QuantizedModel, compute_layers
+from autoquant.report import render_report, render_study_report
 from autoquant.rescale import Requantizer
 from autoquant.search import (
     DEFAULT_SAMPLED_TRIALS,
@@ -64,6 +66,7 @@ from autoquant.search import (
     run_sampled,
     tune_scales,
 )
+from autoquant.selection import pareto_front
 from autoquant.space import load_space
 from autoquant.tracking import MlflowTracker, NullTracker, make_tracker
 
@@ -84,6 +87,9 @@ class TuneResult:
     output: Path
     latency_tolerance: float = 0.0
     time_to_budget_s: float | None = None  # from the study's start to its first trial within budget
+    fp32_latency: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms, batch 1
+    pareto: tuple[TrialOutcome, ...] = ()  # the Pareto front of (decay, latency, FP32 compute layers)
+    compute_layers: int | None = None  # the model's compute layers (Conv, ConvTranspose, Gemm, MatMul)
 
     @property
     def within_budget(self) -> bool:
@@ -223,9 +229,12 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
     for trials whose parameters do not set it)."""
     isa = target_isa()
 
+    front = {o.number for o in result.pareto}
+
     def row(o: TrialOutcome) -> dict:
         resolved = resolve_reduce_range(o.params.get("reduce_range", reduce_range), isa)
-        return {"number": o.number, "key": o.key, **o.attrs(), "params": o.params, "reduce_range": resolved}
+        attrs = {**o.attrs(), "params": o.params, "reduce_range": resolved, "pareto": o.number in front}
+        return {"number": o.number, "key": o.key, **attrs}
 
     return {
         "study_name": result.study_name,
@@ -237,10 +246,38 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
         "within_budget": result.within_budget,
         "latency_tolerance": result.latency_tolerance,
         "time_to_budget_s": result.time_to_budget_s,
+        "compute_layers": result.compute_layers,
+        "latency": latency_summary(result),
         "best": row(result.best) if result.best else None,
+        "pareto_front": [o.number for o in result.pareto],
         "completed_trials": len(result.trials),
         "failed_trials": result.failed,
         "trials": [row(o) for o in result.trials],
+    }
+
+
+def latency_summary(result: TuneResult) -> dict:
+    """How latency was measured, on which CPU, and the FP32 and best INT8 figures per thread count."""
+    cpu = host_isa()  # latency is always the local CPU's, whatever AUTOQUANT_TARGET_ISA says
+    best = result.best
+    threads = {}
+    for label, count in THREADS.items():
+        int8 = best.latencies.get(label) if best else None
+        threads[label] = {
+            "intra_op_num_threads": count,
+            "fp32_ms": result.fp32_latency.get(label),
+            "best_int8_ms": int8,
+            "best_speedup": best.speedups.get(label) if best else None,
+        }
+    return {
+        "batch": 1,
+        "method": "per graph structure: the median over 3 new sessions of the INT8 model, each timed "
+        "run for run in turn with the FP32 model (3 warm-up runs, then the median of 10 to 50 runs); "
+        "speedup = FP32 ms / INT8 ms",
+        "cpu_isa": cpu.label,
+        "cpu_vnni": cpu.vnni,
+        "selection_threads": SELECTION_THREADS,
+        "threads": threads,
     }
 
 
@@ -260,6 +297,9 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
         output=config.output.directory,
         latency_tolerance=tolerance,
         time_to_budget_s=study.user_attrs.get(STUDY_TIME_TO_BUDGET),
+        fp32_latency=dict(study.user_attrs.get(STUDY_FP32_LATENCIES, {})),
+        pareto=tuple(pareto_front(done)),
+        compute_layers=study.user_attrs.get(STUDY_COMPUTE_LAYERS),
     )
 
 
@@ -292,10 +332,19 @@ def _run_phases(ctx: SearchContext, study: optuna.Study, objective: Callable) ->
 
 
 def _finish(config: StudyConfig, result: TuneResult, tracker: NullTracker | MlflowTracker) -> None:
-    """Write the study summary and close the MLflow parent run."""
+    """Write the study summary and its report (the Pareto front, and the sensitivity ranking the
+    folder holds), and close the MLflow parent run."""
     out = config.output.directory
     summarised = summary(result, config.quantization.reduce_range)
-    write_files(out, {SUMMARY_FILE: json.dumps(summarised, indent=2).encode()})
+    details = {
+        "model": str(config.model.path),
+        "budget": str(result.budget),
+        "CPU": summarised["latency"]["cpu_isa"],
+    }
+    report = render_study_report(
+        summarised, f"autoquant study: {result.study_name}", details, _sensitivity(out)
+    )
+    write_files(out, {SUMMARY_FILE: json.dumps(summarised, indent=2).encode(), REPORT_FILE: report.encode()})
     tracker.finish(summarised, out / MODEL_FILE, out / REPORT_FILE)
     if config.tracking.enabled:
         logger.info(
@@ -303,6 +352,14 @@ def _finish(config: StudyConfig, result: TuneResult, tracker: NullTracker | Mlfl
             tracker.seconds,
             tracker.busy_seconds,
         )
+
+
+def _sensitivity(out: Path) -> Sensitivity | None:
+    """The sensitivity ranking in the output folder, if there is one that reads."""
+    try:
+        return Sensitivity.from_json((out / SENSITIVITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def tune(
@@ -358,10 +415,13 @@ def _tune(
     study.set_user_attr(STUDY_FP32_SCORE, fp32_score)
     if STUDY_STARTED not in study.user_attrs:
         study.set_user_attr(STUDY_STARTED, began)
-    timer = LatencyTimer(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
+    study.set_user_attr(STUDY_COMPUTE_LAYERS, len(compute_layers(graph, [n.name for n in graph.nodes])))
+    timers = latency_timers(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
     if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
-        study.set_user_attr(STUDY_LATENCY_TOLERANCE, timer.tolerance())
-        study.set_user_attr(STUDY_FP32_LATENCY, timer.fp32_ms)
+        study.set_user_attr(STUDY_LATENCY_TOLERANCE, timers[SELECTION_THREADS].tolerance())
+    if STUDY_FP32_LATENCIES not in study.user_attrs:
+        study.set_user_attr(STUDY_FP32_LATENCIES, {k: t.fp32_ms for k, t in timers.items()})
+        study.set_user_attr(STUDY_FP32_LATENCY, timers[SELECTION_THREADS].fp32_ms)
     tracker.attach(study, calibrated.stats.key, fp32_score)
 
     ranking = _ranking_writer(config, calibrated, study.study_name)
@@ -376,8 +436,8 @@ def _tune(
         calibrated=calibrated,
         scorer=scorer,
         space=space,
-        timer=timer,
-        fp32_latency_ms=study.user_attrs[STUDY_FP32_LATENCY],
+        timers=timers,
+        fp32_latency=dict(study.user_attrs[STUDY_FP32_LATENCIES]),
         latencies=dict(study.user_attrs.get(STUDY_LATENCIES, {})),
         requantizer=Requantizer(graph),
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),

