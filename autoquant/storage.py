@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 EMBEDDED, POSTGRESQL, JOURNAL = "sqlite", "postgresql", "journal"
 
+_SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"autoquant|optuna schema").digest()[:8], "big", signed=True)
+
 #: A running trial's heartbeat in the embedded study, which one process owns: it checks for stale
 #: trials only between its own trials, so any trial it finds silent was left by a dead process.
 EMBEDDED_HEARTBEAT = (1, 2)
@@ -330,7 +332,7 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
         interval, grace = settings.heartbeat_interval, settings.grace_period
     probe = StudyStorage(url, kind, None, settings)  # type: ignore[arg-type]
 
-    def connect() -> optuna.storages.RDBStorage:
+    def create() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
             return optuna.storages.RDBStorage(
@@ -340,6 +342,21 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
                 grace_period=grace,
                 heartbeat_stale_trial_callback=_retry_callback(settings.max_retry),
             )
+
+    def connect() -> optuna.storages.RDBStorage:
+        if kind != POSTGRESQL:
+            return create()
+        import sqlalchemy
+
+        # Optuna creates its tables when they are missing: processes starting together on a new
+        # database would race (a duplicate type or table); one at a time, under an advisory lock.
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as connection, connection.begin():
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                return create()
+        finally:
+            engine.dispose()
 
     try:
         backend = probe.call(connect)
