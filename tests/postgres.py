@@ -44,7 +44,8 @@ def _system_user() -> str | None:
         pwd.getpwnam("postgres")
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"], check=True
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+            check=True,
         )
     return "postgres"
 
@@ -70,8 +71,18 @@ class PostgresServer:
         return subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        """Start the server (if it is not running) and wait until it accepts connections."""
+        status = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "status"]
+        if (
+            subprocess.run(
+                ["runuser", "-u", self.user, "--", *status] if self.user else status, capture_output=True
+            ).returncode
+            == 0
+        ):
+            return
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", options, "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -92,6 +103,8 @@ class PostgresServer:
 
         self._count += 1
         name = f"study{self._count}_{int(time.time() * 1000) % 100000}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={USER} dbname=postgres", autocommit=True) as c:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={USER} dbname=postgres", autocommit=True
+        ) as c:
             c.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
