@@ -150,7 +150,7 @@ class Driver:
                 key = step.key
             self.storage.claim(trial._trial_id)
             prune = any(t.state == TrialState.COMPLETE for t in trials)
-        self.worker.update(trial=trial.number, key=key, state="running")
+            self.worker.update(trial=trial.number, key=key, state="running")
         return Claimed(trial, key, step.phase, prune)
 
     def _fail_broken_claims(self) -> None:
@@ -221,7 +221,7 @@ class Driver:
                 self.storage.call(self._interrupted, trial, f"{type(exc).__name__}: {exc}", again=False)
                 raise
             self.storage.call(self._record, trial, *made)
-        self.worker.update(trial=None, key=None, state="idle")
+        self.storage.call(self.worker.update, trial=None, key=None, state="idle")
 
     def _interrupted(self, trial: optuna.Trial, reason: str, again: bool = True) -> None:
         """Fail a trial that did not finish, and queue it again (unless ``again`` is False)."""

@@ -35,7 +35,7 @@ _WHAT = {
     "calibration": "calibration data (calibration.source, its preprocessing or calib_iterations)",
     "test": "test data or evaluation settings (test.*, model.outputs, search.decay, search.fp32_score)",
     "quantization": "quantization settings (quantization.*)",
-    "search": "search settings (search.mode, accept_int8_decay, n_trials, seed, space, overrides, ...)",
+    "search": "search settings (search.mode, accept_int8_decay, seed, space, overrides, data_limit, ...)",
     "statistics": "FP32 statistics (computed on another machine? share calibration.cache_dir)",
     "reference": "FP32 reference outputs (computed on another machine? share calibration.cache_dir)",
 }
@@ -111,7 +111,9 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
         ),
         "quantization": _hash(config.quantization.model_dump_json()),
         "search": _hash(
-            search.model_dump_json(exclude={"timeout", "study_name", "space", "decay", "fp32_score"}),
+            search.model_dump_json(
+                exclude={"timeout", "study_name", "space", "decay", "fp32_score", "n_trials"}
+            ),
             space.model_dump_json(exclude={"source"}),
         ),
     }
@@ -134,7 +136,9 @@ def fingerprint_results(calibrated: pipeline.Calibrated, scorer: object) -> dict
     return found
 
 
-def check_fingerprint(stored: dict | None, mine: dict[str, str], study: str, url: str) -> None:
+def check_fingerprint(
+    stored: dict | None, mine: dict[str, str], study: str, url: str, fresh_hint: bool = False
+) -> None:
     """Refuse to serve a study stored with another fingerprint.
 
     Raises:
@@ -147,7 +151,8 @@ def check_fingerprint(stored: dict | None, mine: dict[str, str], study: str, url
             raise StorageError(
                 f"study {study!r} in {display_url(url)} was started with another {_WHAT[part]}; "
                 "every process that serves a study must use the same model, data and search settings: "
-                "run it with the study's config, or choose another search.study_name"
+                "run it with the study's config, choose another search.study_name"
+                + (", or start over with --fresh" if fresh_hint else "")
             )
 
 
@@ -159,7 +164,12 @@ def load_existing(storage: StudyStorage, name: str) -> optuna.Study | None:
 
 
 def open_study(
-    config: StudyConfig, storage: StudyStorage, name: str, fresh: bool, fingerprint: dict[str, str]
+    config: StudyConfig,
+    storage: StudyStorage,
+    name: str,
+    fresh: bool,
+    fingerprint: dict[str, str],
+    fresh_hint: bool = False,
 ) -> optuna.Study:
     """Create or join the study under the study lock: a fresh start deletes a stored study of the
     same name first; a stored fingerprint must match, a missing one is stored.
@@ -179,7 +189,7 @@ def open_study(
             load_if_exists=True,
         )
         stored = study.user_attrs.get(STUDY_FINGERPRINT)
-        check_fingerprint(stored, fingerprint, name, storage.url)
+        check_fingerprint(stored, fingerprint, name, storage.url, fresh_hint)
         if stored != {**(stored or {}), **fingerprint}:
             study.set_user_attr(STUDY_FINGERPRINT, {**(stored or {}), **fingerprint})
         return study

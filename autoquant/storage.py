@@ -353,7 +353,9 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:
             with engine.connect() as connection, connection.begin():
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK}
+                )
                 return create()
         finally:
             engine.dispose()

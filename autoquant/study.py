@@ -109,16 +109,16 @@ def study_name(config: StudyConfig) -> str:
     return config.search.study_name or config.output.directory.name
 
 
-def _existing_study(config: StudyConfig) -> tuple[StudyStorage, optuna.Study] | tuple[None, None]:
-    """The storage and stored study of ``config``, or (None, None); creates no storage file."""
+def _existing_study(config: StudyConfig) -> tuple[StudyStorage | None, optuna.Study | None]:
+    """The storage (None where opening it would create a file) and the stored study of ``config``
+    (None if there is none)."""
     url, name = storage_url(config), study_name(config)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         return None, None
     if storage_kind(url) == "journal" and not Path(url).is_file():
         return None, None
     storage = open_storage(url, config.storage)
-    study = storage.call(load_existing, storage, name)
-    return (storage, study) if study is not None else (None, None)
+    return storage, storage.call(load_existing, storage, name)
 
 
 def stored_result(config: StudyConfig) -> tuple[TuneResult, list[dict]]:
@@ -318,10 +318,11 @@ def _prepare_study(
     fp32_score: float,
     began: float,
     timer: LatencyTimer,
+    command: str,
 ) -> optuna.Study:
     """Create or join the study; store what is measured once (under the study lock)."""
     name = study_name(config)
-    study = open_study(config, storage, name, fresh, fingerprint)
+    study = open_study(config, storage, name, fresh, fingerprint, command == "tune")
     with storage.lock(name):
         attrs = study.user_attrs
         if attrs.get(STUDY_FP32_SCORE) != fp32_score:
@@ -349,13 +350,14 @@ def _tune(
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
     tracker = make_tracker(config)  # fails in seconds, before any calibration work
-    storage = open_storage(storage_url(config), config.storage)
+    storage, existing = _existing_study(config)  # a shared database must answer before any work
+    existing = None if fresh else existing
     name = study_name(config)
     graph = pipeline.load_graph(config)
     inputs = fingerprint_inputs(config, graph, space)
-    existing = None if fresh else storage.call(load_existing, storage, name)
     if existing is not None:  # refuse before the statistics pass
-        check_fingerprint(existing.user_attrs.get(STUDY_FINGERPRINT), inputs, name, storage.url)
+        stored = existing.user_attrs.get(STUDY_FINGERPRINT)
+        check_fingerprint(stored, inputs, name, storage_url(config), command == "tune")
     calibrated = pipeline.calibrate(config, graph=graph)
     scorer = scorer or pipeline.evaluator(config, graph)
     reporter.phase("FP32 reference")
@@ -365,14 +367,19 @@ def _tune(
     fingerprint = {**inputs, **fingerprint_results(calibrated, scorer)}
     timer = LatencyTimer(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
     # Only now: a failure before leaves no study behind.
-    study = storage.call(_prepare_study, config, storage, fresh, fingerprint, fp32_score, began, timer)
+    storage = storage or open_storage(storage_url(config), config.storage)
+    study = storage.call(
+        _prepare_study, config, storage, fresh, fingerprint, fp32_score, began, timer, command
+    )
     with storage.lock(name):  # one MLflow parent run, whichever process comes first
         tracker.attach(study, calibrated.stats.key, fp32_score)
 
     requested = stop or (lambda: False)
 
     def should_stop() -> bool:  # the timeout never ends a study before its first completed trial
-        late = time.monotonic() > deadline and bool(study.get_trials(states=(TrialState.COMPLETE,)))
+        late = time.monotonic() > deadline and bool(
+            storage.call(study.get_trials, deepcopy=False, states=(TrialState.COMPLETE,))
+        )
         return requested() or late
 
     ctx = SearchContext(
