@@ -399,7 +399,7 @@ def status(config: ConfigArg, output: OutputOpt = None) -> None:
     from autoquant import study as tuning
     from autoquant.display import summary_table
 
-    result, seen = tuning.stored_result(load(config, output, writes=False))
+    result, seen = tuning.stored_status(load(config, output, writes=False))
     out.print(summary_table(result))
     out.print(f"{len(result.trials)} completed and {result.failed} failed trials in {result.storage}")
     if seen:

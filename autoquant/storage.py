@@ -154,7 +154,6 @@ class StudyStorage:
     settings: StorageConfig
     _guard: threading.RLock = field(default_factory=threading.RLock)
     _depth: int = 0
-    _engine_lock: Any = None
 
     @property
     def shared(self) -> bool:

@@ -121,7 +121,7 @@ def _existing_study(config: StudyConfig) -> tuple[StudyStorage | None, optuna.St
     return storage, storage.call(load_existing, storage, name)
 
 
-def stored_result(config: StudyConfig) -> tuple[TuneResult, list[dict]]:
+def stored_status(config: StudyConfig) -> tuple[TuneResult, list[dict]]:
     """The stored study of ``config`` as it is now, and the processes that served it (most recently
     seen first: host, pid, command, started, seen, trial, key, state), without running anything.
 
@@ -139,6 +139,15 @@ def stored_result(config: StudyConfig) -> tuple[TuneResult, list[dict]]:
         return result, workers(storage, study)
 
     return storage.call(read)
+
+
+def stored_result(config: StudyConfig) -> TuneResult:
+    """The stored study of ``config`` as it is now (see :func:`stored_status`).
+
+    Raises:
+        ConfigError: There is no such study in the storage.
+    """
+    return stored_status(config)[0]
 
 
 def best_config(
