@@ -53,6 +53,15 @@ OutputOpt = Annotated[
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ignore the statistics cache.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Delete the stored study and start over.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="onnxruntime threads per session (default: one per core); with several processes on one "
+        "machine, cores / processes.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -309,10 +318,13 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     out.print(f"report: {paths[2]}")
 
 
-def _run_study(config: Path, output: Path | None, fresh: bool, command: str) -> None:
+def _run_study(config: Path, output: Path | None, fresh: bool, command: str, threads: int | None) -> None:
     """``tune`` and ``worker``: run the study with the live display; Ctrl-C stops after the trial."""
     from autoquant import study as tuning
     from autoquant.display import LiveReporter, summary_table
+    from autoquant.graph import set_session_threads
+
+    set_session_threads(threads)
 
     class StageReporter(LiveReporter):
         """Writes the warnings held during a phase or trial before its line; knows whether a
@@ -376,18 +388,20 @@ def _run_study(config: Path, output: Path | None, fresh: bool, command: str) -> 
 
 @app.command()
 @handle_errors
-def tune(config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False) -> None:
+def tune(
+    config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False, threads: ThreadsOpt = None
+) -> None:
     """Search for the best INT8 model within the budget (resumes the stored study, or joins it
     with the workers of a shared storage)."""
-    _run_study(config, output, fresh, "tune")
+    _run_study(config, output, fresh, "tune", threads)
 
 
 @app.command()
 @handle_errors
-def worker(config: ConfigArg, output: OutputOpt = None) -> None:
+def worker(config: ConfigArg, output: OutputOpt = None, threads: ThreadsOpt = None) -> None:
     """Join the study at the config's shared storage (PostgreSQL, a journal file) and run its trials
     until it is done; start one on each machine."""
-    _run_study(config, output, False, "worker")
+    _run_study(config, output, False, "worker", threads)
 
 
 @app.command()

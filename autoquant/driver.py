@@ -104,7 +104,8 @@ class Driver:
             SearchStopped: A stop request or the deadline ended the search first.
             StorageError: The database stayed unreachable.
         """
-        shown = None
+        shown: str | None = None
+        waiting: str | None = None
         while True:
             if self.ctx.should_stop():
                 raise SearchStopped
@@ -113,9 +114,13 @@ class Driver:
                 self.storage.call(self.worker.update, trial=None, key=None, state="done")
                 return step.reason
             if isinstance(step, Wait):
+                if waiting != step.reason:
+                    logger.info("waiting: %s in other processes", step.reason)
+                    waiting = step.reason
                 self.storage.call(self.worker.update, trial=None, key=None, state=f"waiting: {step.reason}")
                 self._pause()
                 continue
+            waiting = None
             if step.phase != shown:
                 self.ctx.reporter.phase(step.phase)
                 shown = step.phase

@@ -48,7 +48,7 @@ class TrialKey:
 
 # --- trial user attributes --------------------------------------------------------------------------
 TRIAL_KEY = "key"
-TRIAL_SCALES = "scales"  # the per-tensor scales a trial applies (set when it is enqueued)
+TRIAL_SCALES = "scales"  # the per-tensor scales a trial applies (the scale trial stores what it found)
 TRIAL_FAIL_REASON = "fail_reason"
 
 # --- study user attributes --------------------------------------------------------------------------

@@ -263,12 +263,16 @@ def search_scales(
     progress = (
         saved if saved and saved.get("params") == params else {"params": params, "next": 0, "scales": {}}
     )
-    scales, finished = greedy_scales(ctx, quantization, progress, save)
+    last = dict(progress)
+
+    def keep(state: dict) -> None:
+        last.update(state)
+        save(state)
+
+    scales, finished = greedy_scales(ctx, quantization, progress, keep)
     if not finished:
         if ctx.user_stopped():
-            logger.info(
-                "per-layer scales: stopped after %d tensors; a resumed study goes on", progress["next"]
-            )
+            logger.info("per-layer scales: stopped after %d tensors; a resumed study goes on", last["next"])
             raise SearchStopped
         logger.info(
             "per-layer scales: the deadline passed; confirming the %d scales found so far", len(scales)

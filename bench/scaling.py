@@ -16,7 +16,7 @@ study is made of trials; the bisection, a serial phase, runs only if a trial kee
 Writes (replaces) its section of bench/RESULTS.md and prints the table.
 
 Run:   python bench/scaling.py [--trials 24] [--repeats 2]
-Takes: about 4 minutes on 2 cores.
+Takes: about 7 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ def study_config(folder: Path, url: str, trials: int) -> Path:
     return path
 
 
-def run(server: PostgresServer, workers: int, trials: int, root: Path, index: int) -> dict:
-    folder = root / f"w{workers}-{index}"
+def run(
+    server: PostgresServer, workers: int, trials: int, root: Path, index: int, threads: int | None = None
+) -> dict:
+    folder = root / f"w{workers}-t{threads}-{index}"
     folder.mkdir()
     url = server.database()
     config = study_config(folder, url, trials)
@@ -84,7 +86,8 @@ def run(server: PostgresServer, workers: int, trials: int, root: Path, index: in
     began = time.perf_counter()
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "autoquant", "-q", "worker", str(config)],
+            [sys.executable, "-m", "autoquant", "-q", "worker", str(config)]
+            + ([f"--threads={threads}"] if threads else []),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -99,7 +102,9 @@ def run(server: PostgresServer, workers: int, trials: int, root: Path, index: in
     wall = time.perf_counter() - began
     study = optuna.load_study(study_name="scaling", storage=url)
     finished = [t for t in study.trials if t.state.is_finished()]
-    span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
+    span = (
+        max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
+    ).total_seconds()
     return {"trials": len(finished), "span": span, "per_min": 60 * len(finished) / span, "wall": wall}
 
 
@@ -117,22 +122,24 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="autoquant-scaling-") as tmp:
             root = Path(tmp)
             run(server, 1, 1, root, 99)  # warm the statistics and FP32 caches
-            results = {
-                w: [run(server, w, args.trials, root, i) for i in range(args.repeats)] for w in (1, 2)
-            }
+            setups = [(1, None), (2, None), (2, 1)]  # (workers, --threads)
+            results: dict[tuple, list[dict]] = {setup: [] for setup in setups}
+            for i in range(
+                args.repeats
+            ):  # interleaved, so that a change of the machine's load hits all alike
+                for setup in setups:
+                    results[setup].append(run(server, setup[0], args.trials, root, i, setup[1]))
     finally:
         server.remove()
-    rows = []
-    for w, runs in results.items():
-        rows.append(
-            (
-                w,
-                statistics.median(r["trials"] for r in runs),
-                statistics.median(r["per_min"] for r in runs),
-                statistics.median(r["wall"] for r in runs),
-            )
+    rows = {
+        setup: (
+            statistics.median(r["trials"] for r in runs),
+            statistics.median(r["per_min"] for r in runs),
+            statistics.median(r["wall"] for r in runs),
         )
-    ratio = rows[1][2] / rows[0][2]
+        for setup, runs in results.items()
+    }
+    one = rows[(1, None)][1]
     load = os.getloadavg()[0]
     text = "\n".join(
         [
@@ -141,13 +148,15 @@ def main() -> None:
             machine_line() + f" Load average at the end: {load:.1f}.",
             "",
             f"`python bench/scaling.py --trials {args.trials} --repeats {args.repeats}` (medians): one digits "
-            "study in full mode on a local PostgreSQL, the whole test set (500 images), tracking off.",
+            "study in full mode on a local PostgreSQL, the whole test set (500 images), tracking off. "
+            "Threads: onnxruntime's default (one per core) or `autoquant worker --threads`.",
             "",
-            "| workers | finished trials | trials/min | wall s |",
-            "|---:|---:|---:|---:|",
-            *(f"| {w} | {n:.0f} | {per:.1f} | {wall:.1f} |" for w, n, per, wall in rows),
-            "",
-            f"2 workers / 1 worker: **{ratio:.2f}x** trials per minute.",
+            "| workers | threads per session | finished trials | trials/min | x 1 worker | wall s |",
+            "|---:|---:|---:|---:|---:|---:|",
+            *(
+                f"| {w} | {t or 'default'} | {n:.0f} | {per:.1f} | {per / one:.2f} | {wall:.1f} |"
+                for (w, t), (n, per, wall) in rows.items()
+            ),
         ]
     )
     write_section("scaling", text)
