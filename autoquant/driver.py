@@ -30,6 +30,7 @@ from autoquant.errors import AutoquantError
 from autoquant.names import (
     BEST_TRIAL_FILE,
     STUDY_LATENCIES,
+    STUDY_LATENCY_TOLERANCE,
     STUDY_SCALES_PROGRESS,
     STUDY_STARTED,
     STUDY_TIME_TO_BUDGET,
@@ -48,7 +49,6 @@ from autoquant.search import (
     SearchContext,
     TrialOutcome,
     current_best,
-    latency_tolerance,
     log_trial,
     run_choice,
 )
@@ -136,11 +136,12 @@ class Driver:
         ctx, study = self.ctx, self.study
         with self.lock():
             self.storage.fail_dead_trials(study)
-            self._fail_broken_claims()
+            self._fail_broken_claims(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             trials = study.get_trials(deepcopy=False)
             attrs = study.user_attrs
             ctx.latencies.update(attrs.get(STUDY_LATENCIES, {}))  # the first measurement of a graph wins
-            step = next_step(ctx, trials, attrs, study.set_user_attr, latency_tolerance(study))
+            tolerance = float(attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
+            step = next_step(ctx, trials, attrs, study.set_user_attr, tolerance)
             if not isinstance(step, Run):
                 return step
             self._discard_settled(Keys(trials))
@@ -158,15 +159,15 @@ class Driver:
             self.worker.update(trial=trial.number, key=key, state="running")
         return Claimed(trial, key, step.phase, prune)
 
-    def _fail_broken_claims(self) -> None:
+    def _fail_broken_claims(self, running: list[FrozenTrial]) -> None:
         """A running trial without an owner, seen under the lock, is a claim whose process died
         half-way (claims are made whole under the lock): fail it and queue it again."""
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if TRIAL_OWNER not in trial.system_attrs:
-                self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-                if trial.user_attrs.get(TRIAL_KEY):
-                    self.storage.requeue(self.study, trial)
-                logger.info("trial %d was claimed by a process that died; it runs again", trial.number)
+        broken = [t for t in running if TRIAL_OWNER not in t.system_attrs]
+        for trial in broken:
+            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            if trial.user_attrs.get(TRIAL_KEY):
+                self.storage.requeue(self.study, trial)
+            logger.info("trial %d was claimed by a process that died; it runs again", trial.number)
 
     def _discard_settled(self, keys: Keys) -> None:
         """Waiting trials whose key another trial settled would be taken first by ``ask``: take them

@@ -154,6 +154,7 @@ class StudyStorage:
     settings: StorageConfig
     _guard: threading.RLock = field(default_factory=threading.RLock)
     _depth: int = 0
+    _ids: dict[str, int] = field(default_factory=dict)
 
     @property
     def shared(self) -> bool:
@@ -300,7 +301,9 @@ class StudyStorage:
         return self.backend.get_study_system_attrs(self._study_id(study))
 
     def _study_id(self, study: optuna.Study) -> int:
-        return self.backend.get_study_id_from_name(study.study_name)
+        if self._ids.get(study.study_name) is None:
+            self._ids[study.study_name] = self.backend.get_study_id_from_name(study.study_name)
+        return self._ids[study.study_name]
 
 
 def _reason(exc: BaseException) -> str:

@@ -288,6 +288,25 @@ def test_a_worker_needs_a_shared_storage(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() and not (tmp_path / "study.db").exists()
 
 
+def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
+    """A journal file on a (here local) filesystem: the lock file beside it serialises the claims."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    journal = tmp_path / "shared" / "study.log"
+    config = _config(tmp_path, str(journal), "journal", search={"n_trials": 1})
+    workers = [_start("worker", config) for _ in range(2)]
+    for result in [_finish(w) for w in workers]:
+        assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="journal", storage=JournalStorage(JournalFileBackend(str(journal))))
+    keys = Counter(_keys(study))
+    assert max(keys.values()) == 1 and keys["scales"] == 1
+    assert (
+        sum(k.startswith("strategy:") for k in keys) == 6 and sum(k.startswith("sampled:") for k in keys) == 1
+    )
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["study.log"]  # no lock left behind
+
+
 def test_a_database_that_goes_away(postgres: PostgresServer, database: str, tmp_path: Path) -> None:
     """The database stops for two seconds: the worker waits and goes on. Then it stops for good:
     the worker says so in one line and ends with status 2; no completed trial is lost. (The last
