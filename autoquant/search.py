@@ -244,9 +244,10 @@ class SearchContext:
 
     def ranking(self, quantization: QuantizationConfig) -> list[str]:
         """Sensitivity ranking for these choices (computed once per distinct choice set)."""
-        key = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}}).model_dump_json()
-        if key not in self._rankings:
-            sensitivity = self.ranking_fn(quantization)
+        base = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}})
+        key = base.model_dump_json()
+        if key not in self._rankings:  # ranked without a blacklist, whichever trial asks first
+            sensitivity = self.ranking_fn(base)
             self._rankings[key] = sensitivity.ranking()
             self.new_sensitivity = sensitivity.to_json()
         return self._rankings[key]
