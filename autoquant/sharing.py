@@ -43,26 +43,23 @@ _WHAT = {
 
 class ResumableTPESampler(optuna.samplers.TPESampler):
     """Seeded TPE whose random state before each trial depends only on the seed, the number of
-    trials completed so far and the sampled trial's slot (``sampled:<n>``), not on what this process
-    sampled before: a resumed study samples the same sequence as one that was never interrupted,
-    and processes sampling at the same moment sample differently."""
+    trials completed so far and the number of sampled trials in flight in other processes, not on
+    what this process sampled before: a resumed study samples the same sequence as one that was
+    never interrupted (a killed trial, failed, takes no part), and processes that sample while
+    others' sampled trials run draw from other seeds."""
 
     def __init__(self, seed: int, **options: object) -> None:
         super().__init__(seed=seed, **options)
         self._base_seed = seed
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        trials = study.get_trials(deepcopy=False)
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
         completed = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
-        slot = len(
-            {
-                t.user_attrs.get(TRIAL_KEY)
-                for t in trials
-                if t.number != trial.number
-                and str(t.user_attrs.get(TRIAL_KEY, "")).startswith(TrialKey.SAMPLED)
-            }
-        )
-        seed = (self._base_seed * 1_000_003 + completed * 7_919 + slot) % 2**32
+        sampled = [t for t in trials if str(t.user_attrs.get(TRIAL_KEY, "")).startswith(TrialKey.SAMPLED)]
+        keys = {t.user_attrs[TRIAL_KEY] for t in sampled}
+        settled = {t.user_attrs[TRIAL_KEY] for t in sampled if t.state.is_finished()}
+        in_flight = len(keys - settled)  # 0 in one process: the seed is that of a sequential study
+        seed = (self._base_seed * 1_000_003 + completed + 7_919 * in_flight) % 2**32
         self._rng.rng.seed(seed)  # optuna's LazyRandomState of TPE and of its start-up sampler
         self._random_sampler._rng.rng.seed(seed)
         super().before_trial(study, trial)
