@@ -416,12 +416,13 @@ def status(config: ConfigArg, output: OutputOpt = None) -> None:
     result, seen = tuning.stored_status(load(config, output, writes=False))
     out.print(summary_table(result))
     out.print(f"{len(result.trials)} completed and {result.failed} failed trials in {result.storage}")
-    if seen:
-        table = Table(title="processes serving the study (most recently seen first)")
+    now = time.time()
+    recent = [w for w in seen if now - float(w.get("seen", 0.0)) < RECENT_S]
+    if recent:
+        table = Table(title="processes serving the study (seen in the last 10 minutes, most recent first)")
         for column in ("host", "pid", "command", "last heartbeat", "current trial", "state"):
             table.add_column(column)
-        now = time.time()
-        for w in seen:
+        for w in recent:
             trial = f"#{w['trial']} {w.get('key') or ''}".strip() if w.get("trial") is not None else "-"
             ago = max(0.0, now - float(w.get("seen", now)))
             table.add_row(
@@ -433,6 +434,12 @@ def status(config: ConfigArg, output: OutputOpt = None) -> None:
                 str(w.get("state")),
             )
         out.print(table)
+    if len(seen) > len(recent):
+        out.print(f"{len(seen) - len(recent)} processes served the study earlier")
+
+
+#: How long ago a process may have been seen for ``status`` to list it.
+RECENT_S = 600.0
 
 
 def _is_int8(op_type: str) -> bool:
