@@ -382,7 +382,6 @@ def _tune(
     )
     with storage.lock(name):  # one MLflow parent run, whichever process comes first
         tracker.attach(study, calibrated.stats.key, fp32_score)
-
     requested = stop or (lambda: False)
 
     def should_stop() -> bool:  # the timeout never ends a study before its first completed trial
@@ -408,11 +407,20 @@ def _tune(
         should_stop=should_stop,
         user_stopped=requested,
     )
+    return _drive(ctx, study, storage, command, fp32_score)
+
+
+def _drive(
+    ctx: SearchContext, study: optuna.Study, storage: StudyStorage, command: str, fp32_score: float
+) -> TuneResult:
+    """Run the study's trials in this process, then write the summary (and close MLflow's parent
+    run if this is the last process serving the study)."""
+    config = ctx.config
     worker = WorkerRecord(storage, study, command)
-    driver = Driver(ctx, study, storage, worker, best_writer(config))
+    driver = Driver(ctx, study, storage, worker, ctx.on_best)
     try:
         reason = driver.drive()
-        logger.info("study %r done: %s", name, reason)
+        logger.info("study %r done: %s", study.study_name, reason)
     except SearchStopped:
         logger.info("the search stopped before its end (timeout or a stop request)")
     except StorageError:
@@ -422,7 +430,7 @@ def _tune(
             result = storage.call(study_result, config, study, fp32_score)
             if result.trials:
                 storage.call(driver.sync_outputs)
-                _finish(config, result, tracker, storage.call(_last_out, storage, study, worker))
+                _finish(config, result, ctx.tracker, storage.call(_last_out, storage, study, worker))
     if not result.trials:
         failures = [
             t.user_attrs.get(TRIAL_FAIL_REASON, "") for t in study.trials if t.state == TrialState.FAIL
