@@ -13,6 +13,7 @@ from autoquant.errors import (
     OutputError,
     QuantizationError,
     SearchError,
+    StorageError,
     UserCodeError,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "OutputError",
     "QuantizationError",
     "SearchError",
+    "StorageError",
     "StudyConfig",
     "Tuner",
     "UserCodeError",

@@ -53,6 +53,15 @@ OutputOpt = Annotated[
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ignore the statistics cache.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Delete the stored study and start over.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="onnxruntime threads per session (default: one per core); with several processes on one "
+        "machine, cores / processes.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -314,12 +323,13 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     out.print(f"report: {paths[2]}")
 
 
-@app.command()
-@handle_errors
-def tune(config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False) -> None:
-    """Search for the best INT8 model within the budget (resumes the stored study)."""
+def _run_study(config: Path, output: Path | None, fresh: bool, command: str, threads: int | None) -> None:
+    """``tune`` and ``worker``: run the study with the live display; Ctrl-C stops after the trial."""
     from autoquant import study as tuning
     from autoquant.display import LiveReporter, best_latency_line, summary_table
+    from autoquant.graph import set_session_threads
+
+    set_session_threads(threads)
 
     class StageReporter(LiveReporter):
         """Writes the warnings held during a phase or trial before its line; knows whether a
@@ -353,7 +363,7 @@ def tune(config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False) -
     previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         with reporter:
-            result = tuning.tune(cfg, reporter=reporter, fresh=fresh, stop=stop.is_set)
+            result = tuning.tune(cfg, reporter=reporter, fresh=fresh, stop=stop.is_set, command=command)
     except KeyboardInterrupt:
         if not reporter.trials_started:
             raise  # handle_errors: "interrupted", exit status 130
@@ -384,14 +394,58 @@ def tune(config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False) -
 
 @app.command()
 @handle_errors
+def tune(
+    config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False, threads: ThreadsOpt = None
+) -> None:
+    """Search for the best INT8 model within the budget (resumes the stored study, or joins it
+    with the workers of a shared storage)."""
+    _run_study(config, output, fresh, "tune", threads)
+
+
+@app.command()
+@handle_errors
+def worker(config: ConfigArg, output: OutputOpt = None, threads: ThreadsOpt = None) -> None:
+    """Join the study at the config's shared storage (PostgreSQL, a journal file) and run its trials
+    until it is done; start one on each machine."""
+    _run_study(config, output, False, "worker", threads)
+
+
+@app.command()
+@handle_errors
 def status(config: ConfigArg, output: OutputOpt = None) -> None:
-    """Show a stored study's trials and its best so far, without running anything."""
+    """Show a stored study's trials, its best so far and the processes serving it, without running anything."""
+    import time
+
     from autoquant import study as tuning
     from autoquant.display import summary_table
 
-    result = tuning.stored_result(load(config, output, writes=False))
+    result, seen = tuning.stored_status(load(config, output, writes=False))
     out.print(summary_table(result))
     out.print(f"{len(result.trials)} completed and {result.failed} failed trials in {result.storage}")
+    now = time.time()
+    recent = [w for w in seen if now - float(w.get("seen", 0.0)) < RECENT_S]
+    if recent:
+        table = Table(title="processes serving the study (seen in the last 10 minutes, most recent first)")
+        for column in ("host", "pid", "command", "last heartbeat", "current trial", "state"):
+            table.add_column(column)
+        for w in recent:
+            trial = f"#{w['trial']} {w.get('key') or ''}".strip() if w.get("trial") is not None else "-"
+            ago = max(0.0, now - float(w.get("seen", now)))
+            table.add_row(
+                str(w.get("host")),
+                str(w.get("pid")),
+                str(w.get("command")),
+                f"{ago:.0f} s ago",
+                trial,
+                str(w.get("state")),
+            )
+        out.print(table)
+    if len(seen) > len(recent):
+        out.print(f"{len(seen) - len(recent)} processes served the study earlier")
+
+
+#: How long ago a process may have been seen for ``status`` to list it.
+RECENT_S = 600.0
 
 
 def _is_int8(op_type: str) -> bool:

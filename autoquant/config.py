@@ -251,9 +251,31 @@ class SearchConfig(_Section):
 
 
 class StorageConfig(_Section):
-    """Where the Optuna study lives. Default: ``study.db`` (SQLite) in the output folder."""
+    """Where the Optuna study lives. Default: ``study.db`` (SQLite) in the output folder, for one
+    process; ``postgresql+psycopg://...`` or a journal file (``*.log``) for several workers."""
 
     url: str | None = None
+    heartbeat_interval: int = Field(
+        default=5, ge=1, description="Seconds between the heartbeats of a running trial (shared storages)."
+    )
+    grace_period: int = Field(
+        default=30,
+        ge=1,
+        description="Seconds without a heartbeat after which a running trial is failed and run again.",
+    )
+    max_retry: int = Field(default=3, ge=0, description="How often a trial whose worker died is run again.")
+    retry_timeout: float = Field(
+        default=60.0, gt=0.0, description="Seconds to retry a database that does not answer before giving up."
+    )
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> StorageConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval}), e.g. 6 heartbeats"
+            )
+        return self
 
 
 class TrackingConfig(_Section):

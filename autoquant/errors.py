@@ -42,6 +42,11 @@ class SearchError(AutoquantError):
     """A study ended without any completed trial."""
 
 
+class StorageError(AutoquantError):
+    """The study's storage cannot be used: it stays unreachable, or the stored study was started
+    with another model, other data or other search settings."""
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: message`` of an exception from outside autoquant, on one line of at most ``limit`` characters."""
     text = " ".join(str(exc).split()) or "no message"

@@ -20,12 +20,14 @@ STUDY_DB_FILE = "study.db"
 MLFLOW_DB_FILE = "mlflow.db"
 MLFLOW_ARTIFACTS_DIR = "mlartifacts"
 LOCK_FILE = ".autoquant.lock"
+BEST_TRIAL_FILE = "best_trial.json"  # which trial the best-so-far outputs of the folder come from
 
 
 # --- trial keys: what a trial is, so that a resumed study never runs it twice --------------------
 class TrialKey:
-    """Keys of trials (the ``key`` user attribute): ``strategy:<name>``, ``sampled:<number>``,
-    ``bisect:<k>`` and ``scales``."""
+    """Keys of trials (the ``key`` user attribute): ``strategy:<name>``, ``sampled:<n>`` (the n-th
+    sampled trial of the study; studies before workers used the trial number), ``bisect:<k>`` and
+    ``scales``. A trial run again after its worker died keeps its key."""
 
     STRATEGY = "strategy:"
     SAMPLED = "sampled:"
@@ -47,7 +49,7 @@ class TrialKey:
 
 # --- trial user attributes --------------------------------------------------------------------------
 TRIAL_KEY = "key"
-TRIAL_SCALES = "scales"  # the per-tensor scales a trial applies (set when it is enqueued)
+TRIAL_SCALES = "scales"  # the per-tensor scales a trial applies (the scale trial stores what it found)
 TRIAL_FAIL_REASON = "fail_reason"
 
 # --- study user attributes --------------------------------------------------------------------------
@@ -61,3 +63,10 @@ STUDY_COMPUTE_LAYERS = "compute_layers"  # the model's quantizable Conv/ConvTran
 STUDY_MLFLOW_PARENT = "mlflow_parent_run_id"
 STUDY_STARTED = "started_at"  # epoch seconds when the study's first run began
 STUDY_TIME_TO_BUDGET = "time_to_budget_s"  # from STUDY_STARTED to the first trial within budget
+STUDY_FINGERPRINT = "fingerprint"  # hashes of the model, the data and the search settings
+STUDY_BISECT_PLAN = "bisect_plan"  # the choices and the k range of the FP32 blacklist bisection
+STUDY_MLFLOW_CLOSED = "mlflow_closed_at"  # completed trials when the MLflow parent run was last closed
+
+# --- system attributes (bookkeeping of the processes that share a study) ---------------------------
+WORKER_PREFIX = "autoquant:worker:"  # study: one per process that serves the study
+TRIAL_OWNER = "autoquant:owner"  # trial: the process that runs it (host, pid)

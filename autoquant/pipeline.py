@@ -118,13 +118,20 @@ def load_graph(config: StudyConfig, persist: bool = True) -> ModelGraph:
     return replace(graph, inputs=tuple(replace(s, shape=shapes.get(s.name, s.shape)) for s in graph.inputs))
 
 
-def data_fingerprint(data: DataConfig) -> str:
-    """Hash of a data source's bytes and of how it is read (a callable is hashed by its name and file)."""
+def data_fingerprint(data: DataConfig, with_source: bool = True) -> str:
+    """Hash of a data source's bytes and of how it is read (a callable is hashed by its name and file).
+
+    ``with_source=False`` leaves out the path itself (the same data mounted elsewhere hash alike;
+    a ``module:function`` keeps its name).
+    """
     digest = hashlib.sha256()
     for part in (data.format, data.data_preprocess_str, data.image_data_preprocess, data.on_decode_error):
         digest.update(f"{part}|".encode())
     path = code_file(str(data.source)) or Path(str(data.source))
-    digest.update(str(data.source).encode())
+    if with_source or not (path.is_file() or path.is_dir()):
+        digest.update(str(data.source).encode())
+    elif code_file(str(data.source)) is not None:
+        digest.update(str(data.source).rpartition(":")[2].encode())  # the function's name
     files = (
         sorted(p for p in path.rglob("*") if p.is_file())
         if path.is_dir()

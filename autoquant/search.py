@@ -15,6 +15,10 @@ lowest latency at one thread, then the smallest decay; latencies within the meas
 timing count as equal (see :mod:`autoquant.selection`). If none is within budget, the best is the
 one with the smallest decay. The outputs of the best trial are written after every improving trial.
 Latency is measured at one thread and at onnxruntime's default thread count.
+
+This module holds a trial's body (:func:`run_choice`); the ranking is :mod:`autoquant.selection`,
+which trial runs next is decided by :mod:`autoquant.phases` and the trials are driven by
+:mod:`autoquant.driver`, in one process or in many that share the study's storage.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +39,7 @@ import onnxruntime as ort
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoquant.analyze import Sensitivity, difference, run_outputs
+from autoquant.analyze import Sensitivity
 from autoquant.common import ProgressFn
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.errors import (
@@ -50,19 +53,12 @@ from autoquant.graph import session_for
 from autoquant.names import (
     FP32_NODES_FILE,
     SENSITIVITY_FILE,
-    STUDY_LATENCIES,
     STUDY_LATENCY_TOLERANCE,
-    STUDY_SCALES_PROGRESS,
-    STUDY_STARTED,
-    STUDY_TIME_TO_BUDGET,
     TABLE_FILE,
-    TRIAL_FAIL_REASON,
     TRIAL_KEY,
-    TRIAL_SCALES,
-    TrialKey,
 )
 from autoquant.pipeline import Calibrated, quantize
-from autoquant.quantize import QuantizedModel, compute_layers, fp32_nodes
+from autoquant.quantize import QuantizedModel, compute_layers
 from autoquant.rescale import Requantizer
 from autoquant.selection import best_outcome, ranked  # noqa: F401  (ranked: re-exported)
 from autoquant.space import SearchSpace, Value
@@ -233,9 +229,10 @@ class SearchContext:
 
     def ranking(self, quantization: QuantizationConfig) -> list[str]:
         """Sensitivity ranking for these choices (computed once per distinct choice set)."""
-        key = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}}).model_dump_json()
-        if key not in self._rankings:
-            sensitivity = self.ranking_fn(quantization)
+        base = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}})
+        key = base.model_dump_json()
+        if key not in self._rankings:  # ranked without a blacklist, whichever trial asks first
+            sensitivity = self.ranking_fn(base)
             self._rankings[key] = sensitivity.ranking()
             self.new_sensitivity = sensitivity.to_json()
         return self._rankings[key]
@@ -336,56 +333,6 @@ def measure_structure(ctx: SearchContext, model: onnx.ModelProto) -> dict[str, f
     return dict(known)
 
 
-def make_objective(ctx: SearchContext, study: optuna.Study) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective: suggest, quantize, evaluate; record attributes; write a new best."""
-    base = ctx.config.quantization
-
-    def objective(trial: optuna.Trial) -> float:
-        key = trial.user_attrs.get(TRIAL_KEY) or TrialKey.sampled(trial.number)
-        trial.set_user_attr(TRIAL_KEY, key)
-        params = ctx.space.suggest(trial, base, ctx.nodes, bisect=key.startswith(TrialKey.BISECT))
-        quantization = ctx.space.apply(params, base)
-        scales = trial.user_attrs.get(TRIAL_SCALES)
-        if scales:
-            quantization = quantization.model_copy(update={"layer_scales": scales})
-        ctx.reporter.trial_started(trial.number, key, params)
-        # Stop evaluations certainly over budget once a completed trial guards against ending empty.
-        prune = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        try:
-            outcome, result = run_choice(ctx, quantization, trial.number, key, params, prune)
-        except Pruned as pruned:
-            e = pruned.evaluation
-            for name, value in {"score": e.score, "decay": e.decay, "samples": e.samples}.items():
-                trial.set_user_attr(name, value)
-            trial.report(e.decay, step=e.samples)
-            ctx.reporter.trial_finished(None, str(pruned), current_best(study))
-            raise optuna.TrialPruned(str(pruned)) from None
-        except AutoquantError as exc:
-            details = getattr(exc, "details", "")
-            if details and details not in ctx.shown_tracebacks:  # user code: its traceback, once
-                ctx.shown_tracebacks.add(details)
-                logger.error("trial %d failed in user code:\n%s", trial.number, details.rstrip())
-            logger.debug("trial %d failed", trial.number, exc_info=exc)  # the cause chain, with --verbose
-            trial.set_user_attr(TRIAL_FAIL_REASON, str(exc))
-            ctx.tracker.log_failure(trial.number, params, str(exc))
-            ctx.reporter.trial_finished(None, str(exc), current_best(study))
-            raise
-        for name, value in outcome.attrs().items():
-            trial.set_user_attr(name, value)
-        study.set_user_attr(STUDY_LATENCIES, ctx.latencies)
-        if outcome.within_budget and STUDY_TIME_TO_BUDGET not in study.user_attrs:
-            started = float(study.user_attrs.get(STUDY_STARTED, time.time()))
-            study.set_user_attr(STUDY_TIME_TO_BUDGET, time.time() - started)
-        log_trial(ctx, outcome, result)
-        best = best_outcome([*outcomes(study), outcome], latency_tolerance(study))
-        if best is outcome:
-            ctx.on_best(outcome, result, quantization)
-        ctx.reporter.trial_finished(outcome, None, best)
-        return outcome.decay
-
-    return objective
-
-
 def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel) -> None:
     """Send a completed trial to the tracker: metrics, tags and its tables."""
     from autoquant.outputs import calibration_table
@@ -429,228 +376,3 @@ def latency_tolerance(study: optuna.Study) -> float:
 def current_best(study: optuna.Study) -> TrialOutcome | None:
     """The best completed trial so far."""
     return best_outcome(outcomes(study), latency_tolerance(study))
-
-
-def _finished(study: optuna.Study, key: str) -> FrozenTrial | None:
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return next(
-        (t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get(TRIAL_KEY) == key),
-        None,
-    )
-
-
-class SearchStopped(Exception):
-    """Raised between trials when the search must stop (timeout or Ctrl-C); not an error."""
-
-
-def _check_stop(ctx: SearchContext) -> None:
-    if ctx.should_stop():
-        raise SearchStopped
-
-
-def run_keyed(
-    ctx: SearchContext,
-    study: optuna.Study,
-    objective: Callable,
-    key: str,
-    params: dict[str, Value] | None,
-    force: bool = False,
-    **attrs: Any,
-) -> FrozenTrial:
-    """Run the trial named ``key`` once: a finished one is reused, a waiting one is not enqueued twice.
-
-    Raises:
-        SearchStopped: The search must stop before this trial (unless ``force``: a trial that
-            confirms work done before the deadline).
-    """
-    done = _finished(study, key)
-    if done is not None:
-        return done
-    if not force:
-        _check_stop(ctx)
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if params is not None and not any(t.user_attrs.get(TRIAL_KEY) == key for t in waiting):
-        study.enqueue_trial(params, user_attrs={TRIAL_KEY: key, **attrs})
-    study.optimize(objective, n_trials=1, catch=(AutoquantError,))
-    return _finished(study, key) or study.trials[-1]
-
-
-def within_budget(trial: FrozenTrial) -> bool:
-    """Whether a finished trial met the budget."""
-    return bool(trial.state == TrialState.COMPLETE and trial.user_attrs.get("within_budget"))
-
-
-def run_fast(ctx: SearchContext, study: optuna.Study, objective: Callable, stop_at_first: bool) -> None:
-    """The known-good strategies, in order; stop at the first within budget when ``stop_at_first``."""
-    base = ctx.config.quantization
-    strategies = ctx.space.strategies
-    ctx.reporter.phase(f"{len(strategies)} known-good strategies")
-    try:
-        for index, strategy in enumerate(strategies):
-            ctx.reporter.step(index, len(strategies), "strategies")
-            name = str(strategy.get("name", len(strategies)))
-            partial = {k: v for k, v in strategy.items() if k != "name"}
-            key = TrialKey.strategy(name)
-            trial = run_keyed(ctx, study, objective, key, ctx.space.complete(partial, base))
-            if stop_at_first and within_budget(trial):
-                return
-    finally:
-        ctx.reporter.step(len(strategies), len(strategies), "strategies")
-
-
-def run_sampled(ctx: SearchContext, study: optuna.Study, objective: Callable, count: int) -> None:
-    """``count`` trials sampled by the study's sampler (counting those a resumed study already ran)."""
-    ctx.reporter.phase(f"{count} sampled trials")
-    done = sum(
-        1
-        for t in study.trials
-        if t.user_attrs.get(TRIAL_KEY, "").startswith(TrialKey.SAMPLED) and t.state.is_finished()
-    )
-    try:
-        for index in range(done, count):
-            ctx.reporter.step(index, count, "sampled trials")
-            _check_stop(ctx)
-            study.optimize(objective, n_trials=1, catch=(AutoquantError,))
-    finally:
-        ctx.reporter.step(count, count, "sampled trials")
-
-
-def bisect_fp32_layers(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
-    """Binary-search the smallest k such that keeping the k most sensitive nodes in FP32 meets the budget.
-
-    The choices are those of the best trial by decay. k = 0 is taken as failing (else there is
-    nothing to search) and k = all nodes as passing; about log2(nodes) trials run. Only the ks
-    that could beat the best trial within budget are searched: the selection counts the compute
-    layers left in FP32, and a blacklist of the k most sensitive nodes keeps those among them and
-    those its choices keep anyway; when the best within budget keeps no compute layer in FP32, or
-    no k >= 1 can keep fewer, the phase is skipped.
-    """
-    base_outcome = min(outcomes(study), key=lambda o: o.decay, default=None)
-    if base_outcome is None or (base_outcome.within_budget and not base_outcome.fp32_compute):
-        return
-    params = {k: v for k, v in base_outcome.params.items() if k != "fp32_layers"}
-    quantization = ctx.space.apply(params, ctx.config.quantization)
-    best = current_best(study)
-    high = ctx.nodes
-    if best is not None and best.within_budget:
-        high = _beatable_ks(ctx, quantization, len(best.fp32_compute))
-        if high <= 1:
-            logger.info(
-                "FP32 blacklist bisection skipped: no k >= 1 can beat trial %d's %d FP32 compute layers",
-                best.number,
-                len(best.fp32_compute),
-            )
-            return
-    ctx.reporter.phase("binary search over the FP32 blacklist")
-    ctx.ranking(quantization)  # compute the ranking before the trials
-    low, steps = 0, math.ceil(math.log2(high))
-    try:
-        for index in range(steps):
-            if high - low <= 1:
-                break
-            ctx.reporter.step(index, steps, "bisection steps")
-            k = (low + high) // 2
-            trial = run_keyed(ctx, study, objective, TrialKey.bisect(k), {**params, "fp32_layers": k})
-            low, high = (low, k) if within_budget(trial) else (k, high)
-    finally:
-        ctx.reporter.step(steps, steps, "bisection steps")
-
-
-def _beatable_ks(ctx: SearchContext, quantization: QuantizationConfig, best_compute: int) -> int:
-    """The smallest k whose blacklist keeps at least ``best_compute`` compute layers in FP32 (so
-    only the ks below it can win), at most the number of nodes."""
-    graph = ctx.calibrated.graph
-    fixed = fp32_nodes(graph, quantization.model_copy(update={"fp32_layers": 0}))
-    if len(compute_layers(graph, fixed)) >= best_compute:
-        return 0
-    ranking = ctx.ranking(quantization)
-    for k in range(1, len(ranking) + 1):
-        if len(compute_layers(graph, list(dict.fromkeys([*fixed, *ranking[:k]])))) >= best_compute:
-            return k
-    return ctx.nodes
-
-
-def tune_scales(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
-    """Greedy per-tensor threshold scales on ``data_limit`` samples, then one confirming trial.
-
-    For each quantized tensor in topological order (tensors of ``ignore_layer_list`` nodes are
-    skipped), every scale in :data:`SCALE_CANDIDATES` is tried and kept if it lowers the squared
-    distance between the INT8 and FP32 model outputs. The progress is stored in the study after
-    every tensor, so a resumed study goes on from there. When the deadline passes inside the
-    phase, the scales found so far are confirmed by the trial; on a stop request they stay stored,
-    unconfirmed, for the next run.
-    """
-    if _finished(study, TrialKey.SCALES) is not None:
-        return
-    base_outcome = min(outcomes(study), key=lambda o: (o.decay, len(o.fp32_compute)), default=None)
-    if base_outcome is None:
-        return
-    _check_stop(ctx)
-    ctx.reporter.phase("per-layer threshold scales")
-    params = dict(base_outcome.params)
-    quantization = ctx.space.apply(params, ctx.config.quantization)
-    saved = study.user_attrs.get(STUDY_SCALES_PROGRESS)
-    progress = (
-        saved if saved and saved.get("params") == params else {"params": params, "next": 0, "scales": {}}
-    )
-
-    def save(state: dict) -> None:
-        study.set_user_attr(STUDY_SCALES_PROGRESS, state)
-
-    scales, finished = greedy_scales(ctx, quantization, progress, save)
-    if not finished:
-        if ctx.user_stopped():
-            logger.info(
-                "per-layer scales: stopped after %d tensors; a resumed study goes on", progress["next"]
-            )
-            raise SearchStopped
-        logger.info(
-            "per-layer scales: the deadline passed; confirming the %d scales found so far", len(scales)
-        )
-    run_keyed(ctx, study, objective, TrialKey.SCALES, params, force=True, **{TRIAL_SCALES: scales})
-
-
-def greedy_scales(
-    ctx: SearchContext,
-    quantization: QuantizationConfig,
-    progress: dict[str, Any],
-    save: Callable[[dict], None],
-) -> tuple[dict[str, float], bool]:
-    """The seed auto-tuning tool's loop: one tensor at a time, keep the scale that lowers the L2.
-
-    Args:
-        ctx: The search context; ``ctx.should_stop`` is polled between evaluations.
-        quantization: The choices the scales refine.
-        progress: ``{"next": tensor index, "scales": {...}}`` to start from (a resumed phase).
-        save: Called with the progress after each tensor.
-
-    Returns:
-        The scales found and whether every tensor was tried.
-    """
-    graph = ctx.calibrated.graph
-    names = list(ctx.config.model.outputs) or list(graph.outputs)
-    reference = run_outputs(str(graph.prepared_path), ctx.analysis_feeds, names)
-    ignored = set(ctx.config.search.ignore_layer_list)
-    skip = {t for n in graph.nodes if n.name in ignored for t in (*n.inputs, *n.outputs)}
-    ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
-    tensors = [t for t in graph.activations if t not in skip]
-    scales: dict[str, float] = dict(progress.get("scales", {}))
-
-    def error(candidate: dict[str, float]) -> float:
-        choices = quantization.model_copy(update={"layer_scales": candidate})
-        model = quantize(ctx.calibrated, choices, ranking, requantizer=ctx.requantizer).model
-        return difference(reference, run_outputs(model, ctx.analysis_feeds, names)).l2
-
-    best = error(scales)
-    for index in range(int(progress.get("next", 0)), len(tensors)):
-        tensor = tensors[index]
-        ctx.reporter.step(index, len(tensors), "tensors")
-        for scale in SCALE_CANDIDATES:
-            if ctx.should_stop():
-                return scales, False
-            value = error({**scales, tensor: scale})
-            if value < best:
-                best, scales = value, {**scales, tensor: scale}
-        save({**progress, "next": index + 1, "scales": scales})
-    ctx.reporter.step(len(tensors), len(tensors), "tensors")
-    return scales, True

@@ -1,10 +1,14 @@
-"""The study behind ``autoquant tune``: run a whole study and keep its best model on disk.
+"""The study behind ``autoquant tune`` and ``autoquant worker``: run a study and keep its best model
+on disk.
 
-The study lives in an Optuna storage (default: SQLite ``study.db`` in the output folder), so the
-same command resumes it; ``fresh=True`` deletes it first. ``tune`` owns its study: trials a killed
-run left RUNNING are marked failed when it starts again. The best trial's outputs are rewritten
-after every improving trial, with ``best_config.yaml`` (``autoquant quantize best_config.yaml``
-reproduces the model) and ``study_summary.json``.
+The study lives in an Optuna storage, so the same command resumes it; ``fresh=True`` deletes it
+first. The embedded default, SQLite ``study.db`` in the output folder, serves one ``tune`` (the
+output folder's lock refuses a second). A shared storage (PostgreSQL, a journal file) serves any
+number of ``tune`` and ``worker`` processes, which split the work through it
+(:mod:`autoquant.driver`, :mod:`autoquant.phases`); a trial whose process died is found by
+Optuna's heartbeat and run again. The best trial's outputs are rewritten after every improving
+trial, with ``best_config.yaml`` (``autoquant quantize best_config.yaml`` reproduces the model),
+and ``study_summary.json`` when a process ends.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +28,9 @@ from optuna.trial import TrialState
 from autoquant import pipeline
 from autoquant.analyze import Sensitivity
 from autoquant.config import QuantizationConfig, StudyConfig
-from autoquant.errors import ConfigError, SearchError
-from autoquant.evaluate import SELECTION_THREADS, THREADS, latency_timers
+from autoquant.driver import Driver
+from autoquant.errors import ConfigError, SearchError, StorageError
+from autoquant.evaluate import SELECTION_THREADS, THREADS, LatencyTimer, latency_timers
 from autoquant.hardware import ReduceRange, host_isa, resolve_reduce_range, target_isa
 from autoquant.locking import output_lock
 from autoquant.names import (
@@ -35,6 +40,7 @@ from autoquant.names import (
     SENSITIVITY_FILE,
     STUDY_COMPUTE_LAYERS,
     STUDY_DB_FILE,
+    STUDY_FINGERPRINT,
     STUDY_FP32_LATENCIES,
     STUDY_FP32_LATENCY,
     STUDY_FP32_SCORE,
@@ -46,28 +52,30 @@ from autoquant.names import (
     TRIAL_FAIL_REASON,
 )
 from autoquant.outputs import write_files, write_outputs
+from autoquant.phases import SearchStopped
 from autoquant.quantize import QuantizedModel, compute_layers
 from autoquant.report import render_report, render_study_report
 from autoquant.rescale import Requantizer
 from autoquant.search import (
-    DEFAULT_SAMPLED_TRIALS,
     Candidate,
     NullReporter,
     Reporter,
     Scorer,
     SearchContext,
-    SearchStopped,
     TrialOutcome,
     best_outcome,
-    bisect_fp32_layers,
-    make_objective,
     outcomes,
-    run_fast,
-    run_sampled,
-    tune_scales,
 )
 from autoquant.selection import pareto_front
+from autoquant.sharing import (
+    check_fingerprint,
+    fingerprint_inputs,
+    fingerprint_results,
+    load_existing,
+    open_study,
+)
 from autoquant.space import load_space
+from autoquant.storage import StudyStorage, WorkerRecord, display_url, open_storage, storage_kind, workers
 from autoquant.tracking import MlflowTracker, NullTracker, make_tracker
 
 logger = logging.getLogger(__name__)
@@ -107,92 +115,45 @@ def study_name(config: StudyConfig) -> str:
     return config.search.study_name or config.output.directory.name
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage for database URLs, a journal file for ``*.log``/``*.journal`` paths."""
-    if url.endswith((".log", ".journal")) and "://" not in url:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:
-        raise ConfigError(
-            f"storage.url {url!r}: cannot open the Optuna storage ({type(exc).__name__}: {exc})"
-        ) from None
-
-
-class ResumableTPESampler(optuna.samplers.TPESampler):
-    """Seeded TPE whose random state before each trial depends only on the seed and the number of
-    trials completed so far, not on what this process sampled before: a resumed study samples
-    the same sequence as one that was never interrupted (a killed trial, failed, takes no part)."""
-
-    def __init__(self, seed: int, **options: object) -> None:
-        super().__init__(seed=seed, **options)
-        self._base_seed = seed
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        seed = (self._base_seed * 1_000_003 + completed) % 2**32
-        self._rng.rng.seed(seed)  # optuna's LazyRandomState of TPE and of its start-up sampler
-        self._random_sampler._rng.rng.seed(seed)
-        super().before_trial(study, trial)
-
-
-def open_study(config: StudyConfig, fresh: bool = False) -> optuna.Study:
-    """Create or load the study; a fresh start deletes a stored study of the same name."""
-    storage = open_storage(storage_url(config))
-    name = study_name(config)
-    if fresh and name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        optuna.delete_study(study_name=name, storage=storage)
-        logger.info("deleted the stored study %r (--fresh)", name)
-    with warnings.catch_warnings():  # multivariate and group are marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = ResumableTPESampler(config.search.seed, multivariate=True, group=True, n_startup_trials=5)
-    study = optuna.create_study(
-        storage=storage, study_name=name, direction="minimize", sampler=sampler, load_if_exists=True
-    )
-    _fail_interrupted(study)
-    return study
-
-
-def _fail_interrupted(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed run of this single-owner study are failed, to be redone."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)
-        logger.info("trial %d was interrupted by a previous run; it will run again", trial.number)
-
-
-def _existing_study(config: StudyConfig) -> optuna.Study | None:
-    """The stored study of ``config``, or None; creates no storage file."""
+def _existing_study(config: StudyConfig) -> tuple[StudyStorage | None, optuna.Study | None]:
+    """The storage (None where opening it would create a file) and the stored study of ``config``
+    (None if there is none)."""
     url, name = storage_url(config), study_name(config)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        return None
-    storage = open_storage(url)
-    if name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        return None
-    return optuna.load_study(study_name=name, storage=storage)
+        return None, None
+    if storage_kind(url) == "journal" and not Path(url).is_file():
+        return None, None
+    storage = open_storage(url, config.storage)
+    return storage, storage.call(load_existing, storage, name)
 
 
-def _stored_attr(config: StudyConfig, name: str) -> object:
-    study = _existing_study(config)
-    return None if study is None else study.user_attrs.get(name)
-
-
-def stored_result(config: StudyConfig) -> TuneResult:
-    """The stored study of ``config`` as it is now, without running anything.
+def stored_status(config: StudyConfig) -> tuple[TuneResult, list[dict]]:
+    """The stored study of ``config`` as it is now, and the processes that served it (most recently
+    seen first: host, pid, command, started, seen, trial, key, state), without running anything.
 
     Raises:
         ConfigError: There is no such study in the storage.
     """
-    study = _existing_study(config)
-    if study is None:
+    storage, study = _existing_study(config)
+    if study is None or storage is None:
         raise ConfigError(
-            f"no study {study_name(config)!r} in {storage_url(config)}; run `autoquant tune` first"
+            f"no study {study_name(config)!r} in {display_url(storage_url(config))}; run `autoquant tune` first"
         )
-    return study_result(config, study, study.user_attrs.get(STUDY_FP32_SCORE, float("nan")))
+
+    def read() -> tuple[TuneResult, list[dict]]:
+        result = study_result(config, study, study.user_attrs.get(STUDY_FP32_SCORE, float("nan")))
+        return result, workers(storage, study)
+
+    return storage.call(read)
+
+
+def stored_result(config: StudyConfig) -> TuneResult:
+    """The stored study of ``config`` as it is now (see :func:`stored_status`).
+
+    Raises:
+        ConfigError: There is no such study in the storage.
+    """
+    return stored_status(config)[0]
 
 
 def best_config(
@@ -288,7 +249,7 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
     tolerance = float(study.user_attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
     return TuneResult(
         study_name=study.study_name,
-        storage=storage_url(config),
+        storage=display_url(storage_url(config)),
         fp32_score=fp32_score,
         budget=config.search.accept_int8_decay,
         best=best_outcome(done, tolerance),
@@ -320,20 +281,27 @@ def _ranking_writer(
     return ranking
 
 
-def _run_phases(ctx: SearchContext, study: optuna.Study, objective: Callable) -> None:
-    """Fast mode: the strategies up to the first pass. Full mode: every phase in turn."""
-    if ctx.config.search.mode == "fast":
-        run_fast(ctx, study, objective, stop_at_first=True)
-        return
-    run_fast(ctx, study, objective, stop_at_first=False)
-    run_sampled(ctx, study, objective, ctx.config.search.n_trials or DEFAULT_SAMPLED_TRIALS)
-    bisect_fp32_layers(ctx, study, objective)
-    tune_scales(ctx, study, objective)
+def _last_out(storage: StudyStorage, study: optuna.Study, worker: WorkerRecord) -> bool:
+    """Mark this process done; True when no other process still serves the study (it closes the
+    MLflow parent run). A process not seen for a grace period is gone."""
+    with storage.lock(study.study_name):
+        worker.update(trial=None, key=None, state="done")
+        now, grace = time.time(), storage.settings.grace_period
+        others = [
+            w
+            for w in workers(storage, study)
+            if (w.get("host"), w.get("pid"), w.get("started")) != (worker.host, worker.pid, worker.started)
+            and w.get("state") != "done"
+            and now - float(w.get("seen", 0.0)) < grace
+        ]
+        return not others
 
 
-def _finish(config: StudyConfig, result: TuneResult, tracker: NullTracker | MlflowTracker) -> None:
+def _finish(
+    config: StudyConfig, result: TuneResult, tracker: NullTracker | MlflowTracker, close_parent: bool
+) -> None:
     """Write the study summary and its report (the Pareto front, and the sensitivity ranking the
-    folder holds), and close the MLflow parent run."""
+    folder holds); the last process out closes the MLflow parent run."""
     out = config.output.directory
     summarised = summary(result, config.quantization.reduce_range)
     details = {
@@ -345,7 +313,7 @@ def _finish(config: StudyConfig, result: TuneResult, tracker: NullTracker | Mlfl
         summarised, f"autoquant study: {result.study_name}", details, _sensitivity(out)
     )
     write_files(out, {SUMMARY_FILE: json.dumps(summarised, indent=2).encode(), REPORT_FILE: report.encode()})
-    tracker.finish(summarised, out / MODEL_FILE, out / REPORT_FILE)
+    tracker.finish(summarised, out / MODEL_FILE, out / REPORT_FILE, close_parent=close_parent)
     if config.tracking.enabled:
         logger.info(
             "MLflow: the study waited %.2f s; logging took %.2f s in the background",
@@ -368,8 +336,9 @@ def tune(
     fresh: bool = False,
     stop: Callable[[], bool] | None = None,
     scorer: Scorer | None = None,
+    command: str = "tune",
 ) -> TuneResult:
-    """Run (or resume) the study described by ``config``.
+    """Run (or resume, or join) the study described by ``config``.
 
     Args:
         config: The study config.
@@ -380,6 +349,8 @@ def tune(
         scorer: Who scores the models (:class:`~autoquant.search.Scorer`); default: the test set
             with ``test.objective``. The ask-and-tell :class:`~autoquant.ask_tell.Tuner` passes
             the user's code.
+        command: ``tune``, or ``worker`` for a process that joins a shared study (``autoquant
+            worker``), which needs a storage several processes share.
 
     Returns:
         The best trial and every completed one.
@@ -387,10 +358,56 @@ def tune(
     Raises:
         AutoquantError: Bad config, model or data (before any trial).
         SearchError: No trial could complete, or another process is tuning into the same
-            output folder.
+            output folder (embedded SQLite storage).
+        StorageError: The stored study was started with another model, data or settings, or the
+            database stays unreachable.
     """
-    with output_lock(config.output.directory, f"study {study_name(config)!r}"):
-        return _tune(config, reporter or NullReporter(), fresh, stop, scorer)
+    url = storage_url(config)
+    kind = storage_kind(url)
+    if kind == "sqlite" and command == "worker":
+        raise ConfigError(
+            f"storage.url {display_url(url)}: `autoquant worker` needs a storage that several processes "
+            "share: set storage.url to postgresql+psycopg://user:password@host/db or to a journal file on "
+            "a shared filesystem (/shared/study.log); SQLite serves one `autoquant tune`"
+        )
+    if kind == "sqlite":
+        with output_lock(config.output.directory, f"study {study_name(config)!r}"):
+            return _tune(config, reporter or NullReporter(), fresh, stop, scorer, command)
+    return _tune(config, reporter or NullReporter(), fresh, stop, scorer, command)
+
+
+def _prepare_study(
+    config: StudyConfig,
+    storage: StudyStorage,
+    fresh: bool,
+    fingerprint: dict[str, str],
+    fp32_score: float,
+    began: float,
+    timers: dict[str, LatencyTimer],
+    compute_count: int,
+    command: str,
+) -> optuna.Study:
+    """Create or join the study; store what is measured once (under the study lock)."""
+    name = study_name(config)
+    study = open_study(config, storage, name, fresh, fingerprint, command == "tune")
+    with storage.lock(name):
+        attrs = study.user_attrs
+        if attrs.get(STUDY_FP32_SCORE) != fp32_score:
+            study.set_user_attr(STUDY_FP32_SCORE, fp32_score)
+        if STUDY_STARTED not in attrs:
+            study.set_user_attr(STUDY_STARTED, began)
+        if attrs.get(STUDY_COMPUTE_LAYERS) != compute_count:
+            study.set_user_attr(STUDY_COMPUTE_LAYERS, compute_count)
+    if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
+        tolerance = timers[SELECTION_THREADS].tolerance()
+        with storage.lock(name):
+            if STUDY_LATENCY_TOLERANCE not in study.user_attrs:
+                study.set_user_attr(STUDY_LATENCY_TOLERANCE, tolerance)
+    with storage.lock(name):
+        if STUDY_FP32_LATENCIES not in study.user_attrs:  # also for a study stored by an older version
+            study.set_user_attr(STUDY_FP32_LATENCIES, {k: t.fp32_ms for k, t in timers.items()})
+            study.set_user_attr(STUDY_FP32_LATENCY, timers[SELECTION_THREADS].fp32_ms)
+    return study
 
 
 def _tune(
@@ -399,36 +416,42 @@ def _tune(
     fresh: bool,
     stop: Callable[[], bool] | None,
     scorer: Scorer | None,
+    command: str,
 ) -> TuneResult:
     began = time.time()
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
     tracker = make_tracker(config)  # fails in seconds, before any calibration work
-    calibrated = pipeline.calibrate(config)
-    graph = calibrated.graph
+    storage, existing = _existing_study(config)  # a shared database must answer before any work
+    existing = None if fresh else existing
+    name = study_name(config)
+    graph = pipeline.load_graph(config)
+    inputs = fingerprint_inputs(config, graph, space)
+    if existing is not None:  # refuse before the statistics pass
+        stored = existing.user_attrs.get(STUDY_FINGERPRINT)
+        check_fingerprint(stored, inputs, name, storage_url(config), command == "tune")
+    calibrated = pipeline.calibrate(config, graph=graph)
     scorer = scorer or pipeline.evaluator(config, graph)
     reporter.phase("FP32 reference")
     fp32 = Candidate(-1, "fp32", {}, graph.prepared_path, None)
-    stored = None if fresh else _stored_attr(config, STUDY_FP32_SCORE)
+    stored = None if existing is None else existing.user_attrs.get(STUDY_FP32_SCORE)
     fp32_score = scorer.reference_score(fp32, stored, reporter.progress)
-    study = open_study(config, fresh)  # only now: a failure before leaves no study behind
-    study.set_user_attr(STUDY_FP32_SCORE, fp32_score)
-    if STUDY_STARTED not in study.user_attrs:
-        study.set_user_attr(STUDY_STARTED, began)
-    study.set_user_attr(STUDY_COMPUTE_LAYERS, len(compute_layers(graph, [n.name for n in graph.nodes])))
+    fingerprint = {**inputs, **fingerprint_results(calibrated, scorer)}
     timers = latency_timers(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
-    if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
-        study.set_user_attr(STUDY_LATENCY_TOLERANCE, timers[SELECTION_THREADS].tolerance())
-    if STUDY_FP32_LATENCIES not in study.user_attrs:
-        study.set_user_attr(STUDY_FP32_LATENCIES, {k: t.fp32_ms for k, t in timers.items()})
-        study.set_user_attr(STUDY_FP32_LATENCY, timers[SELECTION_THREADS].fp32_ms)
-    tracker.attach(study, calibrated.stats.key, fp32_score)
-
-    ranking = _ranking_writer(config, calibrated, study.study_name)
+    compute_count = len(compute_layers(graph, [n.name for n in graph.nodes]))
+    # Only now: a failure before leaves no study behind.
+    storage = storage or open_storage(storage_url(config), config.storage)
+    study = storage.call(
+        _prepare_study, config, storage, fresh, fingerprint, fp32_score, began, timers, compute_count, command
+    )
+    with storage.lock(name):  # one MLflow parent run, whichever process comes first
+        tracker.attach(study, calibrated.stats.key, fp32_score)
     requested = stop or (lambda: False)
 
     def should_stop() -> bool:  # the timeout never ends a study before its first completed trial
-        late = time.monotonic() > deadline and bool(study.get_trials(states=(TrialState.COMPLETE,)))
+        late = time.monotonic() > deadline and bool(
+            storage.call(study.get_trials, deepcopy=False, states=(TrialState.COMPLETE,))
+        )
         return requested() or late
 
     ctx = SearchContext(
@@ -441,22 +464,37 @@ def _tune(
         latencies=dict(study.user_attrs.get(STUDY_LATENCIES, {})),
         requantizer=Requantizer(graph),
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
-        ranking_fn=ranking,
+        ranking_fn=_ranking_writer(config, calibrated, name),
         on_best=best_writer(config),
         reporter=reporter,
         tracker=tracker,
         should_stop=should_stop,
         user_stopped=requested,
     )
-    objective = make_objective(ctx, study)
+    return _drive(ctx, study, storage, command, fp32_score)
+
+
+def _drive(
+    ctx: SearchContext, study: optuna.Study, storage: StudyStorage, command: str, fp32_score: float
+) -> TuneResult:
+    """Run the study's trials in this process, then write the summary (and close MLflow's parent
+    run if this is the last process serving the study)."""
+    config = ctx.config
+    worker = WorkerRecord(storage, study, command)
+    driver = Driver(ctx, study, storage, worker, ctx.on_best)
     try:
-        _run_phases(ctx, study, objective)
+        reason = driver.drive()
+        logger.info("study %r done: %s", study.study_name, reason)
     except SearchStopped:
         logger.info("the search stopped before its end (timeout or a stop request)")
+    except StorageError:
+        raise  # the database is gone: nothing more can be read or written
     finally:
-        result = study_result(config, study, fp32_score)
-        if result.trials:
-            _finish(config, result, tracker)
+        if sys.exc_info()[0] is not StorageError:
+            result = storage.call(study_result, config, study, fp32_score)
+            if result.trials:
+                storage.call(driver.sync_outputs)
+                _finish(config, result, ctx.tracker, storage.call(_last_out, storage, study, worker))
     if not result.trials:
         failures = [
             t.user_attrs.get(TRIAL_FAIL_REASON, "") for t in study.trials if t.state == TrialState.FAIL

@@ -1,7 +1,8 @@
 """Tracking stage: the study as a parent MLflow run, every trial as a nested child run.
 
 The parent run's id is stored in the Optuna study (user attribute ``mlflow_parent_run_id``), so a
-resumed study and other workers attach their trials to the same parent. The store is checked
+resumed study and other workers attach their trials to the same parent (the first process creates
+it under the study lock); the last process to leave the study closes it. The store is checked
 before any calibration work: an unreachable tracking server fails within seconds.
 """
 
@@ -94,7 +95,9 @@ class NullTracker:
     def log_failure(self, number: int, params: dict, reason: str) -> None:
         """Do nothing."""
 
-    def finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
+    def finish(
+        self, summary: dict, model_path: Path | None, report_path: Path | None, close_parent: bool = True
+    ) -> None:
         """Do nothing."""
 
 
@@ -160,6 +163,9 @@ class MlflowTracker:
             location = (
                 (Path(self.uri.removeprefix("sqlite:///")).parent / MLFLOW_ARTIFACTS_DIR).resolve().as_uri()
             )
+        elif "://" in self.uri and not self.uri.startswith(("http://", "https://", "databricks")):
+            # another database (postgresql://...): the artifacts go to the output folder, not the cwd
+            location = (self.config.output.directory / MLFLOW_ARTIFACTS_DIR).resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
     def attach(self, study: Any, stats_key: str, fp32_score: float) -> None:
@@ -261,20 +267,25 @@ class MlflowTracker:
             "state": state,
             "mode": self.config.search.mode,
             "worker_host": socket.gethostname(),
+            "worker_pid": str(os.getpid()),
             "autoquant_version": __version__,
             "onnxruntime_version": onnxruntime.__version__,
             "cpu_isa": target_isa().label,
             **{k: str(v) for k, v in extra.items()},
         }
 
-    def finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
-        """Log the summary, the best model (mlflow.onnx flavour) and the report; wait for every call.
+    def finish(
+        self, summary: dict, model_path: Path | None, report_path: Path | None, close_parent: bool = True
+    ) -> None:
+        """Wait for every queued call; with ``close_parent`` (the last process serving the study),
+        first log the summary, the best model (mlflow.onnx flavour) and the report to the parent.
 
         Raises:
             Exception: The first error of a queued MLflow call.
         """
         with self._waiting():
-            self._submit(self._finish, summary, model_path, report_path)
+            if close_parent:
+                self._submit(self._finish, summary, model_path, report_path)
             pending, self._pending = self._pending, []
             errors = [f.exception() for f in pending if f.exception() is not None]
         if errors:

@@ -268,7 +268,7 @@ def test_an_onnxruntime_failure_fails_only_its_trial(
     reason: str,
 ) -> None:
     _session_failing_for_trial(monkeypatch, {1}, where)
-    caplog.set_level("DEBUG", logger="autoquant.search")
+    caplog.set_level("DEBUG", logger="autoquant.driver")
     result = autoquant.tune(load_config(digits_config))
     study = _load_study(digits_config)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]

@@ -24,6 +24,7 @@ from autoquant.graph._model_io import (
     read_model,
     session_for,
     session_options,
+    set_session_threads,
     write_model,
 )
 from autoquant.graph._prepare import MIN_OPSET, WEIGHTED_OPS, check_control_flow, prepare, private_workdir
@@ -86,6 +87,7 @@ __all__ = [
     "read_model",
     "session_for",
     "session_options",
+    "set_session_threads",
     "weight_channel_ranges",
     "write_model",
 ]

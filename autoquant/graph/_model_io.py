@@ -137,12 +137,29 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool = False)
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
+#: Threads of every onnxruntime session autoquant creates (None: onnxruntime's default, one per
+#: core); set by ``--threads`` when several processes share a machine's cores.
+_THREADS: int | None = None
+
+
+def set_session_threads(threads: int | None) -> None:
+    """Run every session with ``threads`` intra-op threads that do not spin while idle (None:
+    onnxruntime's default)."""
+    global _THREADS
+    _THREADS = threads
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Session options with onnxruntime's log at error level and ``threads`` intra-op threads
-    (0: onnxruntime's default, one per physical core)."""
+    (0: onnxruntime's default, one per physical core; None: those of :func:`set_session_threads`)."""
     options = ort.SessionOptions()
     options.log_severity_level = ORT_LOG_SEVERITY
-    options.intra_op_num_threads = threads
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    elif _THREADS is not None:
+        options.intra_op_num_threads = _THREADS
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -1,0 +1,110 @@
+"""Storage kinds, retries and the heartbeat settings (autoquant/storage.py), without a server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy.exc
+import yaml
+
+from autoquant.config import StorageConfig, load_config
+from autoquant.errors import ConfigError, StorageError
+from autoquant.storage import StudyStorage, display_url, is_outage, open_storage, storage_kind
+from tests.helpers import digits_variant
+
+
+def test_storage_kinds() -> None:
+    assert storage_kind("sqlite:////tmp/study.db") == "sqlite"
+    assert storage_kind("postgresql+psycopg://u:p@host/db") == "postgresql"
+    assert storage_kind("/shared/studies/digits.log") == "journal"
+    with pytest.raises(ConfigError, match=r"storage.url 'mysql://u:\*\*\*@host/db': use postgresql\+psycopg"):
+        storage_kind("mysql://u:secret@host/db")
+
+
+def test_passwords_are_masked() -> None:
+    assert (
+        display_url("postgresql+psycopg://user:secret@host:5432/db")
+        == "postgresql+psycopg://user:***@host:5432/db"
+    )
+    assert display_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+
+
+def test_grace_period_must_exceed_the_heartbeat(tmp_path: Path) -> None:
+    data = digits_variant(tmp_path).model_dump(mode="json")
+    data["storage"] = {"heartbeat_interval": 5, "grace_period": 5}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"grace_period \(5\) must be longer than heartbeat_interval \(5\)"):
+        load_config(path)
+
+
+def _outage() -> sqlalchemy.exc.OperationalError:
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+
+def test_outages_are_told_from_other_errors() -> None:
+    try:
+        raise RuntimeError("the storage failed") from _outage()
+    except RuntimeError as exc:
+        assert is_outage(exc)
+    assert not is_outage(ValueError("a bad value"))
+
+
+def _shared(retry_timeout: float) -> StudyStorage:
+    return StudyStorage(
+        "postgresql+psycopg://u:secret@host/db",
+        "postgresql",
+        None,
+        StorageConfig(retry_timeout=retry_timeout),
+    )
+
+
+def test_a_storage_that_answers_again_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+
+    def step() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise _outage()
+        return "stored"
+
+    with caplog.at_level(logging.INFO, logger="autoquant.storage"):
+        assert _shared(30).call(step) == "stored"
+    assert len(calls) == 3 and calls[2] - calls[1] > calls[1] - calls[0]  # backoff
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("does not answer" in m for m in messages) == 1 and "answers again" in messages[-1]
+    assert "secret" not in " ".join(messages)
+
+
+def test_a_storage_that_stays_down_ends_in_one_clear_error() -> None:
+    def step() -> None:
+        raise _outage()
+
+    began = time.monotonic()
+    with pytest.raises(
+        StorageError, match=r"u:\*\*\*@host/db: the database has not answered for 1 s .*run the same command"
+    ):
+        _shared(1.0).call(step)
+    assert 1.0 <= time.monotonic() - began < 3.0
+
+
+def test_other_errors_are_not_retried() -> None:
+    calls = []
+
+    def step() -> None:
+        calls.append(1)
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):
+        _shared(30).call(step)
+    assert calls == [1]
+
+
+def test_sqlite_is_not_retried(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", StorageConfig())
+    assert not storage.shared and storage.heartbeat_interval == 1
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        storage.call(lambda: (_ for _ in ()).throw(_outage()))
