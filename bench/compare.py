@@ -27,8 +27,8 @@ NNCF accuracy control) are judged at the end of results.md.
 Writes ``results.md`` and ``results.json`` in ``--output`` and nothing anywhere else (the working
 files go to ``--output``/.work, deleted at the end unless ``--keep-work``).
 
-Run:   python bench/compare.py --output bench/compare            # every model, about 90 minutes
-       python bench/compare.py --output /tmp/x --quick           # digits, 4 contenders, ~30 s
+Run:   python bench/compare.py --output bench/compare            # every model, about 40 minutes on 2 cores
+       python bench/compare.py --output /tmp/x --quick           # digits, 4 contenders, under 30 s
 """
 
 from __future__ import annotations
