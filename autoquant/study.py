@@ -13,6 +13,7 @@ and ``study_summary.json`` when a process ends.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from optuna.trial import TrialState
 
 from autoquant import pipeline
 from autoquant.analyze import Sensitivity
+from autoquant.common import atomic_write
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.driver import Driver
 from autoquant.errors import ConfigError, SearchError, StorageError
@@ -267,10 +269,31 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
 def _ranking_writer(
     config: StudyConfig, calibrated: pipeline.Calibrated, name: str
 ) -> Callable[[QuantizationConfig], Sensitivity]:
-    """Sensitivity analysis for the bisection; each ranking is also written as JSON and HTML."""
+    """Sensitivity analysis for the bisection; each ranking is also written as JSON and HTML.
+
+    Rankings are cached beside the statistics, keyed by them, the choices, the analysis samples and
+    the CPU's instruction set, so a resumed study, or another worker sharing the cache, reuses them.
+    """
 
     def ranking(quantization: QuantizationConfig) -> Sensitivity:
-        sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
+        key = hashlib.sha256(
+            "|".join(
+                [
+                    calibrated.stats.key,
+                    quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}}).model_dump_json(),
+                    str(config.search.data_limit),
+                    str(list(config.model.outputs)),
+                    target_isa().label,
+                ]
+            ).encode()
+        ).hexdigest()[:24]
+        cached = pipeline.cache_dir(config) / f"sensitivity-{key}.json"
+        try:
+            sensitivity = Sensitivity.from_json(cached.read_text())
+            logger.info("sensitivity ranking reused from the cache (%s)", cached.name)
+        except (OSError, ValueError, KeyError, TypeError):
+            sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
+            atomic_write(cached, lambda f: f.write(sensitivity.to_json().encode()))
         report = render_report(
             sensitivity, f"autoquant sensitivity: {name}", {"model": str(config.model.path)}
         )

@@ -107,3 +107,31 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:
     )
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a blank page compresses to a few KB
+
+
+def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
+    calibrated_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoquant import study
+
+    config, calibrated = calibrated_digits
+    config = config.replace(
+        calibration={"cache_dir": tmp_path / "cache"}, output={"directory": tmp_path / "out"}
+    )
+    runs: list[bool] = []
+    analyze_layers = pipeline.analyze_layers
+
+    def counting(cfg, cal):
+        runs.append(cfg.quantization.per_channel)
+        return analyze_layers(cfg, cal)
+
+    monkeypatch.setattr(pipeline, "analyze_layers", counting)
+    first = study._ranking_writer(config, calibrated, "a")(config.quantization)
+    again = study._ranking_writer(config, calibrated, "b")(
+        config.quantization.model_copy(update={"fp32_layers": 3})
+    )
+    assert again.ranking() == first.ranking() and runs == [False]  # a blacklist does not change the ranking
+    other = config.quantization.model_copy(update={"per_channel": True})
+    study._ranking_writer(config, calibrated, "c")(other)
+    assert runs == [False, True] and len(list((tmp_path / "cache").glob("sensitivity-*.json"))) == 2
+    assert (tmp_path / "out" / "sensitivity.json").is_file()
