@@ -426,8 +426,9 @@ def test_identical_and_resumed_full_studies_agree(tmp_path: Path) -> None:
             autoquant.tune(config, stop=lambda: len(_trials(config)) >= 8)  # noqa: B023
             assert len(_trials(config)) == 8
         studies.append(autoquant.tune(config))
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)  # a sampled trial may be certainly over budget
     sampled = [
-        {t.number: t.params for t in _trials(r) if t.user_attrs["key"].startswith("sampled:")}
+        {t.number: t.params for t in _trials(r, finished) if t.user_attrs["key"].startswith("sampled:")}
         for r in studies
     ]
     assert sampled[0] == sampled[1] == sampled[2] and len(sampled[0]) == 6
@@ -436,8 +437,8 @@ def test_identical_and_resumed_full_studies_agree(tmp_path: Path) -> None:
     ]
 
 
-def _trials(source) -> list:
-    """The completed trials of a study, from its config or its result."""
+def _trials(source, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list:
+    """The trials of a study in ``states`` (completed), from its config or its result."""
     from autoquant.study import storage_url, study_name
 
     if isinstance(source, autoquant.StudyConfig):
@@ -448,7 +449,7 @@ def _trials(source) -> list:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
         return []
-    return study.get_trials(states=(TrialState.COMPLETE,))
+    return study.get_trials(states=states)
 
 
 def test_a_trial_certainly_over_budget_is_pruned_and_not_rerun(tmp_path: Path) -> None:
