@@ -146,8 +146,11 @@ def resolved_config(result: QuantizedModel, config: StudyConfig) -> StudyConfig:
     return config.replace(quantization={"reduce_range": result.reduce_range})
 
 
-def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) -> WrittenOutputs:
-    """Write the INT8 model, calibration tables, FP32 node list and resolved config to ``directory``.
+def write_outputs(
+    result: QuantizedModel, config: StudyConfig, directory: Path, extra: dict[str, bytes] | None = None
+) -> WrittenOutputs:
+    """Write the INT8 model, calibration tables, FP32 node list and resolved config to ``directory``,
+    with the ``extra`` files (name -> content) in the same all-or-nothing write.
 
     The model is written with external data when the source model had it. The resolved config
     names ``quantization.reduce_range`` as decided (true or false, not auto), so that
@@ -170,8 +173,9 @@ def write_outputs(result: QuantizedModel, config: StudyConfig, directory: Path) 
         TRT_CACHE_FILE: trt_calibration_cache(result).encode(),
         FP32_NODES_FILE: "".join(f"{n}\n" for n in result.fp32_nodes).encode(),
         CONFIG_FILE: resolved_config(result, config).to_yaml().encode(),
+        **(extra or {}),
     }
-    model, table, trt_cache, fp32_nodes, config_path = write_files(directory, files)
+    model, table, trt_cache, fp32_nodes, config_path = write_files(directory, files)[:5]
     return WrittenOutputs(
         model=model, table=table, trt_cache=trt_cache, fp32_nodes=fp32_nodes, config=config_path
     )

@@ -180,8 +180,7 @@ def best_writer(config: StudyConfig) -> Callable[[TrialOutcome, QuantizedModel, 
     def on_best(outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig) -> None:
         built = quantization.model_copy(update={"reduce_range": result.reduce_range})  # not auto
         chosen = best_config(config, built, result.fp32_nodes)
-        write_outputs(result, chosen, out)
-        write_files(out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})
+        write_outputs(result, chosen, out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})  # all or none
         logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
 
     return on_best

@@ -14,7 +14,7 @@ from autoquant.hardware import host_isa
 from autoquant.quantize import compute_layers
 from autoquant.search import TrialOutcome
 from autoquant.selection import best_outcome, pareto_front, ranked
-from tests.helpers import digits_variant
+from tests.helpers import ROOT, digits_variant
 
 
 def trial(
@@ -85,11 +85,18 @@ def test_elementwise_ops_left_in_float_are_not_fp32_layers(tmp_path: Path) -> No
     FP32 compute layer, reports both thread counts and the CPU, and its Pareto front is right.
 
     An Add between two quantized tensors looks the same in QDQ form whether it was quantized or
-    not (DQ, DQ -> Add -> Q), and onnxruntime runs it as QLinearAdd either way."""
+    not (DQ, DQ -> Add -> Q), and onnxruntime runs it as QLinearAdd either way. The space is the
+    built-in fast space with its ``default`` strategy alone: the built-in first strategy sets
+    float_ops itself (activations)."""
+    space = tmp_path / "default_only.yaml"
+    space.write_text(
+        (ROOT / "search_spaces" / "fast.yaml").read_text().split("\nstrategies:\n")[0]
+        + "\nstrategies:\n  - {name: default}\n"
+    )
     config = digits_variant(
         tmp_path,
         quantization={"float_ops": "elementwise", "method": "mse"},
-        search={"accept_int8_decay": 0.01},
+        search={"accept_int8_decay": 0.01, "space": space},
     )
     result = autoquant.tune(config)
     best = result.best

@@ -102,7 +102,7 @@ def test_local_store(digits_config: Path, tmp_path: Path) -> None:
     db = tmp_path / "store" / "mlflow.db"
     config_path = _config(digits_config, tmp_path, uri=f"sqlite:///{db}")
     result = autoquant.tune(load_config(config_path))
-    assert len(result.trials) == 3
+    assert len(result.trials) == 1  # the first strategy is within budget on digits
     _check_store(f"sqlite:///{db}", config_path)
     # A resumed study reuses its parent run.
     autoquant.tune(load_config(config_path))
