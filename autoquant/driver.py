@@ -41,7 +41,7 @@ from autoquant.names import (
     TrialKey,
 )
 from autoquant.outputs import write_files
-from autoquant.phases import Done, Keys, Run, SearchStopped, Wait, next_step, search_scales
+from autoquant.phases import Done, Keys, Run, SearchStopped, Wait, next_step, phase_progress, search_scales
 from autoquant.pipeline import quantize
 from autoquant.quantize import QuantizedModel
 from autoquant.search import (
@@ -69,6 +69,7 @@ class Claimed:
     key: str
     phase: str
     prune: bool  # a completed trial exists: evaluations certainly over budget may stop early
+    progress: tuple[int, int, str] | None = None  # the phase's (finished, total, unit), for its bar
 
 
 class Driver:
@@ -106,11 +107,19 @@ class Driver:
         """
         shown: str | None = None
         waiting: str | None = None
+        bar: tuple[int, int, str] | None = None  # the phase bar shown
+
+        def close_bar() -> None:
+            if bar is not None:
+                self.ctx.reporter.step(bar[1], bar[1], bar[2])
+
         while True:
             if self.ctx.should_stop():
+                close_bar()
                 raise SearchStopped
             step = self.storage.call(self._claim)
             if isinstance(step, Done):
+                close_bar()
                 self.storage.call(self.worker.update, trial=None, key=None, state="done")
                 return step.reason
             if isinstance(step, Wait):
@@ -122,8 +131,13 @@ class Driver:
                 continue
             waiting = None
             if step.phase != shown:
+                close_bar()
+                bar = None
                 self.ctx.reporter.phase(step.phase)
                 shown = step.phase
+            if step.progress is not None:
+                bar = step.progress
+                self.ctx.reporter.step(*bar)
             self._run(step)
 
     def _pause(self) -> None:
@@ -157,7 +171,7 @@ class Driver:
             self.storage.claim(trial._trial_id)
             prune = any(t.state == TrialState.COMPLETE for t in trials)
             self.worker.update(trial=trial.number, key=key, state="running")
-        return Claimed(trial, key, step.phase, prune)
+        return Claimed(trial, key, step.phase, prune, phase_progress(ctx, trials, key))
 
     def _fail_broken_claims(self, running: list[FrozenTrial]) -> None:
         """A running trial without an owner, seen under the lock, is a claim whose process died

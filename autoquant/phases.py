@@ -199,6 +199,27 @@ def _phase(ctx: SearchContext, key: str) -> str:
     return BISECT_PHASE if key.startswith(TrialKey.BISECT) else SCALES_PHASE
 
 
+def phase_progress(
+    ctx: SearchContext, trials: Sequence[FrozenTrial], key: str
+) -> tuple[int, int, str] | None:
+    """How far the phase of ``key`` has come, for its progress bar: (finished trials, trials in the
+    phase, unit), or None for the phases that are one trial or a few (bisection, scales)."""
+    finished = [
+        t.user_attrs.get(TRIAL_KEY, "") for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
+    if key.startswith(TrialKey.STRATEGY):
+        total, prefix, unit = len(ctx.space.strategies), TrialKey.STRATEGY, "strategies"
+    elif key.startswith(TrialKey.SAMPLED):
+        total, prefix, unit = (
+            ctx.config.search.n_trials or DEFAULT_SAMPLED_TRIALS,
+            TrialKey.SAMPLED,
+            "sampled trials",
+        )
+    else:
+        return None
+    return min(sum(k.startswith(prefix) for k in finished), total), total, unit
+
+
 def bisect_plan(ctx: SearchContext, outcomes: Sequence[TrialOutcome], tolerance: float) -> dict[str, Any]:
     """The bisection's choices and range: search the smallest k such that keeping the k most
     sensitive nodes in FP32 meets the budget, with the choices of the trial of smallest decay.

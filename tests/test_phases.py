@@ -9,7 +9,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from autoquant.config import QuantizationConfig, SearchConfig
-from autoquant.phases import Done, Keys, Run, Wait, next_step, strategies
+from autoquant.phases import Done, Keys, Run, Wait, next_step, phase_progress, strategies
 from autoquant.space import load_space
 
 
@@ -83,3 +83,18 @@ def test_sampled_trials_are_numbered_slots_up_to_the_budget() -> None:
     assert _next(ctx, old).key == "sampled:2"
     full = [*old, _trial(7, "sampled:2", TrialState.RUNNING), _trial(8, "sampled:3", TrialState.RUNNING)]
     assert _next(ctx, full) == Wait("sampled trials are running")  # the budget is spent; they run
+
+
+def test_phase_progress_counts_the_finished_trials_of_the_phase() -> None:
+    ctx = _ctx("full", n_trials=4)
+    keys = [key for key, _ in strategies(ctx)]
+    trials = [
+        _trial(0, keys[0], TrialState.COMPLETE, within=False),
+        _trial(1, keys[1], TrialState.PRUNED),
+        _trial(2, keys[2], TrialState.FAIL),  # failed: runs again, not finished
+        _trial(3, keys[3], TrialState.RUNNING),
+        _trial(4, "sampled:0", TrialState.COMPLETE, within=False),
+    ]
+    assert phase_progress(ctx, trials, keys[3]) == (2, 6, "strategies")
+    assert phase_progress(ctx, trials, "sampled:1") == (1, 4, "sampled trials")
+    assert phase_progress(ctx, trials, "bisect:3") is None
