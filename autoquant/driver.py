@@ -291,10 +291,10 @@ class Driver:
         ctx, study = self.ctx, self.study
         for name, value in outcome.attrs().items():
             trial.set_user_attr(name, value)
-        frozen = study.tell(trial, outcome.decay, skip_if_finished=True)
-        if frozen.state != TrialState.COMPLETE:  # failed by another process that thought us dead
-            self._rescue(frozen, outcome)
-        with self.lock():
+        with self.lock():  # told under the lock: a claim sees the result, or started before it
+            frozen = study.tell(trial, outcome.decay, skip_if_finished=True)
+            if frozen.state != TrialState.COMPLETE:  # failed by another process that thought us dead
+                self._rescue(frozen, outcome)
             attrs = study.user_attrs
             latencies = {**ctx.latencies, **attrs.get(STUDY_LATENCIES, {})}
             if latencies != attrs.get(STUDY_LATENCIES):
