@@ -20,6 +20,7 @@ driver (:func:`autoquant.study.tune`) runs on a background thread with the Tuner
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -35,9 +36,12 @@ from autoquant.config import StudyConfig
 from autoquant.errors import DataError
 from autoquant.evaluate import Evaluation, compute_decay
 from autoquant.graph import session_for
+from autoquant.phases import TrialReturned
 from autoquant.search import Candidate
 from autoquant.space import Value
 from autoquant.study import TuneResult, stored_result
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,7 +80,51 @@ class _Unscored(DataError):
     """The user's loop ended a trial without reporting a score."""
 
 
-class Tuner:
+class HandingScorer:
+    """The :class:`~autoquant.search.Scorer` for scores computed outside autoquant: each model is
+    handed out as a :class:`Trial` by :meth:`_hand`, which waits for its score.
+
+    Args:
+        config: The study config.
+    """
+
+    def __init__(self, config: StudyConfig) -> None:
+        self.config = config
+        self._fp32_score: float | None = None
+
+    def _hand(self, trial: Trial) -> float:
+        """Hand the trial out and return its score.
+
+        Raises:
+            TrialReturned: It came back without a score (handed out again, or failed and queued).
+        """
+        raise NotImplementedError
+
+    def reference_score(self, fp32: Candidate, stored: float | None, progress: ProgressFn) -> float:
+        """``search.fp32_score``, the score a resumed study stored, or the one handed back for the
+        FP32 model."""
+        known = self.config.search.fp32_score if self.config.search.fp32_score is not None else stored
+        session = None
+        while known is None:
+            session = session or session_for(fp32.model)
+            try:
+                known = self._hand(Trial(-1, {}, True, fp32.model, session))
+            except TrialReturned as returned:
+                logger.info("the FP32 trial: %s; it is handed out again", returned)
+        self._fp32_score = known
+        return known
+
+    def score(self, candidate: Candidate, progress: ProgressFn, prune: bool = False) -> Evaluation:
+        """Hand the candidate out and wait for its score (never pruned: the test set is scored whole)."""
+        began = time.perf_counter()
+        session = candidate.session or session_for(candidate.model)
+        score = self._hand(Trial(candidate.number, candidate.params, False, candidate.model, session))
+        assert self._fp32_score is not None
+        decay = compute_decay(self._fp32_score, score, self.config.search.decay)
+        return Evaluation(score, self._fp32_score, decay, None, 0, time.perf_counter() - began)
+
+
+class Tuner(HandingScorer):
     """Iterate over trials; see the module docstring.
 
     Args:
@@ -85,14 +133,13 @@ class Tuner:
     """
 
     def __init__(self, config: StudyConfig, fresh: bool = False) -> None:
-        self.config = config
+        super().__init__(config)
         self.fresh = fresh
         self._handed: queue.Queue[Trial | None] = queue.Queue()  # driver -> user
         self._told: queue.Queue[float | None] = queue.Queue()  # user -> driver
         self._stop = threading.Event()
         self._result: TuneResult | None = None
         self._error: BaseException | None = None
-        self._fp32_score: float | None = None
 
     # ---- the user's side --------------------------------------------------------------------------
 
@@ -131,7 +178,7 @@ class Tuner:
             return self._result
         return stored_result(self.config)
 
-    # ---- the driver's side: the Scorer protocol ---------------------------------------------------
+    # ---- the driver's side ------------------------------------------------------------------------
 
     def _hand(self, trial: Trial) -> float:
         self._handed.put(trial)
@@ -140,21 +187,3 @@ class Tuner:
             self._stop.set()
             raise _Unscored(f"trial {trial.number} ended without trial.report(score)")
         return score
-
-    def reference_score(self, fp32: Candidate, stored: float | None, progress: ProgressFn) -> float:
-        """``search.fp32_score``, the score a resumed study stored, or the user's for the FP32 model."""
-        known = self.config.search.fp32_score if self.config.search.fp32_score is not None else stored
-        if known is None:
-            known = self._hand(Trial(-1, {}, True, fp32.model, session_for(fp32.model)))
-        self._fp32_score = known
-        return known
-
-    def score(self, candidate: Candidate, progress: ProgressFn, prune: bool = False) -> Evaluation:
-        """Hand the candidate to the user's loop and wait for its score (never pruned: the user
-        scores the whole test set)."""
-        began = time.perf_counter()
-        session = candidate.session or session_for(candidate.model)
-        score = self._hand(Trial(candidate.number, candidate.params, False, candidate.model, session))
-        assert self._fp32_score is not None
-        decay = compute_decay(self._fp32_score, score, self.config.search.decay)
-        return Evaluation(score, self._fp32_score, decay, None, 0, time.perf_counter() - began)

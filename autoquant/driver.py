@@ -14,11 +14,13 @@ Every storage step is retried while the database does not answer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,17 @@ from autoquant.names import (
     TrialKey,
 )
 from autoquant.outputs import write_files
-from autoquant.phases import Done, Keys, Run, SearchStopped, Wait, next_step, phase_progress, search_scales
+from autoquant.phases import (
+    Done,
+    Keys,
+    Run,
+    SearchStopped,
+    TrialReturned,
+    Wait,
+    next_step,
+    phase_progress,
+    search_scales,
+)
 from autoquant.pipeline import quantize
 from autoquant.quantize import QuantizedModel
 from autoquant.search import (
@@ -81,6 +93,8 @@ class Driver:
         storage: Its storage, with the study lock and the retries.
         worker: This process's record in the study.
         on_best: Writes a new best trial's outputs into the output folder.
+        idle: Entered while the driver waits for other processes' trials (the server's drivers
+            release their shared lock there, :mod:`autoquant.remote`).
     """
 
     def __init__(
@@ -90,8 +104,10 @@ class Driver:
         storage: StudyStorage,
         worker: WorkerRecord,
         on_best: OnBest,
+        idle: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self.ctx, self.study, self.storage, self.worker, self.on_best = ctx, study, storage, worker, on_best
+        self.idle = idle
 
     def lock(self):
         """The study lock."""
@@ -142,8 +158,9 @@ class Driver:
 
     def _pause(self) -> None:
         until = time.monotonic() + POLL_SECONDS
-        while time.monotonic() < until and not self.ctx.should_stop():
-            time.sleep(0.05)
+        with self.idle():
+            while time.monotonic() < until and not self.ctx.should_stop():
+                time.sleep(0.05)
 
     # --- claiming --------------------------------------------------------------------------------
     def _claim(self) -> Claimed | Wait | Done:
@@ -226,6 +243,11 @@ class Driver:
                 made = self._body(claimed)
             except Pruned as pruned:
                 self.storage.call(self._record_pruned, trial, pruned)
+                return
+            except TrialReturned as returned:
+                logger.info("trial %d: %s; it runs again", trial.number, returned)
+                self.storage.call(self._interrupted, trial, str(returned))
+                self.ctx.reporter.trial_finished(None, str(returned), current_best(self.study))
                 return
             except AutoquantError as exc:
                 self.storage.call(self._record_failure, trial, exc)

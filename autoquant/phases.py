@@ -51,6 +51,11 @@ class SearchStopped(Exception):
     """The search must stop (timeout or a stop request); not an error."""
 
 
+class TrialReturned(Exception):
+    """The scorer gave the trial back without a score (a remote client abandoned it or went
+    silent): the trial is failed with this reason and runs again."""
+
+
 @dataclass(frozen=True)
 class Run:
     """Run the trial of ``key``: queue ``params`` for it (fixed choices), or take the trial queued

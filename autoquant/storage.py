@@ -389,13 +389,20 @@ class WorkerRecord:
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)
+    slot: int = 0  # the server's drivers share a process: one record each
     trial: int | None = None
     key: str | None = None
     state: str = "starting"
 
     @property
     def attr(self) -> str:
-        return f"{WORKER_PREFIX}{self.host}:{self.pid}:{int(self.started)}"
+        suffix = f":{self.slot}" if self.slot else ""
+        return f"{WORKER_PREFIX}{self.host}:{self.pid}:{int(self.started)}{suffix}"
+
+    @property
+    def identity(self) -> tuple:
+        """What tells this record from the others of the study."""
+        return (self.host, self.pid, self.started, self.slot)
 
     def update(self, **changes: Any) -> None:
         """Change ``trial``, ``key`` or ``state`` and store the record with the time now."""
@@ -406,6 +413,7 @@ class WorkerRecord:
             "pid": self.pid,
             "command": self.command,
             "started": self.started,
+            "slot": self.slot,
             "seen": time.time(),
             "trial": self.trial,
             "key": self.key,

@@ -13,6 +13,7 @@ and ``study_summary.json`` when a process ends.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -312,7 +313,7 @@ def _last_out(storage: StudyStorage, study: optuna.Study, worker: WorkerRecord) 
         others = [
             w
             for w in workers(storage, study)
-            if (w.get("host"), w.get("pid"), w.get("started")) != (worker.host, worker.pid, worker.started)
+            if (w.get("host"), w.get("pid"), w.get("started"), w.get("slot", 0)) != worker.identity
             and w.get("state") != "done"
             and now - float(w.get("seen", 0.0)) < grace
         ]
@@ -392,10 +393,16 @@ def tune(
             "share: set storage.url to postgresql+psycopg://user:password@host/db or to a journal file on "
             "a shared filesystem (/shared/study.log); SQLite serves one `autoquant tune`"
         )
-    if kind == "sqlite":
-        with output_lock(config.output.directory, f"study {study_name(config)!r}"):
-            return _tune(config, reporter or NullReporter(), fresh, stop, scorer, command)
-    return _tune(config, reporter or NullReporter(), fresh, stop, scorer, command)
+    with serving(config):
+        return drive(open_search(config, reporter or NullReporter(), fresh, stop, scorer, command))
+
+
+def serving(config: StudyConfig) -> contextlib.AbstractContextManager[object]:
+    """Held while this process serves the study: the output folder's lock for the embedded SQLite
+    storage, which one process serves (the shared storages have the study lock)."""
+    if storage_kind(storage_url(config)) == "sqlite":
+        return output_lock(config.output.directory, f"study {study_name(config)!r}")
+    return contextlib.nullcontext()
 
 
 def _prepare_study(
@@ -432,14 +439,27 @@ def _prepare_study(
     return study
 
 
-def _tune(
+@dataclass
+class OpenSearch:
+    """A study set up to be driven: calibrated, its FP32 reference scored, stored."""
+
+    ctx: SearchContext
+    study: optuna.Study
+    storage: StudyStorage
+    command: str
+    fp32_score: float
+
+
+def open_search(
     config: StudyConfig,
     reporter: Reporter,
     fresh: bool,
     stop: Callable[[], bool] | None,
     scorer: Scorer | None,
     command: str,
-) -> TuneResult:
+) -> OpenSearch:
+    """Everything before the first trial: the statistics pass, the FP32 reference and latency, the
+    stored study (created or joined) and the search context (call while :func:`serving`)."""
     began = time.time()
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
@@ -493,17 +513,33 @@ def _tune(
         should_stop=should_stop,
         user_stopped=requested,
     )
-    return _drive(ctx, study, storage, command, fp32_score)
+    return OpenSearch(ctx, study, storage, command, fp32_score)
 
 
-def _drive(
-    ctx: SearchContext, study: optuna.Study, storage: StudyStorage, command: str, fp32_score: float
+def drive(
+    search: OpenSearch,
+    slot: int = 0,
+    idle: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
 ) -> TuneResult:
-    """Run the study's trials in this process, then write the summary (and close MLflow's parent
-    run if this is the last process serving the study)."""
+    """Run the study's trials, then write the summary (and close MLflow's parent run if this is
+    the last process serving the study).
+
+    Args:
+        search: The opened study.
+        slot: Which of this process's drivers this is (the server runs several, one per trial
+            handed out at once).
+        idle: Entered while the driver waits for others' trials (see :class:`~autoquant.driver.Driver`).
+    """
+    ctx, study, storage, command, fp32_score = (
+        search.ctx,
+        search.study,
+        search.storage,
+        search.command,
+        search.fp32_score,
+    )
     config = ctx.config
-    worker = WorkerRecord(storage, study, command)
-    driver = Driver(ctx, study, storage, worker, ctx.on_best)
+    worker = WorkerRecord(storage, study, command, slot=slot)
+    driver = Driver(ctx, study, storage, worker, ctx.on_best, idle or contextlib.nullcontext)
     try:
         reason = driver.drive()
         logger.info("study %r done: %s", study.study_name, reason)
