@@ -323,8 +323,19 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     out.print(f"report: {paths[2]}")
 
 
-def _run_study(config: Path, output: Path | None, fresh: bool, command: str, threads: int | None) -> None:
-    """``tune`` and ``worker``: run the study with the live display; Ctrl-C stops after the trial."""
+StudyRunner = Callable[[StudyConfig, Any, threading.Event], Any]
+
+
+def _run_study(
+    config: Path,
+    output: Path | None,
+    fresh: bool,
+    command: str,
+    threads: int | None,
+    runner: StudyRunner | None = None,
+) -> None:
+    """``tune``, ``worker`` and ``serve``: run the study with the live display (``runner(config,
+    reporter, stop)`` runs it; default :func:`autoquant.study.tune`); Ctrl-C stops after the trial."""
     from autoquant import study as tuning
     from autoquant.display import LiveReporter, best_latency_line, summary_table
     from autoquant.graph import set_session_threads
@@ -350,8 +361,13 @@ def _run_study(config: Path, output: Path | None, fresh: bool, command: str, thr
             super().trial_finished(*args)
 
     cfg = load(config, output)
-    reporter = StageReporter(console, cfg.search.accept_int8_decay, cfg.test.test_iterations or 0)
+    samples = 0 if command == "serve" else cfg.test.test_iterations or 0  # a client's samples are not seen
+    reporter = StageReporter(console, cfg.search.accept_int8_decay, samples)
     stop = threading.Event()
+    if runner is None:
+
+        def runner(cfg: StudyConfig, reporter: Any, stop: threading.Event) -> Any:
+            return tuning.tune(cfg, reporter=reporter, fresh=fresh, stop=stop.is_set, command=command)
 
     def on_ctrl_c(signum: int, frame: object) -> None:
         if not reporter.trials_started:  # calibration or the FP32 reference: stop at once
@@ -363,7 +379,7 @@ def _run_study(config: Path, output: Path | None, fresh: bool, command: str, thr
     previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         with reporter:
-            result = tuning.tune(cfg, reporter=reporter, fresh=fresh, stop=stop.is_set, command=command)
+            result = runner(cfg, reporter, stop)
     except KeyboardInterrupt:
         if not reporter.trials_started:
             raise  # handle_errors: "interrupted", exit status 130
@@ -408,6 +424,61 @@ def worker(config: ConfigArg, output: OutputOpt = None, threads: ThreadsOpt = No
     """Join the study at the config's shared storage (PostgreSQL, a journal file) and run its trials
     until it is done; start one on each machine."""
     _run_study(config, output, False, "worker", threads)
+
+
+@app.command()
+@handle_errors
+def serve(
+    config: ConfigArg,
+    output: OutputOpt = None,
+    fresh: FreshOpt = False,
+    threads: ThreadsOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other than loopback, a token is required.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: a free one).")] = 8765,
+    trials: Annotated[int, typer.Option(min=1, help="Trials out with clients at once.")] = 2,
+    trial_timeout: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds a client may stay silent before its trial is handed out again."),
+    ] = 300.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body, in MiB.")] = 64.0,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the token clients must send (default: AUTOQUANT_TOKEN)."),
+    ] = None,
+    linger: Annotated[
+        float, typer.Option(min=0, help="Seconds to go on answering 'finished' after the study ends.")
+    ] = 5.0,
+) -> None:
+    """Serve the study over HTTP to clients that evaluate each trial in their own environment with
+    their own code (autoquant.client.RemoteTuner); the API is at /openapi.json."""
+    import time
+
+    from autoquant.errors import ConfigError
+    from autoquant.remote import Desk, serve_study
+    from autoquant.server import HttpServer, check_binding, make_app
+
+    token = os.environ.get("AUTOQUANT_TOKEN") or None
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigError(f"--token-file {token_file}: {exc.strerror or exc}") from exc
+    check_binding(host, token)
+
+    def run(cfg: StudyConfig, reporter: Any, stop: threading.Event) -> Any:
+        desk = Desk(cfg, trial_timeout, stop)
+        with HttpServer(make_app(desk, token, int(max_body_mb * 2**20)), host, port) as server:
+            guard = "token required" if token else "no token: this machine only"
+            console.print(f"serving the study at {server.url} ({guard}); API: {server.url}/openapi.json")
+            try:
+                return serve_study(cfg, desk, reporter, trials, fresh=fresh)
+            finally:
+                if not stop.is_set():
+                    time.sleep(linger)  # clients that ask now are told the study is finished
+
+    _run_study(config, output, fresh, "serve", threads, run)
 
 
 @app.command()

@@ -95,6 +95,8 @@ class Driver:
         on_best: Writes a new best trial's outputs into the output folder.
         idle: Entered while the driver waits for other processes' trials (the server's drivers
             release their shared lock there, :mod:`autoquant.remote`).
+        may_claim: Asked before each claim; while it says no, the driver waits (the server's
+            spare drivers claim only when a client is waiting for a trial).
     """
 
     def __init__(
@@ -105,9 +107,10 @@ class Driver:
         worker: WorkerRecord,
         on_best: OnBest,
         idle: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
         self.ctx, self.study, self.storage, self.worker, self.on_best = ctx, study, storage, worker, on_best
-        self.idle = idle
+        self.idle, self.may_claim = idle, may_claim
 
     def lock(self):
         """The study lock."""
@@ -133,6 +136,9 @@ class Driver:
             if self.ctx.should_stop():
                 close_bar()
                 raise SearchStopped
+            if not self.may_claim():
+                self._pause()
+                continue
             step = self.storage.call(self._claim)
             if isinstance(step, Done):
                 close_bar()

@@ -520,6 +520,7 @@ def drive(
     search: OpenSearch,
     slot: int = 0,
     idle: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+    may_claim: Callable[[], bool] | None = None,
 ) -> TuneResult:
     """Run the study's trials, then write the summary (and close MLflow's parent run if this is
     the last process serving the study).
@@ -529,6 +530,7 @@ def drive(
         slot: Which of this process's drivers this is (the server runs several, one per trial
             handed out at once).
         idle: Entered while the driver waits for others' trials (see :class:`~autoquant.driver.Driver`).
+        may_claim: Asked before each claim (see :class:`~autoquant.driver.Driver`).
     """
     ctx, study, storage, command, fp32_score = (
         search.ctx,
@@ -539,10 +541,14 @@ def drive(
     )
     config = ctx.config
     worker = WorkerRecord(storage, study, command, slot=slot)
-    driver = Driver(ctx, study, storage, worker, ctx.on_best, idle or contextlib.nullcontext)
+    driver = Driver(
+        ctx, study, storage, worker, ctx.on_best, idle or contextlib.nullcontext, may_claim or (lambda: True)
+    )
     try:
         reason = driver.drive()
-        logger.info("study %r done: %s", study.study_name, reason)
+        logger.log(
+            logging.INFO if slot == 0 else logging.DEBUG, "study %r done: %s", study.study_name, reason
+        )
     except SearchStopped:
         logger.info("the search stopped before its end (timeout or a stop request)")
     except StorageError:
