@@ -2,7 +2,6 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from autoquant.config import StudyConfig, load_config
 from autoquant.errors import (
     AutoquantError,
     CalibrationError,
@@ -26,10 +25,15 @@ def tune(config, reporter=None, fresh: bool = False, stop=None):
 
 
 def __getattr__(name: str):
+    # Imported on first use: ``autoquant.client`` stays light (no pydantic, onnx or optuna).
     if name == "Tuner":
         from autoquant.ask_tell import Tuner
 
         return Tuner
+    if name in ("StudyConfig", "load_config"):
+        from autoquant import config
+
+        return getattr(config, name)
     raise AttributeError(f"module 'autoquant' has no attribute {name!r}")
 
 

@@ -33,10 +33,9 @@ import onnxruntime as ort
 
 from autoquant.common import ProgressFn
 from autoquant.config import StudyConfig
-from autoquant.errors import DataError
+from autoquant.errors import DataError, TrialReturned
 from autoquant.evaluate import Evaluation, compute_decay
 from autoquant.graph import session_for
-from autoquant.phases import TrialReturned
 from autoquant.search import Candidate
 from autoquant.space import Value
 from autoquant.study import TuneResult, stored_result

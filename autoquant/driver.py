@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.config import QuantizationConfig
-from autoquant.errors import AutoquantError
+from autoquant.errors import AutoquantError, SearchStopped, TrialReturned
 from autoquant.names import (
     BEST_TRIAL_FILE,
     STUDY_LATENCIES,
@@ -47,8 +47,6 @@ from autoquant.phases import (
     Done,
     Keys,
     Run,
-    SearchStopped,
-    TrialReturned,
     Wait,
     next_step,
     phase_progress,

@@ -101,3 +101,13 @@ class UserCodeError(AutoquantError):
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.details = details
+
+
+# Not errors: they change the course of a search and pass through every stage unchanged.
+class SearchStopped(Exception):
+    """The search must stop (timeout or a stop request); not an error."""
+
+
+class TrialReturned(Exception):
+    """The scorer gave the trial back without a score (a remote client abandoned it or went
+    silent): the trial is failed with this reason and runs again."""

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.analyze import difference, run_outputs
 from autoquant.config import QuantizationConfig
+from autoquant.errors import SearchStopped
 from autoquant.names import STUDY_BISECT_PLAN, TRIAL_KEY, TrialKey
 from autoquant.pipeline import quantize
 from autoquant.quantize import compute_layers, fp32_nodes
@@ -45,15 +46,6 @@ logger = logging.getLogger(__name__)
 
 BISECT_PHASE = "binary search over the FP32 blacklist"
 SCALES_PHASE = "per-layer threshold scales"
-
-
-class SearchStopped(Exception):
-    """The search must stop (timeout or a stop request); not an error."""
-
-
-class TrialReturned(Exception):
-    """The scorer gave the trial back without a score (a remote client abandoned it or went
-    silent): the trial is failed with this reason and runs again."""
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,9 @@ from optuna.trial import TrialState
 from autoquant.ask_tell import HandingScorer, Trial
 from autoquant.common import ProgressFn
 from autoquant.config import StudyConfig
-from autoquant.errors import SearchError
+from autoquant.errors import SearchError, SearchStopped, TrialReturned
 from autoquant.evaluate import compute_decay
 from autoquant.graph import session_for
-from autoquant.phases import SearchStopped, TrialReturned
 from autoquant.search import Candidate, Reporter, current_best
 from autoquant.study import OpenSearch, TuneResult, drive, open_search, serving
 from autoquant.wire import InputSpec, PayloadError, decode_batch, encode_arrays

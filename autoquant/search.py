@@ -46,6 +46,8 @@ from autoquant.errors import (
     AutoquantError,
     EvaluationError,
     QuantizationError,
+    SearchStopped,
+    TrialReturned,
     one_line,
 )
 from autoquant.evaluate import SELECTION_THREADS, Evaluation, LatencyTimer
@@ -243,7 +245,7 @@ def stage(what: str, error: type[AutoquantError]) -> Iterator[None]:
     """Turn any non-autoquant exception raised while ``what`` into ``error``, keeping it as the cause."""
     try:
         yield
-    except AutoquantError:
+    except (AutoquantError, SearchStopped, TrialReturned):
         raise
     except Exception as exc:
         raise error(f"{what} failed ({one_line(exc)})") from exc

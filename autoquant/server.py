@@ -117,7 +117,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     texts = {
-        400: "a malformed .npy/.npz body",
+        400: "a malformed body (.npy/.npz, or JSON)",
         404: "no such trial was handed out",
         409: "the trial is no longer out (reported, abandoned or timed out)",
         422: "a payload the model does not take (dtype, shape, NaN), or a bad parameter",
@@ -224,7 +224,22 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
 
     guarded = [Depends(authorized)]
 
-    @app.post("/trials", response_model=Asked, dependencies=guarded, responses=_errors(422))
+    links = {
+        name: {"operationId": operation, "parameters": {"trial_id": "$response.body#/trial/id"}}
+        for name, operation in (
+            ("Run", "run_trial"),
+            ("Report", "report_trial"),
+            ("Abandon", "abandon_trial"),
+        )
+    }
+
+    @app.post(
+        "/trials",
+        response_model=Asked,
+        dependencies=guarded,
+        operation_id="ask_trial",
+        responses={200: {"links": links}, **_errors(422)},
+    )
     def ask(
         request: Request,
         wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a trial")] = 10.0,
@@ -240,6 +255,7 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
     @app.post(
         "/trials/{trial_id}/run",
         dependencies=guarded,
+        operation_id="run_trial",
         response_class=Response,
         responses={**_OUTPUTS, **_errors(400, 404, 409, 422)},
         openapi_extra=_BATCH_BODY,
@@ -252,6 +268,7 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
     @app.post(
         "/fp32/run",
         dependencies=guarded,
+        operation_id="run_fp32",
         response_class=Response,
         responses={**_OUTPUTS, **_errors(400, 409, 422)},
         openapi_extra=_BATCH_BODY,
@@ -265,7 +282,8 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
         "/trials/{trial_id}/report",
         response_model=Reported,
         dependencies=guarded,
-        responses=_errors(404, 409, 422),
+        operation_id="report_trial",
+        responses=_errors(400, 404, 409, 422),
     )
     def report(trial_id: str, score: Score) -> Reported:
         """Report the trial's score."""
@@ -275,13 +293,16 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
         "/trials/{trial_id}/abandon",
         response_model=Abandoned,
         dependencies=guarded,
+        operation_id="abandon_trial",
         responses=_errors(404, 409),
     )
     def abandon(trial_id: str) -> Abandoned:
         """Give the trial back without a score: it is handed out again."""
         return Abandoned(**desk.abandon(trial_id))
 
-    @app.get("/status", response_model=Status, dependencies=guarded, responses=_errors())
+    @app.get(
+        "/status", response_model=Status, dependencies=guarded, operation_id="status", responses=_errors()
+    )
     def status() -> Status:
         """The study: its state, the trials out with clients, the best so far."""
         return Status(**desk.status())

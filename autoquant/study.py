@@ -32,7 +32,7 @@ from autoquant.analyze import Sensitivity
 from autoquant.common import atomic_write
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.driver import Driver
-from autoquant.errors import ConfigError, SearchError, StorageError
+from autoquant.errors import ConfigError, SearchError, SearchStopped, StorageError
 from autoquant.evaluate import SELECTION_THREADS, THREADS, LatencyTimer, latency_timers
 from autoquant.hardware import ReduceRange, host_isa, resolve_reduce_range, target_isa
 from autoquant.locking import output_lock
@@ -55,7 +55,6 @@ from autoquant.names import (
     TRIAL_FAIL_REASON,
 )
 from autoquant.outputs import write_files, write_outputs
-from autoquant.phases import SearchStopped
 from autoquant.quantize import QuantizedModel, compute_layers
 from autoquant.report import render_report, render_study_report
 from autoquant.rescale import Requantizer
