@@ -219,6 +219,8 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return JSONResponse({"detail": "the body is not valid JSON"}, status_code=400)
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
 
@@ -374,3 +376,12 @@ class HttpServer:
         self.server.should_exit = True
         self._thread.join(timeout=10)
         self.socket.close()
+
+
+def api_spec() -> dict:
+    """The OpenAPI spec of the API (``python -m autoquant.server`` prints it: docs/remote-api.json)."""
+    return make_app(None, "-" * MIN_TOKEN_LENGTH, 1).openapi()  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    print(json.dumps(api_spec(), indent=2))
