@@ -106,7 +106,10 @@ class Desk(HandingScorer):
         self._out: dict[str, Handout] = {}
         self._past: dict[str, str] = {}
         self._asking = 0  # clients waiting in ask()
+        self._drivers = 1  # drivers serving the study (serve_study sets it)
+        self._idle_drivers = 0  # drivers waiting, the gate released
         self._waking = 0  # drivers whose handout came back, not yet running again
+        self._draining = False  # a driver found the study done: the others may claim, to find it too
         self._fp32_model: object | None = None
         self._fp32_session: ort.InferenceSession | None = None
         self._fp32_lock = threading.Lock()
@@ -114,11 +117,15 @@ class Desk(HandingScorer):
     @contextlib.contextmanager
     def released(self) -> Iterator[None]:
         """Let the other drivers run while this one waits."""
+        with self._cond:
+            self._idle_drivers += 1
         self.gate.release()
         try:
             yield
         finally:
             self.gate.acquire()
+            with self._cond:
+                self._idle_drivers -= 1
 
     # ---- the drivers' side ------------------------------------------------------------------
     def reference_score(self, fp32: Candidate, stored: float | None, progress: ProgressFn) -> float:
@@ -160,9 +167,16 @@ class Desk(HandingScorer):
 
     def may_claim(self, slot: int) -> bool:
         """Whether driver ``slot`` may claim a trial now (asked holding the gate): the first always;
-        the others when a client waits, nothing is ready, and no driver is about to run again."""
+        the others when more clients wait than there are trials ready or drivers about to make one
+        (the drivers not waiting, and those whose trial just came back)."""
         with self._cond:
-            return slot == 0 or (self._asking > 0 and not self._ready and self._waking == 0)
+            busy = self._drivers - 1 - self._idle_drivers + self._waking
+            return slot == 0 or self._draining or self._asking > len(self._ready) + busy
+
+    def drained(self) -> None:
+        """A driver is done: let the others claim (they meet the end of the study, or its last trials)."""
+        with self._cond:
+            self._draining = True
 
     def _settle(self, handout: Handout, reason: str) -> None:
         """Take a handout off the desk (call holding the condition)."""
@@ -173,10 +187,10 @@ class Desk(HandingScorer):
         while len(self._past) > _PAST_KEPT:
             self._past.pop(next(iter(self._past)))
 
-    def opened(self, search: OpenSearch) -> None:
-        """The study is set up: its trials are being handed out."""
+    def opened(self, search: OpenSearch, drivers: int) -> None:
+        """The study is set up: ``drivers`` drivers hand out its trials."""
         with self._cond:
-            self.search, self.state = search, "running"
+            self.search, self.state, self._drivers = search, "running", drivers
             self._cond.notify_all()
 
     def finish(self, state: str, reason: str) -> None:
@@ -366,7 +380,7 @@ def serve_study(
         except SearchStopped:
             desk.finish("stopped", "the server stopped before the first trial")
             raise KeyboardInterrupt from None
-        desk.opened(search)
+        desk.opened(search, slots)
         results: list[TuneResult] = []
         errors: list[BaseException] = []
 
@@ -376,6 +390,7 @@ def serve_study(
                     results.append(
                         drive(search, slot, desk.released, functools.partial(desk.may_claim, slot))
                     )
+                desk.drained()
             except BaseException as exc:  # raised in the main thread below
                 errors.append(exc)
                 desk.stop.set()

@@ -256,6 +256,16 @@ def test_a_silent_clients_trial_times_out_and_runs_again_while_a_second_client_w
     assert trials[again["number"]].user_attrs["score"] == 0.3
 
 
+def test_a_study_done_ends_the_server_though_no_client_asks_again(tmp_path: Path) -> None:
+    config = digits_study(tmp_path, search={"fp32_score": 0.994})
+    with served(config, "--linger", "0") as server:
+        trial = requests.post(f"{server.url}/trials?wait=60", timeout=90).json()["trial"]
+        answer = requests.post(f"{server.url}/trials/{trial['id']}/report", json={"score": 0.994}, timeout=30)
+        assert answer.json()["within_budget"] is True
+        assert server.process.wait(timeout=60) == 0, server.text()  # the spare driver found it done
+    assert json.loads((tmp_path / "out" / "best_trial.json").read_text())["trial"] == trial["number"]
+
+
 def test_the_client_imports_nothing_heavy() -> None:
     code = (
         "import sys, autoquant.client\n"
