@@ -266,6 +266,46 @@ def test_a_study_done_ends_the_server_though_no_client_asks_again(tmp_path: Path
     assert json.loads((tmp_path / "out" / "best_trial.json").read_text())["trial"] == trial["number"]
 
 
+def test_the_client_keeps_its_connection_and_opens_a_new_one_when_the_server_closed_it() -> None:
+    """One connection for many requests; a kept-alive connection the server closed (its idle
+    timeout) is replaced without an error."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from autoquant.client import RemoteTuner
+
+    peers: list[int] = []
+    close_after = {"yes": False}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            peers.append(self.client_address[1])
+            body = b'{"state": "running"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = close_after["yes"]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tuner = RemoteTuner(f"http://127.0.0.1:{server.server_address[1]}")
+        assert [tuner.status()["state"] for _ in range(3)] == ["running"] * 3
+        assert len(set(peers)) == 1  # kept alive
+        close_after["yes"] = True
+        assert [tuner.status()["state"] for _ in range(3)] == ["running"] * 3
+        # The first connection answered this once more and was closed; each next one likewise.
+        assert [len(set(peers[:n])) for n in (4, 5, 6)] == [1, 2, 3]
+    finally:
+        server.shutdown()
+
+
 def test_the_client_imports_nothing_heavy() -> None:
     code = (
         "import sys, autoquant.client\n"
