@@ -23,6 +23,7 @@ import onnxruntime as ort
 import optuna
 import pytest
 import requests
+import yaml
 from optuna.trial import TrialState
 
 from autoquant.config import load_config
@@ -141,6 +142,46 @@ def test_the_client_example_tunes_a_served_study_end_to_end(tmp_path: Path, digi
     best = json.loads((tmp_path / "out" / "best_trial.json").read_text())["trial"]
     assert top1(tmp_path / "out" / "model.int8.onnx", x, y) == pytest.approx(completed[best])
     assert "study finished: best trial" in client.stdout
+
+
+@pytest.mark.slow
+def test_a_real_model_with_integer_inputs_is_tuned_remotely(tmp_path: Path) -> None:
+    """magika (tf2onnx from JAX, int32 byte tokens, dynamic batch) from its PyPI wheel, with no
+    test section: the client's metric is the agreement of its predictions with the FP32 trial's.
+    Its loader gives int64; the client casts within the kind to the input's int32."""
+    from autoquant.client import RemoteTuner
+    from tests import corpus
+
+    calib, test = corpus.magika_data(tmp_path / "data")
+    config = tmp_path / "study.yaml"
+    study = {
+        "model": {"path": str(corpus.magika_model()), "inputs": {"bytes": list(corpus.MAGIKA_SHAPE)}},
+        "calibration": {"source": str(calib), "batch_size": 1, "calib_iterations": 0},
+        "quantization": {"per_channel": True},
+        "search": {"mode": "fast", "accept_int8_decay": 0.03},
+        "tracking": {"enabled": False},
+        "output": {"directory": str(tmp_path / "out")},
+    }
+    config.write_text(yaml.safe_dump(study))
+    samples = np.load(test).astype(np.int64)
+    reference, reported = None, {}
+    with served(config, "--linger", "2") as server:
+        for trial in RemoteTuner(server.url):
+            assert trial.inputs == [{"name": "bytes", "dtype": "int32", "shape": [None, 2048]}]
+            predicted = np.concatenate(
+                [trial.run(samples[i : i + 16])[0].argmax(1) for i in range(0, len(samples), 16)]
+            )
+            if trial.fp32:
+                reference = predicted
+            reported[trial.number] = float((predicted == reference).mean())
+            trial.report(reported[trial.number])
+        assert server.process.wait(timeout=120) == 0, server.text()
+    assert reported[-1] == 1.0 and len(reported) >= 2
+    stored = {
+        t.number: t.user_attrs["score"] for t in _study(config).trials if t.state == TrialState.COMPLETE
+    }
+    assert stored == {n: s for n, s in reported.items() if n >= 0}
+    assert max(stored.values()) >= 0.97  # within the budget of 0.03
 
 
 def test_bad_requests_are_refused_and_leave_the_study_as_it_was(tmp_path: Path, digits_test_data) -> None:
