@@ -140,7 +140,9 @@ class Driver:
             step = self.storage.call(self._claim)
             if isinstance(step, Done):
                 close_bar()
-                self.storage.call(self.worker.update, trial=None, key=None, state="done")
+                # "done" only once its summary is written: until then the others count it as serving
+                # (of the processes that finish together, exactly one is the last out).
+                self.storage.call(self.worker.update, trial=None, key=None, state="finishing")
                 return step.reason
             if isinstance(step, Wait):
                 if waiting != step.reason:

@@ -430,10 +430,11 @@ def workers(storage: StudyStorage, study: optuna.Study) -> list[dict[str, Any]]:
 
 class Heartbeat:
     """While a trial runs: its Optuna heartbeat and this process's record, every interval, from a
-    background thread (the main thread is busy with the trial). Errors are left to the main
-    thread, which meets them at its next storage call."""
+    background thread (the main thread is busy with the trial); with ``trial_id`` None, the record
+    only (a process finishing the study: the others must not take it for gone meanwhile). Errors
+    are left to the main thread, which meets them at its next storage call."""
 
-    def __init__(self, storage: StudyStorage, worker: WorkerRecord, trial_id: int) -> None:
+    def __init__(self, storage: StudyStorage, worker: WorkerRecord, trial_id: int | None) -> None:
         self.storage, self.worker, self.trial_id = storage, worker, trial_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="autoquant-heartbeat", daemon=True)
@@ -442,10 +443,11 @@ class Heartbeat:
         interval = self.storage.heartbeat_interval or self.storage.settings.heartbeat_interval
         while not self._stop.wait(interval):
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                if self.trial_id is not None:
+                    self.storage.record_heartbeat(self.trial_id)
                 self.worker.update()
             except Exception as exc:  # the main thread retries or reports the outage
-                logger.debug("heartbeat of trial id %d not recorded: %s", self.trial_id, exc)
+                logger.debug("heartbeat of trial id %s not recorded: %s", self.trial_id, exc)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

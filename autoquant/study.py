@@ -77,7 +77,15 @@ from autoquant.sharing import (
     open_study,
 )
 from autoquant.space import load_space
-from autoquant.storage import StudyStorage, WorkerRecord, display_url, open_storage, storage_kind, workers
+from autoquant.storage import (
+    Heartbeat,
+    StudyStorage,
+    WorkerRecord,
+    display_url,
+    open_storage,
+    storage_kind,
+    workers,
+)
 from autoquant.tracking import MlflowTracker, NullTracker, make_tracker
 
 logger = logging.getLogger(__name__)
@@ -556,8 +564,10 @@ def drive(
         if sys.exc_info()[0] is not StorageError:
             result = storage.call(study_result, config, study, fp32_score)
             if result.trials:
-                storage.call(driver.sync_outputs)
-                _finish(config, result, ctx.tracker, storage.call(_last_out, storage, study, worker))
+                with Heartbeat(storage, worker, None):  # seen alive while it waits for the lock
+                    storage.call(driver.sync_outputs)
+                    last = storage.call(_last_out, storage, study, worker)
+                _finish(config, result, ctx.tracker, last)
     if not result.trials:
         failures = [
             t.user_attrs.get(TRIAL_FAIL_REASON, "") for t in study.trials if t.state == TrialState.FAIL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy.exc
@@ -108,3 +109,29 @@ def test_sqlite_is_not_retried(tmp_path: Path) -> None:
     assert not storage.shared and storage.heartbeat_interval == 1
     with pytest.raises(sqlalchemy.exc.OperationalError):
         storage.call(lambda: (_ for _ in ()).throw(_outage()))
+
+
+def test_of_the_processes_that_finish_together_exactly_one_is_the_last_out(tmp_path: Path) -> None:
+    """Each process leaves its driver loop as "finishing" and becomes "done" only in ``_last_out``,
+    under the study lock: two processes that both ended their loop before either got there used to
+    both close MLflow's parent run (and collide on its tags)."""
+    import optuna
+
+    from autoquant.driver import Driver
+    from autoquant.phases import Done
+    from autoquant.search import NullReporter
+    from autoquant.storage import WorkerRecord
+    from autoquant.study import _last_out
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", StorageConfig())
+    study = optuna.create_study(storage=storage.backend, study_name="together")
+    first, second = (WorkerRecord(storage, study, "worker", slot=slot) for slot in (1, 2))
+
+    class Finished(Driver):
+        def _claim(self):
+            return Done("every phase has run")
+
+    ctx = SimpleNamespace(should_stop=lambda: False, reporter=NullReporter())
+    for worker in (first, second):  # both leave their loop before either writes its summary
+        Finished(ctx, study, storage, worker, None).drive()  # type: ignore[arg-type]
+    assert [_last_out(storage, study, w) for w in (first, second)] == [False, True]
