@@ -139,13 +139,9 @@ _OUTPUTS = {
 
 
 # ---- the app ---------------------------------------------------------------------------------------
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: refuse a request body over ``limit`` bytes with 413, by its Content-Length
-    or, without one, as soon as more has arrived."""
+    or, without one (chunked), as soon as more has arrived."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -164,24 +160,39 @@ class BodyLimit:
             if declared > self.limit:
                 await _answer(send, 413, self._message(declared))
                 return
-        received = 0
+        received, overflowed, started = 0, False, False
 
         async def limited() -> dict:
-            nonlocal received
+            # Past the limit the app is told the client left: whatever it answers then is replaced.
+            nonlocal received, overflowed
+            if overflowed:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _TooLarge
+                    overflowed = True
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _answer(send, 413, self._message(received))
+        async def guarded(message: dict) -> None:
+            nonlocal started
+            if overflowed:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-    def _message(self, size: int) -> str:
-        return f"the body is {size} bytes, over the server's limit of {self.limit} (autoquant serve --max-body-mb)"
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not overflowed:
+                raise
+        if overflowed and not started:
+            await _answer(send, 413, self._message(None))
+
+    def _message(self, size: int | None) -> str:
+        what = f"the body is {size} bytes" if size is not None else "the body is larger"
+        return f"{what}, over the server's limit of {self.limit} bytes (autoquant serve --max-body-mb)"
 
 
 async def _answer(send: Any, status: int, detail: str) -> None:

@@ -232,6 +232,16 @@ def test_bad_requests_are_refused_and_leave_the_study_as_it_was(tmp_path: Path, 
                 timeout=30,
             )
             assert answer.status_code == status, (payload, answer.text)
+        # Without a Content-Length (chunked), a batch or a JSON body is cut off at the limit too.
+        for path, body in (("run", _npy(x[:100])), ("report", b'{"score": 1' + b"0" * 200_000 + b"}")):
+            chunks = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+            answer = requests.post(
+                f"{server.url}/trials/{trial['id']}/{path}", data=chunks, headers=auth, timeout=30
+            )
+            assert answer.request.headers.get("Transfer-Encoding") == "chunked"
+            assert answer.status_code == 413 and "over the server's limit" in answer.json()["detail"], (
+                answer.text
+            )
         assert (
             requests.post(f"{server.url}/trials/nope/run", data=_npy(x[:2]), headers=auth).status_code == 404
         )
