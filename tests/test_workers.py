@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -99,24 +100,41 @@ def _config(
 
 
 def _start(command: str, config: Path) -> subprocess.Popen:
+    """The command in a new process; its output goes to files (a pipe nobody reads while it runs
+    would stop it once the pipe is full)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    return subprocess.Popen(
+    logs = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+    process = subprocess.Popen(
         [sys.executable, "-m", "autoquant", command, str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=logs[0],
+        stderr=logs[1],
         text=True,
         env=env,
         cwd=config.parent,
     )
+    process.logs = logs  # type: ignore[attr-defined]
+    return process
+
+
+def _output(process: subprocess.Popen) -> tuple[str, str]:
+    """What the process wrote so far: stdout, stderr."""
+    texts = []
+    for log in process.logs:  # type: ignore[attr-defined]
+        log.seek(0)
+        texts.append(log.read())
+    return texts[0], texts[1]
 
 
 def _finish(process: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"process {process.pid} did not finish:\n{stderr[-3000:]}") from None
+        process.wait()
+        raise AssertionError(
+            f"process {process.pid} did not finish:\n{_output(process)[1][-3000:]}"
+        ) from None
+    stdout, stderr = _output(process)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -321,9 +339,14 @@ def test_a_database_that_goes_away(postgres: PostgresServer, database: str, tmp_
         time.sleep(2.0)
         postgres.start()
         before = len(_finished(url))
-        _wait_for(
-            lambda: len(_finished(url)) >= before + 2, 60, "two more trials after the restart", every=0.2
-        )
+        try:
+            _wait_for(
+                lambda: len(_finished(url)) >= before + 2, 60, "two more trials after the restart", every=0.2
+            )
+        except AssertionError as exc:  # what the worker said
+            worker.kill()
+            worker.wait()
+            raise AssertionError(f"{exc}; the worker's log:\n{_output(worker)[1][-3000:]}") from None
         completed = {t.number for t in _finished(url) if t.state == TrialState.COMPLETE}
         postgres.stop("immediate")
         result = _finish(worker, timeout=60)
