@@ -100,7 +100,7 @@ class Desk(HandingScorer):
         self.state = "preparing"  # then running, finished or stopped
         self.reason = ""
         self.search: OpenSearch | None = None
-        self.reported: list[dict] = []
+        self.reported = 0  # scores reported
         self._cond = threading.Condition()
         self._ready: deque[Handout] = deque()
         self._out: dict[str, Handout] = {}
@@ -273,7 +273,7 @@ class Desk(HandingScorer):
             self._waking += 1
             self._settle(handout, "its score was reported")
             entry = {"number": handout.trial.number, "fp32": handout.trial.fp32, "score": handout.score}
-            self.reported.append(entry)
+            self.reported += 1
             self._cond.notify_all()
         budget = self.config.search.accept_int8_decay
         return {**entry, "decay": decay, "within_budget": bool(decay <= budget)}
@@ -302,7 +302,7 @@ class Desk(HandingScorer):
                 for h in self._out.values()
             ]
             state, reason, ready = self.state, self.reason, len(self._ready)
-            reported = len(self.reported)
+            reported = self.reported
         summary: dict = {
             "state": state,
             "reason": reason,
