@@ -134,6 +134,12 @@ class CalibrationConfig(DataConfig):
         description="Fine histogram bins per sign, a power of two; coarser bins are derived from it.",
     )
     cache_dir: ConfigPath | None = None
+    memory_budget_mb: int = Field(
+        default=512,
+        ge=16,
+        description="MB of activations the statistics pass keeps alive at once; larger models run in "
+        "sub-batches, or in several passes over the data, one per group of tensors.",
+    )
 
     @field_validator("histogram_bins")
     @classmethod

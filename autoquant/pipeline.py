@@ -179,6 +179,7 @@ def calibrate(
         cache_dir(config) if use_cache else None,
         calib.histogram_bins,
         progress,
+        calib.memory_budget_mb * 2**20,
     )
     return Calibrated(graph=graph, stats=stats)
 

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +28,14 @@ import onnxruntime as ort
 
 from autoquant.common import ProgressFn, atomic_write
 from autoquant.errors import CalibrationError
+from autoquant.memory_plan import bytes_per_sample, plan_pass
 
 logger = logging.getLogger(__name__)
 
 _CACHE_VERSION = "2"  # 2: names stored as a unicode array (no pickle)
+
+#: Bytes of activations the statistics pass keeps alive at once, unless told otherwise.
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -82,12 +86,14 @@ class TensorStats:
 class HistogramCollector:
     """Streaming, exact collector for one tensor (see the module docstring)."""
 
-    def __init__(self, name: str, bins: int = 8192) -> None:
+    def __init__(self, name: str, bins: int = 8192, out: np.ndarray | None = None) -> None:
+        """``out``: a zeroed int64 array of ``2 * bins`` counts to fill in place (a row of the
+        pass's one histogram matrix), or None for a new one."""
         if bins < 2 or bins & (bins - 1):
             raise CalibrationError(f"histogram bins must be a power of two, got {bins}")
         self.name = name
         self.bins = bins
-        self.histogram = np.zeros(2 * bins, dtype=np.int64)
+        self.histogram = np.zeros(2 * bins, dtype=np.int64) if out is None else out
         self.range = 0.0  # 0 until a non-zero value is seen
         self.minimum = math.inf
         self.maximum = -math.inf
@@ -145,20 +151,21 @@ class HistogramCollector:
         factor = min(round(new_range / self.range), self.bins)
         # Position p holds index i = p - bins; after merging, i' = floor(i / factor).
         merged = self.histogram.reshape(-1, factor).sum(axis=1)
-        self.histogram = np.zeros_like(self.histogram)
+        self.histogram[:] = 0  # in place: the array may be a row of a larger one
         start = self.bins - self.bins // factor
         self.histogram[start : start + merged.size] = merged
         self.range = new_range
 
-    def result(self) -> TensorStats:
-        """The statistics collected so far."""
+    def result(self, copy: bool = True) -> TensorStats:
+        """The statistics collected so far (``copy=False``: sharing the collector's counts, for a
+        collector that is done)."""
         empty = self.count == 0
         return TensorStats(
             name=self.name,
             minimum=0.0 if empty else self.minimum,
             maximum=0.0 if empty else self.maximum,
             range=self.range,
-            histogram=self.histogram.copy(),
+            histogram=self.histogram.copy() if copy else self.histogram,
             count=self.count,
             nan_count=self.nan_count,
             inf_count=self.inf_count,
@@ -176,67 +183,173 @@ class Statistics:
 
 
 def _augmented_session(model: onnx.ModelProto, tensors: Iterable[str]) -> ort.InferenceSession:
-    """A session over ``model`` that also returns ``tensors`` as outputs (``model`` gains them too)."""
-    existing = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
-    for name in tensors:
-        if name not in existing:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    """A session over ``model`` whose outputs are its own and ``tensors``; the outputs of ``model``
+    are restored afterwards, so one model serves a session per group of tensors."""
+    original = list(model.graph.output)
+    existing = {o.name for o in original} | {i.name for i in model.graph.input}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in existing)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # The outputs are handed over to numpy and freed with their batch; an arena would keep the
+    # largest batch's worth of them for the whole pass.
+    options.enable_cpu_mem_arena = False
+    # Each tensor is computed as the graph writes it, whichever others are outputs of the session:
+    # a fusion where no output interrupts it (a LayerNorm, Conv with BatchNorm) would round
+    # otherwise, and the statistics would depend on how the tensors were grouped.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # One core stays free for the histograms, which run alongside the next batch.
     options.intra_op_num_threads = max(1, (os.cpu_count() or 2) - 1)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    finally:
+        del model.graph.output[:]
+        model.graph.output.extend(original)
+
+
+Feeds = Iterable[dict[str, np.ndarray]]
+
+
+def _runs(feeds: Feeds, samples_per_run: int) -> Iterator[dict[str, np.ndarray]]:
+    """The feeds, each cut into runs of at most ``samples_per_run`` samples (0: whole)."""
+    for feed in feeds:
+        size = len(next(iter(feed.values())))
+        step = samples_per_run or size
+        for start in range(0, size, step):
+            yield feed if step >= size else {k: v[start : start + step] for k, v in feed.items()}
+
+
+def _one_pass(
+    session: ort.InferenceSession,
+    wanted: list[str],
+    runs: Iterator[dict[str, np.ndarray]],
+    update: Callable[[dict[str, np.ndarray], list[np.ndarray]], None],
+    overlap: bool,
+) -> None:
+    """Run ``session`` over ``runs`` and hand each run's outputs to ``update``.
+
+    With ``overlap``, onnxruntime (which releases the GIL) runs the next feed on a worker thread
+    while this thread builds the histograms of the last one: two runs' activations are alive.
+    """
+    if not overlap:
+        for feed in runs:
+            results = session.run(wanted, feed)
+            update(feed, results)
+            del results
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoquant-fp32") as pool:
+        feed = next(runs, None)
+        running = pool.submit(session.run, wanted, feed) if feed is not None else None
+        while feed is not None:
+            results = running.result()
+            following = next(runs, None)
+            running = pool.submit(session.run, wanted, following) if following is not None else None
+            update(feed, results)
+            del results
+            feed = following
 
 
 def run_statistics_pass(
     model: onnx.ModelProto,
     tensors: list[str],
-    batches: Iterable[dict[str, np.ndarray]],
+    batches: Callable[[], Feeds] | Sequence[dict[str, np.ndarray]],
     bins: int = 8192,
     progress: ProgressFn | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> tuple[dict[str, TensorStats], int]:
-    """Run the FP32 model once over ``batches`` and collect statistics of ``tensors``.
+    """Run the FP32 model over ``batches`` and collect statistics of ``tensors``.
+
+    The activations alive at once stay within ``memory_budget`` bytes: large models run their
+    batches in sub-batches, and models whose one sample exceeds the budget run one pass over the
+    data per group of tensors (:mod:`autoquant.memory_plan`). The statistics are the same
+    whatever the plan.
 
     Args:
-        model: The prepared FP32 model; the tensors are added to its outputs.
-        tensors: Names of the tensors to collect (graph inputs included).
-        batches: Feeds, input name -> array with the batch dim first.
+        model: The prepared FP32 model (its outputs are restored after each session is made).
+        tensors: Names of the tensors to collect (graph inputs included), in topological order.
+        batches: The calibration feeds (input name -> array, batch dimension first), or a
+            function that returns them anew for each pass.
         bins: Fine histogram bins per sign (a power of two).
-        progress: Called with the number of samples after each batch.
+        progress: Called with the number of samples after each batch of the first pass.
+        memory_budget: Bytes of activations alive at once.
 
     Returns:
         Statistics per tensor, and the number of samples seen.
     """
-    session = _augmented_session(model, tensors)
-    output_names = {o.name for o in session.get_outputs()}
-    wanted = [t for t in tensors if t in output_names]
-    from_feed = [t for t in tensors if t not in output_names]
-    collectors = {t: HistogramCollector(t, bins) for t in tensors}
+    if not callable(batches):
+        fixed = batches if isinstance(batches, Sequence) else list(batches)
+        batches = lambda: fixed  # noqa: E731 - the same feeds for every pass
+    first = next(iter(batches()), None)
+    if first is None:
+        raise CalibrationError("the calibration set yielded no samples")
+    inputs = {i.name for i in model.graph.input}
+    produced = [t for t in tensors if t not in inputs]
+    splittable = all(_dynamic_batch(model, name) for name in first)
+    plan = plan_pass(
+        bytes_per_sample(model, produced, first), memory_budget, len(next(iter(first.values()))), splittable
+    )
+    del first
+    if plan.passes > 1 or plan.samples_per_run:
+        logger.info(
+            "statistics pass: %.0f MB of activations per sample against a budget of %.0f MB: %d pass(es) "
+            "over the data, %s samples per run",
+            plan.bytes_per_sample / 2**20,
+            memory_budget / 2**20,
+            plan.passes,
+            plan.samples_per_run or "all",
+        )
+    histograms = np.zeros((len(tensors), 2 * bins), dtype=np.int64)  # one matrix, saved as it is
+    collectors = {t: HistogramCollector(t, bins, histograms[i]) for i, t in enumerate(tensors)}
     samples = 0
-    # onnxruntime releases the GIL: it runs batch k + 1 on a worker thread while this thread
-    # builds the histograms of batch k. At most two batches of activations are alive.
-    feeds = iter(batches)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoquant-fp32") as pool:
-        feed = next(feeds, None)
-        running = pool.submit(session.run, wanted, feed) if feed is not None else None
-        while feed is not None:
-            results = running.result()
-            following = next(feeds, None)
-            running = pool.submit(session.run, wanted, following) if following is not None else None
-            for name, value in zip(wanted, results, strict=True):
-                collectors[name].update(value)
-            for name in from_feed:
-                if name in feed:
-                    collectors[name].update(feed[name])
-            del results
-            n = len(next(iter(feed.values())))
-            samples += n
-            if progress is not None:
-                progress(n)
-            feed = following
+    for number, group in enumerate(plan.groups):
+        session = _augmented_session(model, group)
+        outputs = {o.name for o in session.get_outputs()}
+        wanted = [t for t in group if t in outputs]
+        # Graph inputs are read from the feeds, once.
+        from_feed = [collectors[t] for t in tensors if t not in outputs] if number == 0 else []
+        counted = _Counting(progress if number == 0 else None)
+        update = _updater([collectors[t] for t in wanted], from_feed, counted)
+        _one_pass(session, wanted, _runs(batches(), plan.samples_per_run), update, plan.overlap)
+        samples = samples or counted.samples
+        del session
     if samples == 0:
         raise CalibrationError("the calibration set yielded no samples")
-    return {t: c.result() for t, c in collectors.items()}, samples
+    return {t: c.result(copy=False) for t, c in collectors.items()}, samples
+
+
+@dataclass
+class _Counting:
+    """Counts the samples of a pass and reports them to ``progress``."""
+
+    progress: ProgressFn | None
+    samples: int = 0
+
+    def __call__(self, n: int) -> None:
+        self.samples += n
+        if self.progress is not None:
+            self.progress(n)
+
+
+def _updater(
+    outputs: list[HistogramCollector], inputs: list[HistogramCollector], counted: _Counting
+) -> Callable[[dict[str, np.ndarray], list[np.ndarray]], None]:
+    """What a pass does with each run: the outputs and graph inputs into their collectors."""
+
+    def update(feed: dict[str, np.ndarray], results: list[np.ndarray]) -> None:
+        for collector, value in zip(outputs, results, strict=True):
+            collector.update(value)
+        for collector in inputs:
+            if collector.name in feed:
+                collector.update(feed[collector.name])
+        counted(len(next(iter(feed.values()))))
+
+    return update
+
+
+def _dynamic_batch(model: onnx.ModelProto, name: str) -> bool:
+    """Whether the graph input ``name`` takes any batch size (its first dimension is not fixed)."""
+    value = next((i for i in model.graph.input if i.name == name), None)
+    dims = value.type.tensor_type.shape.dim if value is not None else ()
+    return not dims or not dims[0].HasField("dim_value")
 
 
 def statistics_key(model_hash: str, data_fingerprint: str, bins: int, limit: int) -> str:
@@ -258,11 +371,28 @@ def save_statistics(stats: Statistics, path: Path) -> None:
             maximum=np.array([v.maximum for v in values], dtype=np.float64),
             range=np.array([v.range for v in values], dtype=np.float64),
             counts=np.array([[v.count, v.nan_count, v.inf_count] for v in values], dtype=np.int64),
-            histogram=np.stack([v.histogram for v in values]) if values else np.zeros((0, 2)),
+            histogram=_stacked([v.histogram for v in values]),
             samples=np.array(stats.samples),
         )
 
     atomic_write(path, write)
+
+
+def _stacked(histograms: list[np.ndarray]) -> np.ndarray:
+    """The histograms as one matrix: the matrix they are the rows of, in order, when they are
+    (as the statistics pass and the cache make them), so that saving copies nothing."""
+    if not histograms:
+        return np.zeros((0, 2), dtype=np.int64)
+    base = histograms[0].base
+    if (
+        isinstance(base, np.ndarray)
+        and base.ndim == 2
+        and base.flags.c_contiguous
+        and base.shape == (len(histograms), histograms[0].size)
+        and all(h.base is base and h.ctypes.data == base[i].ctypes.data for i, h in enumerate(histograms))
+    ):
+        return base
+    return np.stack(histograms)
 
 
 def load_statistics(path: Path, key: str) -> Statistics:
@@ -308,6 +438,7 @@ def collect_statistics(
     cache_dir: Path | None,
     bins: int = 8192,
     progress: ProgressFn | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> Statistics:
     """Return the statistics for ``key``, from the cache when present, else from one FP32 pass.
 
@@ -319,13 +450,14 @@ def collect_statistics(
         cache_dir: Cache folder, or ``None`` to disable the cache.
         bins: Fine histogram bins per sign.
         progress: Progress callback, see :func:`run_statistics_pass`.
+        memory_budget: Bytes of activations alive at once, see :func:`run_statistics_pass`.
     """
     path = Path(cache_dir) / f"stats-{key}.npz" if cache_dir is not None else None
     stats = _read_cache(path, key) if path is not None and path.is_file() else None
     if stats is not None and set(tensors) <= set(stats.tensors):
         logger.info("statistics cache hit (%s): skipping the FP32 pass", path.name)
         return stats
-    tensor_stats, samples = run_statistics_pass(load_model(), tensors, batches(), bins, progress)
+    tensor_stats, samples = run_statistics_pass(load_model(), tensors, batches, bins, progress, memory_budget)
     stats = Statistics(key=key, tensors=tensor_stats, samples=samples)
     if path is not None:
         save_statistics(stats, path)
