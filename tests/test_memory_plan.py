@@ -75,7 +75,9 @@ class _Watched:
 
 
 @pytest.mark.parametrize("share", [0.2, 0.6, 1.5, 2.5, 1000.0])
-def test_statistics_are_the_same_whatever_the_budget(graph, share: float, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_statistics_are_the_same_whatever_the_budget(
+    graph, share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``share``: the budget as a multiple of one sample's activations (below 1: tensor groups,
     one pass each; 1.5: one sample a run; 2.5: two samples a run, overlapped; 1000: whole batches).
 
