@@ -236,8 +236,8 @@ def evaluate(
 ) -> None:
     """Score the FP32 and INT8 models on the test set: decay with its 95 % interval, and latency."""
     from autoquant import pipeline
-    from autoquant.evaluate import compare_latency
     from autoquant.hardware import host_isa
+    from autoquant.latency import compare_latency
     from autoquant.names import MODEL_FILE
 
     cfg = load(config, output, writes=False)

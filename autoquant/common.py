@@ -1,10 +1,12 @@
-"""The two helpers every stage shares: the progress callback type and atomic file writes."""
+"""The helpers every stage shares: the progress callback type, atomic file writes and stage timing."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,3 +30,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def timed(into: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``into[name]``, also when it raises."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[name] = into.get(name, 0.0) + time.perf_counter() - began

@@ -334,6 +334,7 @@ class Driver:
             best = current_best(study)
             if best is not None and best.number == outcome.number:
                 self._publish(outcome, result, quantization)
+        ctx.stages.setdefault("to_first_trial_s", time.time() - ctx.began)
         log_trial(ctx, outcome, result)
         ctx.reporter.trial_finished(outcome, None, best)
 

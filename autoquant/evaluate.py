@@ -44,10 +44,6 @@ BOOTSTRAP_RESAMPLES = 1000
 #: the trial when the decay's lower bound (bootstrap mean - Z x std, Z for 0.1 % one-sided) is
 #: over the budget, so that a trial within budget is stopped with at most 1 % chance (Bonferroni).
 LOOKS, LOOK_RESAMPLES, LOOK_Z = 10, 200, 3.09
-#: The thread counts latency is measured at: label -> onnxruntime's ``intra_op_num_threads``
-#: (0: its default, one thread per physical core). The selection uses the first.
-THREADS = {"1": 1, "default": 0}
-SELECTION_THREADS = next(iter(THREADS))
 
 
 @dataclass(frozen=True)
@@ -176,7 +172,7 @@ class Evaluator:
             self._reference = cached
             logger.info("FP32 reference outputs reused from the cache (%s)", self._cache_path.name)
             return self._reference
-        session = _session(self.graph.prepared_path, "FP32 model")
+        session = session_or_error(self.graph.prepared_path, "FP32 model")
         axes = self.batch_axes(session)
 
         def batches() -> Iterator[list[np.ndarray]]:
@@ -203,7 +199,7 @@ class Evaluator:
             probe = None if fixed else next(self.reader.batches(2))
             if probe is not None and len(probe.sample_ids) < 2:
                 probe = None
-            session = session or _session(self.graph.prepared_path, "FP32 model")
+            session = session or session_or_error(self.graph.prepared_path, "FP32 model")
             self._axes = find_batch_axes(
                 session, self.output_names, probe, self.config.model.output_batch_axes
             )
@@ -270,7 +266,7 @@ class Evaluator:
         """
         fp32 = self.fp32_objective()
         reference = self.reference()
-        session = _session(model, "model to evaluate")
+        session = session_or_error(model, "model to evaluate")
         axes = self.batch_axes()
         objective = self._new_objective()
         start, seconds = 0, 0.0
@@ -346,7 +342,7 @@ class Evaluator:
         return float(low), float(high)
 
 
-def _session(
+def session_or_error(
     model: onnx.ModelProto | bytes | Path | ort.InferenceSession, what: str, threads: int = 0
 ) -> ort.InferenceSession:
     """A session for ``model`` (or ``model`` itself) with ``threads`` intra-op threads (0: the
@@ -409,151 +405,3 @@ def find_batch_axes(
     if moved:
         logger.info("outputs that are not batch-first: %s", ", ".join(moved))
     return axes
-
-
-def measure_latency(
-    model: onnx.ModelProto | bytes | Path | ort.InferenceSession,
-    feed: dict[str, np.ndarray],
-    repeats: int = 50,
-    warmup: int = 5,
-    threads: int = 0,
-) -> float:
-    """Median wall time in milliseconds of one run on ``feed`` (batch 1), after ``warmup`` runs,
-    in a session with ``threads`` intra-op threads (0: onnxruntime's default; ignored for a session).
-
-    Raises:
-        EvaluationError: onnxruntime cannot load or run the model.
-    """
-    session = _session(model, "model to time", threads)
-    times = []
-    try:
-        for _ in range(warmup):
-            session.run(None, feed)
-        for _ in range(repeats):
-            began = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - began)
-    except Exception as exc:
-        raise EvaluationError(
-            f"onnxruntime cannot run the model to measure its latency ({one_line(exc)})"
-        ) from exc
-    return float(np.median(times) * 1000.0)
-
-
-class LatencyTimer:
-    """Times models against the FP32 model, run for run in turn, so that what the machine does
-    meanwhile (frequency, other load) slows both alike and cancels in their ratio. Every session,
-    the FP32 model's and the timed models', has ``threads`` intra-op threads.
-
-    Args:
-        fp32_model: The FP32 model (the reference every latency is relative to).
-        feed: One batch-1 input.
-        budget_s: Time to spend on one comparison; the run count follows (10 to 50 runs each).
-        threads: onnxruntime's ``intra_op_num_threads`` (0: its default, one per physical core).
-
-    Raises:
-        EvaluationError: onnxruntime cannot load or run the FP32 model.
-    """
-
-    def __init__(
-        self,
-        fp32_model: onnx.ModelProto | bytes | Path,
-        feed: dict[str, np.ndarray],
-        budget_s: float = 1.0,
-        threads: int = 0,
-    ) -> None:
-        self.feed = feed
-        self.threads = threads
-        self.reference = _session(fp32_model, "FP32 model to time against", threads)
-        self._fp32_model = fp32_model
-        self.fp32_ms = measure_latency(self.reference, feed, repeats=10, warmup=3)
-        self.repeats = int(min(50, max(10, budget_s * 1000.0 / (2 * max(self.fp32_ms, 1e-3)))))
-
-    def ratio(self, session: ort.InferenceSession) -> float:
-        """Median latency of ``session`` divided by the FP32 model's, timed in turn.
-
-        Raises:
-            EvaluationError: onnxruntime cannot run the model.
-        """
-        runs: tuple[list[float], list[float]] = ([], [])
-        try:
-            for i in range(3 + self.repeats):
-                for times, timed in zip(runs, (session, self.reference), strict=True):
-                    began = time.perf_counter()
-                    timed.run(None, self.feed)
-                    if i >= 3:
-                        times.append(time.perf_counter() - began)
-        except Exception as exc:
-            raise EvaluationError(
-                f"onnxruntime cannot run the model to measure its latency ({one_line(exc)})"
-            ) from exc
-        return float(np.median(runs[0]) / max(np.median(runs[1]), 1e-12))
-
-    def model_ratio(self, model: onnx.ModelProto | bytes | Path, sessions: int = 3) -> float:
-        """:meth:`ratio` of a model, the median over ``sessions`` new sessions of it: a session's
-        memory layout and threads make its speed differ from another's of the same model.
-
-        Raises:
-            EvaluationError: onnxruntime cannot load or run the model.
-        """
-        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-        ratios = [self.ratio(_session(data, "model to time", self.threads)) for _ in range(sessions)]
-        return float(np.median(ratios))
-
-    def tolerance(self, blocks: int = 10, floor: float = 0.25) -> float:
-        """How far the ratio of the FP32 model to itself strays: the spread of the ratios of
-        ``blocks`` new sessions of it, ``max - min``, at least ``floor`` (each trial builds a new
-        session too). Trials whose latencies differ by less are ties for the selection."""
-        sessions = (_session(self._fp32_model, "FP32 model to time", self.threads) for _ in range(blocks))
-        ratios = [self.ratio(session) for session in sessions]
-        return max(floor, max(ratios) - min(ratios))
-
-
-def latency_timers(
-    fp32_model: onnx.ModelProto | bytes | Path, feed: dict[str, np.ndarray], budget_s: float = 1.0
-) -> dict[str, LatencyTimer]:
-    """One :class:`LatencyTimer` per thread count of :data:`THREADS`, by its label.
-
-    Raises:
-        EvaluationError: onnxruntime cannot load or run the FP32 model.
-    """
-    return {label: LatencyTimer(fp32_model, feed, budget_s, threads) for label, threads in THREADS.items()}
-
-
-@dataclass(frozen=True)
-class LatencyComparison:
-    """An INT8 model's batch-1 latency against the FP32 model's at one thread count.
-
-    Attributes:
-        threads: onnxruntime's ``intra_op_num_threads`` (0: its default).
-        fp32_ms: The FP32 model's median latency.
-        int8_ms: The INT8 model's: the FP32 latency times their ratio timed in turn.
-    """
-
-    threads: int
-    fp32_ms: float
-    int8_ms: float
-
-    @property
-    def speedup(self) -> float:
-        """FP32 ms / INT8 ms: above 1, the INT8 model is faster."""
-        return self.fp32_ms / max(self.int8_ms, 1e-12)
-
-
-def compare_latency(
-    fp32_model: onnx.ModelProto | bytes | Path,
-    int8_model: onnx.ModelProto | bytes | Path,
-    feed: dict[str, np.ndarray],
-    budget_s: float = 1.0,
-) -> dict[str, LatencyComparison]:
-    """Both models timed the same way, in this process, at each thread count of :data:`THREADS`
-    (the way a study times its trials: :meth:`LatencyTimer.model_ratio`).
-
-    Raises:
-        EvaluationError: onnxruntime cannot load or run a model.
-    """
-    found = {}
-    for label, timer in latency_timers(fp32_model, feed, budget_s).items():
-        ratio = timer.model_ratio(int8_model)
-        found[label] = LatencyComparison(timer.threads, timer.fp32_ms, ratio * timer.fp32_ms)
-    return found

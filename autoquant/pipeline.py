@@ -189,6 +189,13 @@ def expected_samples(config: StudyConfig, graph: ModelGraph) -> int:
     return len(open_reader(config.calibration, list(graph.inputs), limit=config.calibration.calib_iterations))
 
 
+def scored_samples(config: StudyConfig, graph: ModelGraph) -> int:
+    """Number of test samples a trial scores (0 without a test set)."""
+    if config.test.source is None:
+        return 0
+    return len(open_reader(config.test, list(graph.inputs), limit=config.test.test_iterations))
+
+
 def quantize(
     calibrated: Calibrated,
     quantization: QuantizationConfig,
@@ -247,5 +254,6 @@ __all__ = [
     "load_graph",
     "quantize",
     "sample_feeds",
+    "scored_samples",
     "user_cache_dir",
 ]

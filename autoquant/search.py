@@ -50,8 +50,9 @@ from autoquant.errors import (
     TrialReturned,
     one_line,
 )
-from autoquant.evaluate import SELECTION_THREADS, Evaluation, LatencyTimer
+from autoquant.evaluate import Evaluation
 from autoquant.graph import session_for
+from autoquant.latency import SELECTION_THREADS, LatencyTimer, trial_budget
 from autoquant.names import (
     FP32_NODES_FILE,
     SENSITIVITY_FILE,
@@ -209,9 +210,9 @@ class SearchContext:
     calibrated: Calibrated
     scorer: Scorer
     space: SearchSpace
-    timers: dict[str, LatencyTimer]  # threads label (evaluate.THREADS) -> its timer
+    timers: dict[str, LatencyTimer]  # threads label (latency.THREADS) -> its timer
     analysis_feeds: list[dict[str, np.ndarray]]
-    ranking_fn: Callable[[QuantizationConfig], Sensitivity]
+    ranking_fn: Callable[[QuantizationConfig, Callable[[], bool]], Sensitivity]  # (choices, should_stop)
     on_best: Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
     reporter: Reporter = field(default_factory=NullReporter)
     tracker: NullTracker | MlflowTracker = field(default_factory=NullTracker)
@@ -223,6 +224,8 @@ class SearchContext:
     latencies: dict[str, dict[str, float]] = field(default_factory=dict)  # structure -> label -> ms
     requantizer: Requantizer | None = None  # rewrites scales of a structure built before
     shown_tracebacks: set[str] = field(default_factory=set)
+    stages: dict[str, float] = field(default_factory=dict)  # this process's set-up, seconds per stage
+    began: float = field(default_factory=time.time)  # when this process began the study (epoch s)
 
     @property
     def nodes(self) -> int:
@@ -234,7 +237,7 @@ class SearchContext:
         base = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}})
         key = base.model_dump_json()
         if key not in self._rankings:  # ranked without a blacklist, whichever trial asks first
-            sensitivity = self.ranking_fn(base)
+            sensitivity = self.ranking_fn(base, self.should_stop)
             self._rankings[key] = sensitivity.ranking()
             self.new_sensitivity = sensitivity.to_json()
         return self._rankings[key]
@@ -287,6 +290,7 @@ def run_choice(
         Pruned: With ``prune``, the evaluation stopped early, the decay certainly over budget.
     """
     timings: dict[str, float] = {}
+    began_trial = time.perf_counter()
     with stage("the sensitivity analysis for fp32_layers", EvaluationError):
         ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
     with stage("onnxruntime's quantizer", QuantizationError):
@@ -301,8 +305,11 @@ def run_choice(
     timings["inference"] = evaluation.seconds
     if evaluation.pruned:
         raise Pruned(evaluation)
+    began = time.perf_counter()
     with stage("measuring the latency", EvaluationError):
-        latencies = measure_structure(ctx, result.model)
+        latencies = measure_structure(ctx, result.model, trial_budget(time.perf_counter() - began_trial))
+    timings["latency"] = time.perf_counter() - began
+    timings["trial"] = time.perf_counter() - began_trial
     outcome = TrialOutcome(
         number=number,
         key=key,
@@ -323,14 +330,15 @@ def run_choice(
     return outcome, result
 
 
-def measure_structure(ctx: SearchContext, model: onnx.ModelProto) -> dict[str, float]:
+def measure_structure(ctx: SearchContext, model: onnx.ModelProto, budget_s: float) -> dict[str, float]:
     """The model's latency (ms) at each thread count, measured once per graph structure: a graph
     runs as fast whatever its scales. Each is the timer's INT8/FP32 ratio times the study's FP32
-    latency at that thread count."""
+    latency at that thread count; the measurement takes about ``budget_s``, all counts together."""
     structure = structure_key(model)
     known = ctx.latencies.get(structure)
     if not isinstance(known, dict) or set(known) != set(ctx.timers):  # e.g. stored by an older version
-        known = {k: t.model_ratio(model) * ctx.fp32_latency[k] for k, t in ctx.timers.items()}
+        share = budget_s / len(ctx.timers)
+        known = {k: t.model_ratio(model, budget_s=share) * ctx.fp32_latency[k] for k, t in ctx.timers.items()}
         ctx.latencies[structure] = known
     return dict(known)
 

@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -29,12 +29,12 @@ from optuna.trial import TrialState
 
 from autoquant import pipeline
 from autoquant.analyze import Sensitivity
-from autoquant.common import atomic_write
+from autoquant.common import atomic_write, timed
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.driver import Driver
 from autoquant.errors import ConfigError, SearchError, SearchStopped, StorageError
-from autoquant.evaluate import SELECTION_THREADS, THREADS, LatencyTimer, latency_timers
 from autoquant.hardware import ReduceRange, host_isa, resolve_reduce_range, target_isa
+from autoquant.latency import SELECTION_THREADS, THREADS, LatencyTimer, latency_timers, trial_budget
 from autoquant.locking import output_lock
 from autoquant.names import (
     BEST_CONFIG_FILE,
@@ -59,6 +59,7 @@ from autoquant.quantize import QuantizedModel, compute_layers
 from autoquant.report import render_report, render_study_report
 from autoquant.rescale import Requantizer
 from autoquant.search import (
+    DEFAULT_SAMPLED_TRIALS,
     Candidate,
     NullReporter,
     Reporter,
@@ -108,6 +109,7 @@ class TuneResult:
     fp32_latency: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms, batch 1
     pareto: tuple[TrialOutcome, ...] = ()  # the Pareto front of (decay, latency, FP32 compute layers)
     compute_layers: int | None = None  # the model's compute layers (Conv, ConvTranspose, Gemm, MatMul)
+    timings: dict[str, float] = field(default_factory=dict)  # this process's stages, seconds (see Stages)
 
     @property
     def within_budget(self) -> bool:
@@ -217,6 +219,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
         "latency_tolerance": result.latency_tolerance,
         "time_to_budget_s": result.time_to_budget_s,
         "compute_layers": result.compute_layers,
+        "timings": result.timings,
         "latency": latency_summary(result),
         "best": row(result.best) if result.best else None,
         "pareto_front": [o.number for o in result.pareto],
@@ -241,9 +244,9 @@ def latency_summary(result: TuneResult) -> dict:
         }
     return {
         "batch": 1,
-        "method": "per graph structure: the median over 3 new sessions of the INT8 model, each timed "
-        "run for run in turn with the FP32 model (3 warm-up runs, then the median of 10 to 50 runs); "
-        "speedup = FP32 ms / INT8 ms",
+        "method": "per graph structure: the median over up to 3 new sessions of the INT8 model, each "
+        "timed run for run in turn with the FP32 model (1 to 3 warm-up runs, then 3 to 50 runs, until "
+        "the median is known to 2 % or a tenth of the trial's time is spent); speedup = FP32 ms / INT8 ms",
         "cpu_isa": cpu.label,
         "cpu_vnni": cpu.vnni,
         "selection_threads": SELECTION_THREADS,
@@ -282,7 +285,7 @@ def _ranking_writer(
     the CPU's instruction set, so a resumed study, or another worker sharing the cache, reuses them.
     """
 
-    def ranking(quantization: QuantizationConfig) -> Sensitivity:
+    def ranking(quantization: QuantizationConfig, should_stop: Callable[[], bool]) -> Sensitivity:
         key = hashlib.sha256(
             "|".join(
                 [
@@ -299,7 +302,14 @@ def _ranking_writer(
             sensitivity = Sensitivity.from_json(cached.read_text())
             logger.info("sensitivity ranking reused from the cache (%s)", cached.name)
         except (OSError, ValueError, KeyError, TypeError):
-            sensitivity = pipeline.analyze_layers(config.replace(quantization=quantization), calibrated)
+
+            def check(_: int) -> None:  # polled after each layer: a deadline ends a long analysis
+                if should_stop():
+                    raise SearchStopped
+
+            sensitivity = pipeline.analyze_layers(
+                config.replace(quantization=quantization), calibrated, check
+            )
             atomic_write(cached, lambda f: f.write(sensitivity.to_json().encode()))
         report = render_report(
             sensitivity, f"autoquant sensitivity: {name}", {"model": str(config.model.path)}
@@ -422,6 +432,7 @@ def _prepare_study(
     timers: dict[str, LatencyTimer],
     compute_count: int,
     command: str,
+    latency_budget: float = 1.0,
 ) -> optuna.Study:
     """Create or join the study; store what is measured once (under the study lock)."""
     name = study_name(config)
@@ -435,7 +446,7 @@ def _prepare_study(
         if attrs.get(STUDY_COMPUTE_LAYERS) != compute_count:
             study.set_user_attr(STUDY_COMPUTE_LAYERS, compute_count)
     if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
-        tolerance = timers[SELECTION_THREADS].tolerance()
+        tolerance = timers[SELECTION_THREADS].tolerance(budget_s=latency_budget)
         with storage.lock(name):
             if STUDY_LATENCY_TOLERANCE not in study.user_attrs:
                 study.set_user_attr(STUDY_LATENCY_TOLERANCE, tolerance)
@@ -469,32 +480,58 @@ def open_search(
     stored study (created or joined) and the search context (call while :func:`serving`)."""
     began = time.time()
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
+    stages: dict[str, float] = {}  # seconds per stage of the set-up, then of the first trial
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
     tracker = make_tracker(config)  # fails in seconds, before any calibration work
     storage, existing = _existing_study(config)  # a shared database must answer before any work
     existing = None if fresh else existing
     name = study_name(config)
-    graph = pipeline.load_graph(config)
+    with timed(stages, "prepare_s"):
+        graph = pipeline.load_graph(config)
     inputs = fingerprint_inputs(config, graph, space)
     if existing is not None:  # refuse before the statistics pass
         stored = existing.user_attrs.get(STUDY_FINGERPRINT)
         check_fingerprint(stored, inputs, name, storage_url(config), command == "tune")
-    calibrated = pipeline.calibrate(config, graph=graph)
+    with timed(stages, "statistics_s"):
+        calibrated = pipeline.calibrate(config, graph=graph)
     scorer = scorer or pipeline.evaluator(config, graph)
     reporter.phase("FP32 reference")
     fp32 = Candidate(-1, "fp32", {}, graph.prepared_path, None)
     stored = None if existing is None else existing.user_attrs.get(STUDY_FP32_SCORE)
-    fp32_score = scorer.reference_score(fp32, stored, reporter.progress)
+    with timed(stages, "fp32_reference_s"):
+        fp32_score = scorer.reference_score(fp32, stored, reporter.progress)
     fingerprint = {**inputs, **fingerprint_results(calibrated, scorer)}
-    timers = latency_timers(graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0])
+    latency_budget = trial_budget(time.time() - began)  # a tenth of the set-up so far, a second at least
+    with timed(stages, "latency_s"):
+        timers = latency_timers(
+            graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0], latency_budget / len(THREADS)
+        )
     compute_count = len(compute_layers(graph, [n.name for n in graph.nodes]))
     # Only now: a failure before leaves no study behind.
     storage = storage or open_storage(storage_url(config), config.storage)
-    study = storage.call(
-        _prepare_study, config, storage, fresh, fingerprint, fp32_score, began, timers, compute_count, command
-    )
+    with timed(stages, "latency_s"):  # the tolerance, measured once per study, is timing too
+        study = storage.call(
+            _prepare_study,
+            config,
+            storage,
+            fresh,
+            fingerprint,
+            fp32_score,
+            began,
+            timers,
+            compute_count,
+            command,
+            latency_budget,
+        )
     with storage.lock(name):  # one MLflow parent run, whichever process comes first
         tracker.attach(study, calibrated.stats.key, fp32_score)
+    stages["setup_s"] = time.time() - began
+    wanted = (
+        1
+        if config.search.mode == "fast"
+        else len(space.strategies) + (config.search.n_trials or DEFAULT_SAMPLED_TRIALS)
+    )
+    _check_timeout(config, stages, timers, pipeline.scored_samples(config, graph), wanted)
     requested = stop or (lambda: False)
 
     def should_stop() -> bool:  # the timeout never ends a study before its first completed trial
@@ -519,8 +556,46 @@ def open_search(
         tracker=tracker,
         should_stop=should_stop,
         user_stopped=requested,
+        stages=stages,
+        began=began,
     )
     return OpenSearch(ctx, study, storage, command, fp32_score)
+
+
+def _check_timeout(
+    config: StudyConfig,
+    stages: dict[str, float],
+    timers: dict[str, LatencyTimer],
+    test_samples: int,
+    wanted: int,
+) -> None:
+    """Say in one line when ``search.timeout`` leaves no room for the trials the mode needs, with
+    the estimate: a trial scores the test set once (as long as the FP32 reference took, or the FP32
+    batch-1 latency times the samples when the reference came from the cache) and times itself."""
+    timeout = config.search.timeout
+    if not timeout:
+        return
+    scoring = stages.get("fp32_reference_s", 0.0)
+    source = f"the FP32 reference took {scoring:.0f} s"
+    if scoring < 1.0:  # read from the cache: estimate from the latency
+        scoring = timers[next(reversed(THREADS))].fp32_ms / 1000.0 * test_samples
+        source = f"{test_samples} test samples at {timers[next(reversed(THREADS))].fp32_ms:.3g} ms each"
+    trial = scoring + trial_budget(scoring)
+    left = timeout - stages["setup_s"]
+    if left < wanted * trial:
+        fits = max(0, int(left // trial))
+        logger.warning(
+            "search.timeout %.0f s is short for this model: the set-up took %.0f s and a trial about %.0f s "
+            "(%s), so %d of the %d trials %s mode wants fit; the study ends with the trial running at "
+            "the deadline (at least one)",
+            timeout,
+            stages["setup_s"],
+            trial,
+            source,
+            fits,
+            wanted,
+            config.search.mode,
+        )
 
 
 def drive(
@@ -562,7 +637,7 @@ def drive(
         raise  # the database is gone: nothing more can be read or written
     finally:
         if sys.exc_info()[0] is not StorageError:
-            result = storage.call(study_result, config, study, fp32_score)
+            result = replace(storage.call(study_result, config, study, fp32_score), timings=dict(ctx.stages))
             if result.trials:
                 with Heartbeat(storage, worker, None):  # seen alive while it waits for the lock
                     storage.call(driver.sync_outputs)

@@ -308,6 +308,8 @@ class MlflowTracker:
             "time_to_budget_s": summary.get("time_to_budget_s"),
             "pareto_trials": len(summary.get("pareto_front") or []),
         }
+        for stage, seconds in (summary.get("timings") or {}).items():  # statistics_s, setup_s, ...
+            metrics[f"time_{stage}"] = seconds
         for label, t in (latency.get("threads") or {}).items():
             metrics[f"fp32_latency_ms_{label}_threads"] = t.get("fp32_ms")
             metrics[f"best_latency_ms_{label}_threads"] = t.get("best_int8_ms")

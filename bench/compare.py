@@ -332,7 +332,7 @@ class Scoring:
         from autoquant import pipeline
         from autoquant.config import load_config
         from autoquant.errors import AutoquantError
-        from autoquant.evaluate import LatencyTimer
+        from autoquant.latency import LatencyTimer
 
         config = dict(case.config, output={"directory": str(folder / "score")}, tracking={"enabled": False})
         config["calibration"] = dict(config["calibration"], cache_dir=str(folder / "score-cache"))

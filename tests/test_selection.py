@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 
 import autoquant
-from autoquant.evaluate import THREADS
 from autoquant.hardware import host_isa
+from autoquant.latency import THREADS
 from autoquant.quantize import compute_layers
 from autoquant.search import TrialOutcome
 from autoquant.selection import best_outcome, pareto_front, ranked
