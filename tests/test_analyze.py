@@ -121,9 +121,9 @@ def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
     runs: list[bool] = []
     analyze_layers = pipeline.analyze_layers
 
-    def counting(cfg, cal):
+    def counting(cfg, cal, progress=None):
         runs.append(cfg.quantization.per_channel)
-        return analyze_layers(cfg, cal)
+        return analyze_layers(cfg, cal, progress)
 
     monkeypatch.setattr(pipeline, "analyze_layers", counting)
     first = study._ranking_writer(config, calibrated, "a")(config.quantization)
@@ -135,3 +135,25 @@ def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
     study._ranking_writer(config, calibrated, "c")(other)
     assert runs == [False, True] and len(list((tmp_path / "cache").glob("sensitivity-*.json"))) == 2
     assert (tmp_path / "out" / "sensitivity.json").is_file()
+
+
+def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -> None:
+    """A study's deadline is polled after each layer: a long analysis ends the search, and leaves
+    no ranking in the cache nor in the output folder."""
+    from autoquant import study
+    from autoquant.errors import SearchStopped
+
+    config, calibrated = calibrated_digits
+    config = config.replace(
+        calibration={"cache_dir": tmp_path / "cache"}, output={"directory": tmp_path / "out"}
+    )
+    polls: list[int] = []
+
+    def late() -> bool:
+        polls.append(1)
+        return len(polls) > 2
+
+    with pytest.raises(SearchStopped):
+        study._ranking_writer(config, calibrated, "a")(config.quantization, late)
+    assert len(polls) == 3 < len(calibrated.graph.nodes)
+    assert not list((tmp_path / "cache").glob("sensitivity-*.json")) and not (tmp_path / "out").exists()
