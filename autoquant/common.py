@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import gc
 import os
 import tempfile
 import time
@@ -40,3 +44,23 @@ def timed(into: dict[str, float], name: str) -> Iterator[None]:
         yield
     finally:
         into[name] = into.get(name, 0.0) + time.perf_counter() - began
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_memory() -> None:
+    """Give the memory freed by a large model back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Freed blocks of a few MB, as a model's weights are, stay in the process's heap
+    otherwise and count in its RSS until the heap's top is free."""
+    libc = _libc()
+    if libc is not None:
+        gc.collect()  # onnxruntime's quantizer leaves reference cycles that hold a model
+        libc.malloc_trim(0)

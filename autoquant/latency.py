@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from autoquant.common import release_memory
 from autoquant.errors import EvaluationError, one_line
 from autoquant.evaluate import session_or_error
 
@@ -33,6 +34,22 @@ LEAST_RUNS, MOST_RUNS = 3, 50
 PRECISION = 0.02
 #: The share of a trial's own time that its latency measurement may take, and the least it gets.
 TRIAL_SHARE, LEAST_BUDGET_S = 0.1, 1.0
+
+
+#: A FP32 model at least this large has its timing session opened only while it is timed.
+KEEP_SESSION_BYTES = 64 * 2**20
+
+
+def _model_bytes(model: object) -> int:
+    """The size of a model: its bytes, or its file's and external data files' beside it."""
+    if isinstance(model, onnx.ModelProto):
+        return model.ByteSize()
+    if isinstance(model, bytes):
+        return len(model)
+    if isinstance(model, str | Path):
+        path = Path(model)
+        return sum(f.stat().st_size for f in path.parent.glob(f"{path.name}*") if f.is_file())
+    return 0  # a session: the caller's to keep
 
 
 def trial_budget(trial_seconds: float) -> float:
@@ -125,9 +142,28 @@ class LatencyTimer:
         self.budget_s = budget_s
         self._fp32_model = fp32_model
         began = time.perf_counter()
-        self.reference = session_or_error(fp32_model, "FP32 model to time against", threads)
+        self._reference: ort.InferenceSession | None = session_or_error(
+            fp32_model, "FP32 model to time against", threads
+        )
         self.session_s = time.perf_counter() - began  # what a new session of the model costs
-        self.fp32_ms = measure_latency(self.reference, feed, repeats=10, budget_s=budget_s)
+        self.fp32_ms = measure_latency(self._reference, feed, repeats=10, budget_s=budget_s)
+        # A large model's session is opened for each comparison and closed after it, rather than
+        # held for the whole study beside everything else.
+        self.keep_reference = _model_bytes(fp32_model) < KEEP_SESSION_BYTES
+        self.release()
+
+    @property
+    def reference(self) -> ort.InferenceSession:
+        """The FP32 model's session (opened again if :meth:`release` closed it)."""
+        if self._reference is None:
+            self._reference = session_or_error(self._fp32_model, "FP32 model to time against", self.threads)
+        return self._reference
+
+    def release(self) -> None:
+        """Close the FP32 session of a large model (see ``keep_reference``) until it is needed."""
+        if not self.keep_reference:
+            self._reference = None
+            release_memory()
 
     def ratio(self, session: ort.InferenceSession, budget_s: float | None = None) -> float:
         """Median latency of ``session`` divided by the FP32 model's, timed in turn, the pair
@@ -179,6 +215,8 @@ class LatencyTimer:
             session = session_or_error(data, "model to time", self.threads)
             share = budget / count - (time.perf_counter() - began)
             ratios.append(self.ratio(session, max(share, 0.0)))
+            del session
+        self.release()
         return float(np.median(ratios))
 
     def tolerance(self, blocks: int = 3, floor: float = 0.25, budget_s: float | None = None) -> float:
@@ -191,6 +229,8 @@ class LatencyTimer:
         for _ in range(count):
             session = session_or_error(self._fp32_model, "FP32 model to time", self.threads)
             ratios.append(self.ratio(session, budget / count))
+            del session
+        self.release()
         return max(floor, max(ratios) - min(ratios))
 
 

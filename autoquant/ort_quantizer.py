@@ -97,7 +97,11 @@ def qdq_quantize(
     # them sorted in the file: the quantizer appends Q/DQ nodes at the end.
     sortable = ONNXModel(quantizer.quantize_model())
     sortable.topological_sort()
-    return sortable.model
+    # The quantizer rewrites the FP32 model in place. Its float weights, though removed, stay in
+    # the memory arena of that message as long as it lives: a fresh copy holds only the INT8 model.
+    compact = onnx.ModelProto()
+    compact.ParseFromString(sortable.model.SerializeToString())
+    return compact
 
 
 def scale_zero_point(

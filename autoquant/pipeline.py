@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from autoquant.analyze import Sensitivity, analyze
-from autoquant.common import ProgressFn
+from autoquant.common import ProgressFn, release_memory
 from autoquant.config import DataConfig, QuantizationConfig, StudyConfig
 from autoquant.data import InputSpec, open_reader
 from autoquant.errors import ConfigError
@@ -114,6 +114,7 @@ def load_graph(config: StudyConfig, persist: bool = True) -> ModelGraph:
     specs = input_specs(config)
     check_data(config, specs)
     graph = prepare_model(config.model.path, cache_dir(config), persist=persist)
+    release_memory()  # the model read to prepare and describe it
     shapes = {spec.name: spec.shape for spec in specs}
     return replace(graph, inputs=tuple(replace(s, shape=shapes.get(s.name, s.shape)) for s in graph.inputs))
 

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from autoquant.common import release_memory
 from autoquant.config import QuantizationConfig
 from autoquant.graph import ModelGraph
 from autoquant.hardware import resolve_reduce_range, target_isa
@@ -117,13 +118,22 @@ def _pairs(model: onnx.ModelProto) -> dict[str, tuple[str, np.ndarray]]:
     return found
 
 
-def _biases(model: onnx.ModelProto, prepared: onnx.ModelProto) -> list[_Bias] | None:
+def _biases(model: onnx.ModelProto, graph: ModelGraph) -> list[_Bias] | None:
     """The int32 biases of Conv/Gemm nodes and where their scales come from; None when a bias
-    cannot be traced (then the structure is not rewritten)."""
+    cannot be traced (then the structure is not rewritten). Only the FP32 biases are read from the
+    prepared model, not its weights."""
+    prepared = graph.load(weights=False)
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     source = {n.name: n for n in prepared.graph.node}
-    source_inits = {t.name: t for t in prepared.graph.initializer}
+    biases = {
+        source[n.name].input[2]
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm", "ConvTranspose")
+        and n.name in source
+        and len(source[n.name].input) > 2
+    }
+    source_inits = graph.initializers(biases)
     found = []
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "ConvTranspose") or len(node.input) < 3:
@@ -144,7 +154,7 @@ def _biases(model: onnx.ModelProto, prepared: onnx.ModelProto) -> list[_Bias] | 
             or original.input[2] not in source_inits
         ):
             return None
-        values = numpy_helper.to_array(source_inits[original.input[2]]).astype(np.float64)
+        values = source_inits[original.input[2]].astype(np.float64)
         found.append(_Bias(dq_bias.input[0], dq_bias.input[1], dq_input.input[1], dq_weight.input[1], values))
     return found
 
@@ -168,8 +178,9 @@ def _template(
     pairs, probe_pairs = _pairs(model), _pairs(probe)
     if set(pairs) != set(probe_pairs):
         return None
-    probe_inits = {t.name: numpy_helper.to_array(t) for t in probe.graph.initializer}
-    model_inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    # Only the activation scales: a large model's weights are not copied into arrays.
+    probe_inits = {t.name: numpy_helper.to_array(t) for t in probe.graph.initializer if t.name in pairs}
+    model_inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in pairs}
     lookup: dict[tuple[str, bytes], str] = {}
     for name, r in probe_ranges.items():
         for dtype in {dtype for _, dtype in probe_pairs.values()}:
@@ -183,7 +194,7 @@ def _template(
                 continue  # a range onnxruntime fixes itself (a Softmax output): the same for all
             return None
         activations.append(_Activation(scale, zero, tensor, dtype))
-    biases = _biases(model, graph.load())
+    biases = _biases(model, graph)
     if biases is None:
         return None
     if any(
@@ -242,9 +253,10 @@ class Requantizer:
         rewrites: How many models were rewritten instead of quantized.
     """
 
-    def __init__(self, graph: ModelGraph, capacity: int = 4) -> None:
+    def __init__(self, graph: ModelGraph, capacity: int = 4, memory: int = 512 * 2**20) -> None:
         self.graph = graph
         self.capacity = capacity
+        self.memory = memory  # bytes of kept models; the last one is kept whatever its size
         # structure -> the first model built (to map when it repeats), its template, or unmappable
         self._seen: OrderedDict[str, tuple | _Template | str] = OrderedDict()
         self.rewrites = 0
@@ -278,6 +290,14 @@ class Requantizer:
         else:
             result = quantize_model(self.graph, ranges, config, ranking)
         self._seen[key] = (result.model, ranges, config) if entry is None else entry
-        while len(self._seen) > self.capacity:
+        while len(self._seen) > 1 and (len(self._seen) > self.capacity or self._held() > self.memory):
             self._seen.popitem(last=False)
+        release_memory()
         return result
+
+    def _held(self) -> int:
+        """Bytes of the models kept (first builds and templates)."""
+        models = [
+            e[0] if isinstance(e, tuple) else e.model for e in self._seen.values() if not isinstance(e, str)
+        ]
+        return sum(m.ByteSize() for m in models)

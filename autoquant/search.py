@@ -303,6 +303,7 @@ def run_choice(
         candidate = Candidate(number, key, params, result.model, session)
         evaluation = ctx.scorer.score(candidate, ctx.reporter.progress, prune)
     timings["inference"] = evaluation.seconds
+    del candidate, session  # closed before the latency's own sessions open (a large model's is large)
     if evaluation.pruned:
         raise Pruned(evaluation)
     began = time.perf_counter()

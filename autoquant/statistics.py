@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from autoquant.common import ProgressFn, atomic_write
+from autoquant.common import ProgressFn, atomic_write, release_memory
 from autoquant.errors import CalibrationError
 from autoquant.histogram import HistogramCollector, TensorStats
 from autoquant.memory_plan import bytes_per_sample, plan_pass
@@ -173,6 +173,7 @@ def run_statistics_pass(
         _one_pass(session, wanted, _runs(batches(), plan.samples_per_run), update, plan.overlap)
         samples = samples or counted.samples
         del session
+        release_memory()
     if samples == 0:
         raise CalibrationError("the calibration set yielded no samples")
     return {t: c.result(copy=False) for t, c in collectors.items()}, samples

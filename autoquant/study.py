@@ -285,7 +285,9 @@ def _ranking_writer(
     the CPU's instruction set, so a resumed study, or another worker sharing the cache, reuses them.
     """
 
-    def ranking(quantization: QuantizationConfig, should_stop: Callable[[], bool] = lambda: False) -> Sensitivity:
+    def ranking(
+        quantization: QuantizationConfig, should_stop: Callable[[], bool] = lambda: False
+    ) -> Sensitivity:
         key = hashlib.sha256(
             "|".join(
                 [

@@ -10,6 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import onnx
+
 from autoquant.graph._activations import MS_DOMAIN, ActivationChain, fuse_activations
 from autoquant.graph._describe import (
     ModelGraph,
@@ -21,6 +23,7 @@ from autoquant.graph._describe import (
 from autoquant.graph._model_io import (
     SourceModel,
     load_model,
+    model_identity,
     read_model,
     session_for,
     session_options,
@@ -51,11 +54,13 @@ def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True)
             holds its every weighted layer inside control flow.
     """
     path, cache_dir = Path(path), Path(cache_dir)
-    source = read_model(path)
-    prepared_path = cache_dir / f"prepared-v{PREPARATION_VERSION}-{source.sha256[:16]}.onnx"
+    sha256, external_data = model_identity(path)  # the weights are read only to prepare them
+    prepared_path = cache_dir / f"prepared-v{PREPARATION_VERSION}-{sha256[:16]}.onnx"
     if prepared_path.is_file():
         prepared = load_model(prepared_path)
-    elif not persist:
+        return _described(prepared, path, sha256, prepared_path, external_data)
+    source = read_model(path)
+    if not persist:
         with tempfile.TemporaryDirectory(prefix="autoquant-prepare-") as workdir:
             prepared = prepare(source, Path(workdir))
     else:
@@ -68,8 +73,15 @@ def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True)
             if created and cache_dir.is_dir() and not any(cache_dir.iterdir()):
                 cache_dir.rmdir()  # a failed first preparation leaves no empty cache folder
             raise
+    del source  # before the description: a large model is not held twice
+    return _described(prepared, path, sha256, prepared_path, external_data)
+
+
+def _described(
+    prepared: onnx.ModelProto, path: Path, sha256: str, prepared_path: Path, external_data: bool
+) -> ModelGraph:
     check_control_flow(prepared, path)
-    return describe(prepared, path, source.sha256, prepared_path, source.external_data)
+    return describe(prepared, path, sha256, prepared_path, external_data)
 
 
 __all__ = [
@@ -82,6 +94,7 @@ __all__ = [
     "SourceModel",
     "fuse_activations",
     "load_model",
+    "model_identity",
     "model_inputs",
     "prepare_model",
     "read_model",

@@ -4,12 +4,14 @@ topological order, the activation tensors whose ranges the quantizer needs, the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from autoquant.data import InputSpec
 from autoquant.errors import ModelError
@@ -102,9 +104,23 @@ class ModelGraph:
                 return node
         raise ModelError(f"{self.source}: no quantizable node named {name!r}")
 
-    def load(self) -> onnx.ModelProto:
-        """Load the prepared FP32 model."""
-        return load_model(self.prepared_path)
+    def load(self, weights: bool = True) -> onnx.ModelProto:
+        """Load the prepared FP32 model (``weights=False``: without the initializers it keeps in
+        external data, for a model written that way)."""
+        return load_model(self.prepared_path, weights)
+
+    def initializers(self, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """The values of some initializers of the prepared model, the others left unread when the
+        model keeps them in external data."""
+        wanted = set(names)
+        model = load_model(self.prepared_path, weights=False)
+        found = {}
+        for tensor in model.graph.initializer:
+            if tensor.name in wanted:
+                if uses_external_data(tensor):
+                    load_external_data_for_tensor(tensor, str(self.prepared_path.parent))
+                found[tensor.name] = numpy_helper.to_array(tensor)
+        return found
 
     def batch_size(self, requested: int) -> int:
         """``requested``, unless the model's batch dimension is fixed, in which case that size."""

@@ -57,6 +57,51 @@ def _external_files(model: onnx.ModelProto) -> list[str]:
     return sorted({ExternalDataInfo(t).location for t in _tensors(model.graph) if uses_external_data(t)})
 
 
+def _parse(path: Path) -> onnx.ModelProto:
+    """The model file parsed, its external data files checked but not read.
+
+    Raises:
+        ModelError: The file cannot be read, is not ONNX, or has no nodes.
+    """
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror})") from None
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: not a valid ONNX model (the graph has no nodes)")
+    locations = _external_files(model)
+    for location in locations:
+        if not (path.parent / location).is_file():
+            raise ModelError(f"{path}: its external data file {location!r} is missing from {path.parent}")
+    return model
+
+
+def _digest(path: Path, locations: list[str]) -> str:
+    """Hash of the model file and of its external data files, read a block at a time."""
+    digest = hashlib.sha256()
+    for file, name in ((path, None), *((path.parent / location, location) for location in locations)):
+        if name is not None:
+            digest.update(name.encode())
+        with file.open("rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(path: str | Path) -> tuple[str, bool]:
+    """The hash a model is cached by (see :func:`read_model`) and whether it keeps its weights in
+    external data files, without loading those weights.
+
+    Raises:
+        ModelError: The file or one of its external data files is missing, or the file is not ONNX.
+    """
+    path = Path(path)
+    locations = _external_files(_parse(path))
+    return _digest(path, locations), bool(locations)
+
+
 def read_model(path: str | Path) -> SourceModel:
     """Read and parse an ONNX file and its external data.
 
@@ -64,37 +109,21 @@ def read_model(path: str | Path) -> SourceModel:
         ModelError: The file or one of its external data files is missing, or the file is not ONNX.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the model ({exc.strerror})") from None
-    try:
-        model = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
-        raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
-    if not model.graph.node:
-        raise ModelError(f"{path}: not a valid ONNX model (the graph has no nodes)")
-    digest = hashlib.sha256(data)
+    model = _parse(path)
     locations = _external_files(model)
-    for location in locations:
-        file = path.parent / location
-        if not file.is_file():
-            raise ModelError(f"{path}: its external data file {location!r} is missing from {path.parent}")
-        digest.update(location.encode())
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    digest = _digest(path, locations)
     if locations:
         try:
             load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise ModelError(f"{path}: cannot read its external data ({exc})") from None
-    return SourceModel(path, model, digest.hexdigest(), bool(locations))
+    return SourceModel(path, model, digest, bool(locations))
 
 
-def load_model(path: Path) -> onnx.ModelProto:
-    """Load a model written by :func:`write_model` (external data included)."""
-    return onnx.load(path)
+def load_model(path: Path, weights: bool = True) -> onnx.ModelProto:
+    """Load a model written by :func:`write_model` (its external data too, unless ``weights`` is
+    False)."""
+    return onnx.load(path, load_external_data=weights)
 
 
 def write_model(model: onnx.ModelProto, path: Path, external_data: bool = False) -> None:
