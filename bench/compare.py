@@ -2,7 +2,7 @@
 
 Models: the digits example (configs/digits.yaml) and the real-model corpus of tests/corpus.py
 (bench/corpus.py's configs: objective and budget per model; the Silero VAD scored on its speech
-probability). Every contender gets the same calibration and test samples, read once by
+probability, MiniLM on its sentence embedding). Every contender gets the same calibration and test samples, read once by
 autoquant's data readers. Contenders, each in its own fresh process (bench/compare_run.py) whose
 working folder, HOME and TMPDIR lie inside the output folder:
 
@@ -131,24 +131,26 @@ def corpus_case(name: str, folder: Path) -> Case:
                 models.silero_vad_data,
             ),
         )
-        inputs, objective, budget = {"input": [1, 512], "state": [2, 1, 128], "sr": []}, "cosine", 0.02
+        objective, budget = "cosine", 0.02
+        section = {
+            "path": str(model_fn()),
+            "inputs": {"input": [1, 512], "state": [2, 1, 128], "sr": []},
+            "outputs": ["output"],  # the speech probability, not the recurrent state
+        }
     else:
-        from corpus import MODELS  # bench/corpus.py
+        from corpus import MODELS, model_section  # bench/corpus.py
 
-        what, model_fn, data_fn, (input_name, shape), objective, budget = MODELS[name]
-        inputs = {input_name: list(shape)}
-    model = model_fn()
+        what, model_fn, data_fn, _, objective, budget = MODELS[name]
+        section = model_section(name)
     calib, test = data_fn(folder / "data")
     config = {
-        "model": {"path": str(model), "inputs": inputs},
+        "model": section,
         "calibration": {"source": str(calib), "batch_size": 1, "calib_iterations": 0},
         "test": {"source": str(test), "batch_size": 1, "test_iterations": 0, "objective": objective},
         "quantization": {"per_channel": True},
         "search": {"accept_int8_decay": budget},
     }
-    if name == "silero_vad":
-        config["model"]["outputs"] = ["output"]  # the speech probability, not the recurrent state
-    return Case(name, what, model, config)
+    return Case(name, what, Path(section["path"]), config)
 
 
 def corpus_names() -> list[str]:

