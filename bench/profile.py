@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from autoquant import pipeline  # noqa: E402
 from autoquant.config import parse_config  # noqa: E402
-from autoquant.latency import compare_latency  # noqa: E402
 from autoquant.hardware import host_isa  # noqa: E402
+from autoquant.latency import compare_latency  # noqa: E402
 from autoquant.profiling import Profile, profile_model  # noqa: E402
 
 GROUPS = {
