@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-logger = logging.getLogger(__name__)
+from autoquant.graph import weightless_copy
 
-#: Float initializers with more elements than this are left out of the copy given to shape inference.
-_LIGHT_LIMIT = 1024
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,25 +49,6 @@ class PassPlan:
         return len(self.groups)
 
 
-def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model without its large float weights, which become typed graph inputs instead."""
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    graph = light.graph
-    graph.name = model.graph.name
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    for tensor in model.graph.initializer:
-        elements = math.prod(tensor.dims)
-        if elements > _LIGHT_LIMIT and tensor.data_type != onnx.TensorProto.INT64:
-            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-        else:
-            graph.initializer.append(tensor)
-    return light
-
-
 def bytes_per_sample(
     model: onnx.ModelProto, tensors: Sequence[str], feed: Mapping[str, np.ndarray]
 ) -> dict[str, int | None]:
@@ -79,7 +59,7 @@ def bytes_per_sample(
         tensors: Tensor names (graph inputs included).
         feed: One batch of real inputs, batch dimension first; its shapes fix every input's.
     """
-    light = _light_copy(model)
+    light = weightless_copy(model)
     per_run = 1  # samples the inferred shapes hold: 1, or a fixed batch size
     for value in light.graph.input:
         if value.name in feed:

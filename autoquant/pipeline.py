@@ -173,7 +173,7 @@ def calibrate(
         return (batch.inputs for batch in reader.batches(graph.batch_size(calib.batch_size)))
 
     stats = collect_statistics(
-        graph.load,
+        lambda: graph.load(weights=False),  # a large model's weights stay in their file
         list(graph.activations),
         batches,
         key,
@@ -181,6 +181,7 @@ def calibrate(
         calib.histogram_bins,
         progress,
         calib.memory_budget_mb * 2**20,
+        graph.prepared_path.parent,
     )
     return Calibrated(graph=graph, stats=stats)
 

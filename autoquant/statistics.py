@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from typing import BinaryIO
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx.external_data_helper import uses_external_data
 
 from autoquant.common import ProgressFn, atomic_write, release_memory
 from autoquant.errors import CalibrationError
@@ -44,9 +46,15 @@ class Statistics:
     from_cache: bool = False
 
 
-def _augmented_session(model: onnx.ModelProto, tensors: Iterable[str]) -> ort.InferenceSession:
+def _augmented_session(
+    model: onnx.ModelProto, tensors: Iterable[str], model_dir: Path | None = None
+) -> ort.InferenceSession:
     """A session over ``model`` whose outputs are its own and ``tensors``; the outputs of ``model``
-    are restored afterwards, so one model serves a session per group of tensors."""
+    are restored afterwards, so one model serves a session per group of tensors.
+
+    A model whose weights stay in external data files in ``model_dir`` is given to onnxruntime as
+    a file written there for the moment (its weights are then read from their own files, never
+    copied into this process's memory first)."""
     original = list(model.graph.output)
     existing = {o.name for o in original} | {i.name for i in model.graph.input}
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in existing)
@@ -62,7 +70,18 @@ def _augmented_session(model: onnx.ModelProto, tensors: Iterable[str]) -> ort.In
     # One core stays free for the histograms, which run alongside the next batch.
     options.intra_op_num_threads = max(1, (os.cpu_count() or 2) - 1)
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        if model_dir is None or not any(uses_external_data(t) for t in model.graph.initializer):
+            return ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        # Beside the model, where its external data locations point.
+        fd, staged = tempfile.mkstemp(dir=model_dir, prefix=".statistics-", suffix=".onnx")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(model.SerializeToString())
+            return ort.InferenceSession(staged, options, providers=["CPUExecutionProvider"])
+        finally:
+            os.unlink(staged)
     finally:
         del model.graph.output[:]
         model.graph.output.extend(original)
@@ -117,6 +136,7 @@ def run_statistics_pass(
     bins: int = 8192,
     progress: ProgressFn | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    model_dir: Path | None = None,
 ) -> tuple[dict[str, TensorStats], int]:
     """Run the FP32 model over ``batches`` and collect statistics of ``tensors``.
 
@@ -133,6 +153,8 @@ def run_statistics_pass(
         bins: Fine histogram bins per sign (a power of two).
         progress: Called with the number of samples after each batch of the first pass.
         memory_budget: Bytes of activations alive at once.
+        model_dir: The folder of the model's external data files, for a model loaded without
+            its weights (sessions then read them from there).
 
     Returns:
         Statistics per tensor, and the number of samples seen.
@@ -163,7 +185,7 @@ def run_statistics_pass(
     collectors = {t: HistogramCollector(t, bins, histograms[i]) for i, t in enumerate(tensors)}
     samples = 0
     for number, group in enumerate(plan.groups):
-        session = _augmented_session(model, group)
+        session = _augmented_session(model, group, model_dir)
         outputs = {o.name for o in session.get_outputs()}
         wanted = [t for t in group if t in outputs]
         # Graph inputs are read from the feeds, once.
@@ -302,6 +324,7 @@ def collect_statistics(
     bins: int = 8192,
     progress: ProgressFn | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    model_dir: Path | None = None,
 ) -> Statistics:
     """Return the statistics for ``key``, from the cache when present, else from one FP32 pass.
 
@@ -314,13 +337,16 @@ def collect_statistics(
         bins: Fine histogram bins per sign.
         progress: Progress callback, see :func:`run_statistics_pass`.
         memory_budget: Bytes of activations alive at once, see :func:`run_statistics_pass`.
+        model_dir: See :func:`run_statistics_pass`.
     """
     path = Path(cache_dir) / f"stats-{key}.npz" if cache_dir is not None else None
     stats = _read_cache(path, key) if path is not None and path.is_file() else None
     if stats is not None and set(tensors) <= set(stats.tensors):
         logger.info("statistics cache hit (%s): skipping the FP32 pass", path.name)
         return stats
-    tensor_stats, samples = run_statistics_pass(load_model(), tensors, batches, bins, progress, memory_budget)
+    tensor_stats, samples = run_statistics_pass(
+        load_model(), tensors, batches, bins, progress, memory_budget, model_dir
+    )
     stats = Statistics(key=key, tensors=tensor_stats, samples=samples)
     if path is not None:
         save_statistics(stats, path)

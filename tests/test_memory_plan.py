@@ -94,7 +94,7 @@ def test_statistics_are_the_same_whatever_the_budget(
     reference, samples = run_statistics_pass(model, list(graph.activations), split, 1024)
     runs: list[int] = []
     made = statistics._augmented_session
-    monkeypatch.setattr(statistics, "_augmented_session", lambda m, t: _Watched(made(m, t), runs))
+    monkeypatch.setattr(statistics, "_augmented_session", lambda m, t, d=None: _Watched(made(m, t, d), runs))
     tensors, counted = run_statistics_pass(model, list(graph.activations), feeds, 1024, memory_budget=budget)
     assert counted == samples == 15
     for name, expected in reference.items():

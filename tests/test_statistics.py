@@ -153,7 +153,7 @@ def test_unreadable_cache_is_collected_again(
     (tmp_path / "stats-k.npz").write_bytes(b"not a zip file")
     passes = []
 
-    def fake_pass(model, tensors, batches, bins, progress, memory_budget):
+    def fake_pass(model, tensors, batches, bins, progress, memory_budget, model_dir):
         passes.append(tensors)
         return _random_statistics(1).tensors, 50
 

@@ -21,6 +21,7 @@ from autoquant.graph._describe import (
     weight_channel_ranges,
 )
 from autoquant.graph._model_io import (
+    EXTERNAL_DATA_BYTES,
     SourceModel,
     load_model,
     model_identity,
@@ -28,6 +29,7 @@ from autoquant.graph._model_io import (
     session_for,
     session_options,
     set_session_threads,
+    weightless_copy,
     write_model,
 )
 from autoquant.graph._prepare import MIN_OPSET, WEIGHTED_OPS, check_control_flow, prepare, private_workdir
@@ -68,7 +70,8 @@ def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True)
         try:
             with private_workdir(cache_dir) as workdir:
                 prepared = prepare(source, Path(workdir))
-            write_model(prepared, prepared_path, external_data=source.external_data)
+            large = source.external_data or prepared.ByteSize() >= EXTERNAL_DATA_BYTES
+            write_model(prepared, prepared_path, external_data=large, consume=True)
         except BaseException:
             if created and cache_dir.is_dir() and not any(cache_dir.iterdir()):
                 cache_dir.rmdir()  # a failed first preparation leaves no empty cache folder
@@ -102,5 +105,6 @@ __all__ = [
     "session_options",
     "set_session_threads",
     "weight_channel_ranges",
+    "weightless_copy",
     "write_model",
 ]

@@ -7,6 +7,7 @@ with those files (and hashed with them), and a model read that way is written th
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -120,16 +121,50 @@ def read_model(path: str | Path) -> SourceModel:
     return SourceModel(path, model, digest, bool(locations))
 
 
+#: Initializers with more elements than this are left out of a :func:`weightless_copy`.
+_WEIGHTLESS_LIMIT = 1024
+
+
+def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large initializers turned into typed graph inputs: what shape inference
+    needs (shapes, and the values of small tensors such as a Reshape's target shape), at a
+    fraction of the memory. Its nodes are copies; the model is not changed."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    for tensor in model.graph.initializer:
+        large = math.prod(tensor.dims) > _WEIGHTLESS_LIMIT and tensor.data_type != onnx.TensorProto.INT64
+        if large:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+        else:
+            graph.initializer.append(tensor)
+    return light
+
+
 def load_model(path: Path, weights: bool = True) -> onnx.ModelProto:
     """Load a model written by :func:`write_model` (its external data too, unless ``weights`` is
     False)."""
     return onnx.load(path, load_external_data=weights)
 
 
-def write_model(model: onnx.ModelProto, path: Path, external_data: bool = False) -> None:
+#: A model at least this large is written with its weights in an external data file, so that
+#: sessions load it from the file and a structure can be read without its weights.
+EXTERNAL_DATA_BYTES = 64 * 2**20
+
+
+def write_model(
+    model: onnx.ModelProto, path: Path, external_data: bool = False, consume: bool = False
+) -> None:
     """Write ``model`` to ``path`` once onnxruntime has loaded it, replacing any older file whole.
 
-    With ``external_data`` the weights go to ``<name>.data`` beside the model. The files are
+    With ``external_data`` the weights go to ``<name>.data`` beside the model (``consume``: moved
+    out of ``model``, which then refers to that file, instead of copied first). The files are
     staged in a hidden folder next to ``path`` and moved into place only after onnxruntime loaded
     them, so an interrupted or failed write leaves the previous model intact.
 
@@ -142,8 +177,10 @@ def write_model(model: onnx.ModelProto, path: Path, external_data: bool = False)
     try:
         staged = staging / path.name
         if external_data:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)  # onnx.save moves the weights of the proto it is given
+            copy = model
+            if not consume:
+                copy = onnx.ModelProto()
+                copy.CopyFrom(model)  # onnx.save moves the weights of the proto it is given
             onnx.save_model(
                 copy,
                 staged,

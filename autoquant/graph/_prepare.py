@@ -37,7 +37,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from autoquant.errors import ModelError
-from autoquant.graph._model_io import SourceModel, session_for, session_options
+from autoquant.graph._model_io import SourceModel, session_for, session_options, weightless_copy
 
 logger = logging.getLogger("autoquant.graph")
 
@@ -48,7 +48,7 @@ _RANDOM_OPS = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 )
 #: Beyond this size a model is handed to onnxruntime as a file with external data.
-_PROTOBUF_LIMIT = 1_800_000_000
+_FILE_BYTES = 64 * 2**20
 
 
 def _is_quantized_op(op_type: str) -> bool:
@@ -156,7 +156,8 @@ def optimize(model: onnx.ModelProto, workdir: Path, path: Path) -> onnx.ModelPro
     options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(workdir / "optimized.onnx")
-    large = model.ByteSize() > _PROTOBUF_LIMIT
+    # A large model goes to onnxruntime as a file with external data: no serialized copy in memory.
+    large = model.ByteSize() > _FILE_BYTES
     if large:
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
@@ -293,20 +294,23 @@ def infer_shapes(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     """Shapes and types of every tensor, dynamic dimensions kept symbolic.
 
     ONNX's inference runs first; onnxruntime's symbolic inference is tried only when some
-    tensors are left without a type (contrib ops, shape-computing subgraphs).
+    tensors are left without a type (contrib ops, shape-computing subgraphs). Both run on a
+    weightless copy of the model (:func:`weightless_copy`): they copy what they are given, and a
+    large model's weights would be copied twice.
     """
     del model.graph.value_info[:]
+    light = weightless_copy(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception as exc:
         logger.debug("%s: ONNX shape inference failed: %s", path, exc)
-        inferred = model
+        inferred = light
     missing = _untyped(inferred)
     if missing:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         try:
-            symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+            symbolic = SymbolicShapeInference.infer_shapes(light, auto_merge=True)
         except Exception as exc:
             logger.debug("%s: symbolic shape inference failed: %s", path, exc)
             symbolic = None
@@ -314,12 +318,20 @@ def infer_shapes(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
             inferred, missing = symbolic, _untyped(symbolic)
     if missing:
         logger.debug("%s: no type inferred for %d tensors: %s", path, len(missing), ", ".join(missing[:5]))
+    # What inference found goes back into the model: the types of inner tensors, the outputs'
+    # shapes, and the nodes (whose subgraphs carry their own inferred types).
+    graph = model.graph
+    graph.value_info.extend(inferred.graph.value_info)
+    del graph.output[:]
+    graph.output.extend(inferred.graph.output)
+    del graph.node[:]
+    graph.node.extend(inferred.graph.node)
     # Tell onnxruntime's quantizer that shapes are inferred, so that it does not redo it through
     # temporary files.
     onnx.helper.set_model_props(
-        inferred, {**{p.key: p.value for p in inferred.metadata_props}, "onnx.infer": "onnxruntime.quant"}
+        model, {**{p.key: p.value for p in model.metadata_props}, "onnx.infer": "onnxruntime.quant"}
     )
-    return inferred
+    return model
 
 
 def _untyped(model: onnx.ModelProto) -> list[str]:
@@ -417,8 +429,7 @@ def prepare(source: SourceModel, workdir: Path) -> onnx.ModelProto:
         ModelError: The model is quantized already, onnxruntime cannot load it, its opset
             cannot be upgraded.
     """
-    model = onnx.ModelProto()
-    model.CopyFrom(source.model)
+    model = source.model  # changed in place: the caller drops the source (a large model is not copied)
     refuse_quantized(model, source.path)
     check_loads(source)
     model = upgrade_opset(model, source.path)
