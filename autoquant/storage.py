@@ -61,6 +61,23 @@ _NETWORK_ERRNOS = {
 }
 
 
+def preload(url: str) -> None:
+    """Import a database storage's modules (SQLAlchemy, Alembic, Optuna's models: two seconds or
+    more) on a daemon thread, while the study's set-up computes in the main one."""
+    if storage_kind(url) == JOURNAL:
+        return
+
+    def load() -> None:
+        try:
+            import alembic.command
+            import alembic.migration  # noqa: F401
+            import optuna.storages._rdb.models  # noqa: F401
+        except Exception as exc:  # the storage's own import reports it in the main thread
+            logger.debug("preloading the storage modules failed: %s", exc)
+
+    threading.Thread(target=load, name="autoquant-preload", daemon=True).start()
+
+
 def storage_kind(url: str) -> str:
     """``sqlite``, ``postgresql`` or ``journal`` for a storage URL or path.
 

@@ -84,6 +84,7 @@ from autoquant.storage import (
     WorkerRecord,
     display_url,
     open_storage,
+    preload,
     storage_kind,
     workers,
 )
@@ -483,6 +484,7 @@ def open_search(
     began = time.time()
     deadline = time.monotonic() + config.search.timeout if config.search.timeout else math.inf
     stages: dict[str, float] = {}  # seconds per stage of the set-up, then of the first trial
+    preload(storage_url(config))  # the database modules import while the model is prepared
     space = load_space(config.search.space or config.search.mode, config.search.overrides)
     tracker = make_tracker(config)  # fails in seconds, before any calibration work
     storage, existing = _existing_study(config)  # a shared database must answer before any work
