@@ -1,9 +1,16 @@
 """Tracking stage: the study as a parent MLflow run, every trial as a nested child run.
 
+Every MLflow call, the import of mlflow and the parent run's creation included, runs in order on
+one background daemon thread: trials never wait for MLflow, and an interrupted process does not
+wait for it either. :meth:`MlflowTracker.finish` waits for the queued calls, within a bound.
+
 The parent run's id is stored in the Optuna study (user attribute ``mlflow_parent_run_id``), so a
-resumed study and other workers attach their trials to the same parent (the first process creates
-it under the study lock); the last process to leave the study closes it. The store is checked
-before any calibration work: an unreachable tracking server fails within seconds.
+resumed study and other workers attach their trials to the same parent; the last process to leave
+the study closes it. The first process to find no parent claims its creation in the study (under
+the study lock, a storage write that takes milliseconds), creates the run in the background and
+stores its id; the others wait in the background for that id, with their trial logs queued behind.
+The store is checked before any calibration work: an unreachable tracking server fails within
+seconds.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,7 @@ from autoquant.names import (
     MLFLOW_ARTIFACTS_DIR,
     MLFLOW_DB_FILE,
     PARETO_FILE,
+    STUDY_MLFLOW_CLAIM,
     STUDY_MLFLOW_PARENT,
     SUMMARY_FILE,
     TRIAL_FAIL_REASON,
@@ -38,6 +48,13 @@ from autoquant.names import (
 logger = logging.getLogger(__name__)
 
 _TIMEOUT_S = 5.0
+#: How long a process waits for another live process's claimed parent run before creating one.
+CLAIM_WAIT_S = 120.0
+#: How long :meth:`MlflowTracker.finish` waits for the queued calls; and after how long it says so.
+FINISH_WAIT_S = 300.0
+FINISH_NOTICE_S = 2.0
+#: How often a process waiting for another's parent run reads the study.
+_POLL_S = 0.5
 
 
 def tracking_uri(config: StudyConfig) -> str:
@@ -82,9 +99,11 @@ class NullTracker:
     """Tracking turned off: every call does nothing."""
 
     seconds = 0.0
+    attach_seconds = 0.0
+    finish_seconds = 0.0
     busy_seconds = 0.0
 
-    def attach(self, study: Any, stats_key: str, fp32_score: float) -> None:
+    def attach(self, study: Any, storage: Any, stats_key: str, fp32_score: float) -> None:
         """Do nothing."""
 
     def log_trial(
@@ -101,15 +120,76 @@ class NullTracker:
         """Do nothing."""
 
 
+class _Background:
+    """Runs calls in order on one daemon thread, started when there is work and ended when idle.
+
+    A daemon thread, not an executor's: the interpreter joins an executor's threads at exit, so a
+    Ctrl-C while mlflow is being imported or a run is being logged would wait for that. The calls
+    still queued when the process exits are dropped; :meth:`MlflowTracker.finish` waits for them.
+    """
+
+    idle_s = 5.0
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: deque[tuple[Future, Callable[[], Any]]] = deque()
+        self._ready = threading.Condition()
+        self._running = False
+
+    def submit(self, call: Callable[[], Any]) -> Future:
+        """Queue ``call``; its future holds its result or its exception."""
+        future: Future = Future()
+        with self._ready:
+            self._calls.append((future, call))
+            if self._running:
+                self._ready.notify()
+            else:
+                self._running = True
+                threading.Thread(target=self._run, name=self._name, daemon=True).start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                if not self._calls:
+                    self._ready.wait(self.idle_s)
+                if not self._calls:
+                    self._running = False
+                    return
+                future, call = self._calls.popleft()
+            if not future.set_running_or_notify_cancel():  # cancelled by a finish that gave up
+                continue
+            try:
+                result = call()
+            except BaseException as exc:  # handed to whoever waits for the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 class MlflowTracker:
     """Logs a study to MLflow with :class:`mlflow.MlflowClient` (no global active run).
 
-    Every MLflow call runs on one background thread, so trials do not wait for the store; the
-    parent run is created before the first trial and :meth:`finish` waits for everything.
+    Every MLflow call runs in order on one background thread (see :class:`_Background`): the
+    import of mlflow, the opening of the parent run (:meth:`attach`), the trial logs, which queue
+    behind it, and the parent's closing. Only :meth:`finish` waits, within :data:`FINISH_WAIT_S`.
 
     Attributes:
-        seconds: Time the study waited for MLflow (attach and finish; trial logging is queued).
-        busy_seconds: Time the background thread spent in MLflow calls.
+        seconds: Time the study waited for MLflow (``attach_seconds + finish_seconds``).
+        attach_seconds: Time :meth:`attach` took before the first trial: a claim in the study's
+            storage; no MLflow call.
+        finish_seconds: Time :meth:`finish` waited for the queued calls.
+        busy_seconds: Time the background thread spent in MLflow calls (the import of mlflow too).
     """
 
     def __init__(self, config: StudyConfig) -> None:
@@ -122,9 +202,14 @@ class MlflowTracker:
         self.parent_id: str | None = None
         self.experiment_id: str | None = None
         self.seconds = 0.0
+        self.attach_seconds = 0.0
+        self.finish_seconds = 0.0
         self.busy_seconds = 0.0
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoquant-mlflow")
+        self._host = socket.gethostname()
+        self._worker = _Background("autoquant-mlflow")
         self._pending: list[Future] = []
+        self._guard = threading.Lock()
+        self._warned = False
         self._submit(self._connect)  # importing mlflow takes seconds: overlap it with calibration
 
     def _connect(self) -> None:
@@ -138,20 +223,23 @@ class MlflowTracker:
             began = time.perf_counter()
             try:
                 return call(*args)
+            except Exception as exc:
+                if not self._warned:
+                    self._warned = True
+                    logger.warning(
+                        "MLflow: %s failed (%s: %s); the study goes on, and the error is raised at its end",
+                        call.__name__.strip("_").replace("_", " "),
+                        type(exc).__name__,
+                        exc,
+                    )
+                raise
             finally:
                 self.busy_seconds += time.perf_counter() - began
 
         future = self._worker.submit(timed)
-        self._pending.append(future)
+        with self._guard:
+            self._pending.append(future)
         return future
-
-    @contextmanager
-    def _waiting(self) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds += time.perf_counter() - began
 
     def _experiment(self) -> str:
         name = self.config.tracking.experiment or self.study_name
@@ -168,33 +256,116 @@ class MlflowTracker:
             location = (self.config.output.directory / MLFLOW_ARTIFACTS_DIR).resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
-    def attach(self, study: Any, stats_key: str, fp32_score: float) -> None:
-        """Reuse the study's parent run, or create it and store its id in the study."""
-        self.study_name, self.stats_key, self.fp32_score = study.study_name, stats_key, fp32_score
-        stored = study.user_attrs.get(STUDY_MLFLOW_PARENT)
-        with self._waiting():
-            self.parent_id = self._submit(self._attach, stored).result()
-        if self.parent_id != stored:
-            study.set_user_attr(STUDY_MLFLOW_PARENT, self.parent_id)
+    def attach(self, study: Any, storage: Any, stats_key: str, fp32_score: float) -> None:
+        """Queue the opening of the study's parent run, and return at once.
 
-    def _attach(self, stored: str | None) -> str:
+        The stored parent is reused; without one, the first process claims its creation in the
+        study (under the study lock: a storage write, no MLflow call), creates it in the
+        background and stores its id; the others wait in the background for that id (a claim
+        whose process is gone, or older than :data:`CLAIM_WAIT_S`, is taken over). The trial logs
+        queue behind it.
+
+        Args:
+            study: The Optuna study.
+            storage: Its :class:`~autoquant.storage.StudyStorage` (the study lock, retries).
+            stats_key: The statistics cache key, a parameter of the parent run.
+            fp32_score: The FP32 reference score, a metric of the parent run.
+        """
+        self.study_name, self.stats_key, self.fp32_score = study.study_name, stats_key, fp32_score
+        began = time.perf_counter()
+        plan = storage.call(self._claim, study, storage)
+        self.attach_seconds = time.perf_counter() - began
+        self.seconds += self.attach_seconds
+        self._submit(self._open_parent, study, storage, plan)
+
+    def _claimed_elsewhere(self, claim: Any) -> bool:
+        """Whether ``claim`` is another process's that may still store a parent run."""
+        if not isinstance(claim, dict) or time.time() - float(claim.get("at", 0.0)) > CLAIM_WAIT_S:
+            return False
+        if claim.get("host") != self._host:
+            return True
+        return claim.get("pid") != os.getpid() and _alive(int(claim.get("pid", 0)))
+
+    def _claim(self, study: Any, storage: Any, stale: Any = None) -> tuple[str, Any]:
+        """Under the study lock: ("reuse", the stored parent id), ("await", another process's
+        claim) or ("create", None) once this process holds the claim (``stale``: a claim to take
+        over even if its process looks alive)."""
+        with storage.lock(study.study_name):
+            attrs = study.user_attrs
+            stored = attrs.get(STUDY_MLFLOW_PARENT)
+            if stored is not None:
+                return "reuse", stored
+            claim = attrs.get(STUDY_MLFLOW_CLAIM)
+            if claim and claim != stale and self._claimed_elsewhere(claim):
+                return "await", claim
+            study.set_user_attr(
+                STUDY_MLFLOW_CLAIM, {"host": self._host, "pid": os.getpid(), "at": time.time()}
+            )
+            return "create", None
+
+    def _open_parent(self, study: Any, storage: Any, plan: tuple[str, Any]) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)  # creates a local store's database
         self.experiment_id = self._experiment()
-        if stored is not None:
-            try:
-                self.client.get_run(stored)
-                self.client.update_run(stored, status="RUNNING")
-                return stored
-            except Exception:  # deleted from the store: start a new parent
-                logger.info("MLflow parent run %s is gone; starting a new one", stored)
+        kind, stored = plan
+        if kind == "await":
+            stored = self._await_parent(study, storage, stored)
+        if stored is not None and self._reopen(stored):
+            self.parent_id = stored
+            return
         run = self.client.create_run(
             self.experiment_id, run_name=self.study_name, tags={"autoquant.study": self.study_name}
         )
-        self.parent_id = run.info.run_id
+        kept = storage.call(self._store_parent, study, storage, run.info.run_id, stored)
+        if kept != run.info.run_id:  # another process stored its parent first: use that one
+            self.client.delete_run(run.info.run_id)
+            logger.debug("MLflow: parent run %s was stored first; %s deleted", kept, run.info.run_id)
+            self.parent_id = kept
+            return
+        self.parent_id = kept
         self._log_parent_start()
-        return run.info.run_id
+
+    def _reopen(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+            self.client.update_run(run_id, status="RUNNING")
+            return True
+        except Exception:  # deleted from the store: start a new parent
+            logger.info("MLflow parent run %s is gone; starting a new one", run_id)
+            return False
+
+    def _await_parent(self, study: Any, storage: Any, claim: Any) -> str | None:
+        """Wait for the process that claimed the parent run to store its id; None once this
+        process holds the claim instead (that process is gone or has not stored it in time)."""
+        logger.debug("MLflow: waiting for the parent run that %s creates", claim)
+        since = time.monotonic()
+        while True:
+            attrs = storage.call(lambda: study.user_attrs)
+            if attrs.get(STUDY_MLFLOW_PARENT) is not None:
+                return attrs[STUDY_MLFLOW_PARENT]
+            current = attrs.get(STUDY_MLFLOW_CLAIM)
+            if current != claim:  # taken over by another process: give it its own time
+                claim, since = current, time.monotonic()
+            if not self._claimed_elsewhere(current) or time.monotonic() - since > CLAIM_WAIT_S:
+                kind, value = storage.call(self._claim, study, storage, current)
+                if kind != "await":
+                    return value
+                claim, since = value, time.monotonic()
+            time.sleep(_POLL_S)
+
+    def _store_parent(self, study: Any, storage: Any, run_id: str, replaces: str | None) -> str:
+        """Store ``run_id`` as the study's parent (in place of ``replaces``, a run gone from the
+        store) unless another process stored one first; return the parent to use."""
+        with storage.lock(study.study_name):
+            attrs = study.user_attrs
+            current = attrs.get(STUDY_MLFLOW_PARENT)
+            if current is not None and current != replaces:
+                return current
+            study.set_user_attr(STUDY_MLFLOW_PARENT, run_id)
+            if attrs.get(STUDY_MLFLOW_CLAIM) is not None:
+                study.set_user_attr(STUDY_MLFLOW_CLAIM, None)
+            return run_id
 
     def _log_parent_start(self) -> None:
         from mlflow.entities import Metric, Param
@@ -228,6 +399,8 @@ class MlflowTracker:
     def _log_trial(
         self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]
     ) -> None:
+        if self.parent_id is None:  # the parent could not be opened: its error is raised at the end
+            return
         from mlflow.entities import Metric, Param, RunTag
 
         run = self.client.create_run(
@@ -249,6 +422,8 @@ class MlflowTracker:
         self._submit(self._log_failure, number, dict(params), reason)
 
     def _log_failure(self, number: int, params: dict, reason: str) -> None:
+        if self.parent_id is None:
+            return
         from mlflow.entities import Param
 
         tags = self._trial_tags(number, "FAIL", {TRIAL_FAIL_REASON: reason[:5000]})
@@ -280,18 +455,45 @@ class MlflowTracker:
         """Wait for every queued call; with ``close_parent`` (the last process serving the study),
         first log the summary, the best model (mlflow.onnx flavour) and the report to the parent.
 
+        The wait is bounded by :data:`FINISH_WAIT_S`, and said in one line when it lasts more
+        than :data:`FINISH_NOTICE_S`; the calls still queued then are dropped with a warning.
+
         Raises:
             Exception: The first error of a queued MLflow call.
         """
-        with self._waiting():
-            if close_parent:
-                self._submit(self._finish, summary, model_path, report_path)
+        if close_parent:
+            self._submit(self._finish, summary, model_path, report_path)
+        with self._guard:
             pending, self._pending = self._pending, []
-            errors = [f.exception() for f in pending if f.exception() is not None]
+        began = time.perf_counter()
+        if wait(pending, timeout=FINISH_NOTICE_S).not_done:
+            queued = sum(not f.done() for f in pending)
+            logger.info(
+                "MLflow: waiting for %d queued logging call%s to finish (at most %.0f s)",
+                queued,
+                "" if queued == 1 else "s",
+                FINISH_WAIT_S,
+            )
+            late = wait(pending, timeout=max(0.0, FINISH_WAIT_S - (time.perf_counter() - began))).not_done
+            if late:
+                dropped = sum(f.cancel() for f in late)
+                logger.warning(
+                    "MLflow did not finish logging within %.0f s: %d queued call%s dropped, the one "
+                    "running left to end by itself; the study and its outputs are complete",
+                    FINISH_WAIT_S,
+                    dropped,
+                    "" if dropped == 1 else "s",
+                )
+        waited = time.perf_counter() - began
+        self.finish_seconds += waited
+        self.seconds += waited
+        errors = [f.exception() for f in pending if f.done() and not f.cancelled() and f.exception()]
         if errors:
             raise errors[0]
 
     def _finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
+        if self.parent_id is None:
+            return
         import mlflow
         from mlflow.entities import Metric, RunTag
 
