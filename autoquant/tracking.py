@@ -1,8 +1,10 @@
 """Tracking stage: the study as a parent MLflow run, every trial as a nested child run.
 
-Every MLflow call, the import of mlflow and the parent run's creation included, runs in order on
-one background daemon thread: trials never wait for MLflow, and an interrupted process does not
-wait for it either. :meth:`MlflowTracker.finish` waits for the queued calls, within a bound.
+Every MLflow call, the parent run's creation included, is made in order by one background daemon
+thread, in a process of its own that imports mlflow while the study calibrates
+(:mod:`autoquant.mlflow_process`): trials never wait for MLflow, nor share the interpreter lock
+with it, and an interrupted process does not wait for it either. :meth:`MlflowTracker.finish`
+waits for the queued calls, within a bound.
 
 The parent run's id is stored in the Optuna study (user attribute ``mlflow_parent_run_id``), so a
 resumed study and other workers attach their trials to the same parent; the last process to leave
@@ -15,14 +17,18 @@ seconds.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
+import pickle
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
@@ -30,18 +36,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from autoquant.config import StudyConfig
 from autoquant.errors import ConfigError
 from autoquant.hardware import resolve_reduce_range, target_isa
 from autoquant.names import (
     MLFLOW_ARTIFACTS_DIR,
     MLFLOW_DB_FILE,
-    PARETO_FILE,
     STUDY_MLFLOW_CLAIM,
     STUDY_MLFLOW_PARENT,
-    SUMMARY_FILE,
     TRIAL_FAIL_REASON,
 )
 
@@ -167,6 +169,63 @@ class _Background:
                 future.set_result(result)
 
 
+class _Child:
+    """The process that makes the MLflow calls (:mod:`autoquant.mlflow_process`), called from the
+    background thread only. It starts importing mlflow at once; it is not waited for at exit."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+        self._ended: str | None = None
+
+    def start(self) -> None:
+        """Start the process (it imports mlflow while the study calibrates)."""
+        root = str(Path(__file__).resolve().parents[1])  # found after the installed packages
+        code = f"import sys; sys.path.append({root!r}); from autoquant.mlflow_process import main; main()"
+        level = str(logging.getLogger().getEffectiveLevel())
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code, level],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # its errors come back as answers; it holds none of our streams
+            start_new_session=True,  # Ctrl-C is the study process's to handle
+        )
+
+    def call(self, method: str, *args: Any) -> Any:
+        """Run ``MlflowLogger.method(*args)`` in the process; its log records are logged here.
+
+        Raises:
+            RuntimeError: The call failed (the message names MLflow's error), or the process ended.
+        """
+        if self._process is None:
+            self.start()
+        process = self._process
+        assert process is not None and process.stdin is not None and process.stdout is not None
+        if self._ended is None:
+            try:
+                pickle.dump((method, args), process.stdin)
+                process.stdin.flush()
+                ok, value, records = pickle.load(process.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                try:
+                    status: int | None = process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    status = None
+                self._ended = f"MLflow's logging process ended (exit status {status})"
+        if self._ended is not None:
+            raise RuntimeError(self._ended)
+        for name, level, text in records:
+            logging.getLogger(name).log(level, "%s", text)
+        if not ok:
+            raise RuntimeError(f"MLflow: {value}")
+        return value
+
+    def close(self) -> None:
+        """Close the process's input: it ends after its current call, unwaited for."""
+        if self._process is not None and self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -180,16 +239,18 @@ def _alive(pid: int) -> bool:
 class MlflowTracker:
     """Logs a study to MLflow with :class:`mlflow.MlflowClient` (no global active run).
 
-    Every MLflow call runs in order on one background thread (see :class:`_Background`): the
-    import of mlflow, the opening of the parent run (:meth:`attach`), the trial logs, which queue
-    behind it, and the parent's closing. Only :meth:`finish` waits, within :data:`FINISH_WAIT_S`.
+    Every MLflow call is made in order by one background thread (see :class:`_Background`), in a
+    process of its own (:mod:`autoquant.mlflow_process`: importing mlflow and opening a store are
+    seconds of Python that would hold this process's interpreter lock): the opening of the parent
+    run (:meth:`attach`), the trial logs, which queue behind it, and the parent's closing. Only
+    :meth:`finish` waits, within :data:`FINISH_WAIT_S`.
 
     Attributes:
         seconds: Time the study waited for MLflow (``attach_seconds + finish_seconds``).
         attach_seconds: Time :meth:`attach` took before the first trial: a claim in the study's
             storage; no MLflow call.
         finish_seconds: Time :meth:`finish` waited for the queued calls.
-        busy_seconds: Time the background thread spent in MLflow calls (the import of mlflow too).
+        busy_seconds: Time the background thread waited for MLflow calls (the import of mlflow too).
     """
 
     def __init__(self, config: StudyConfig) -> None:
@@ -210,13 +271,9 @@ class MlflowTracker:
         self._pending: list[Future] = []
         self._guard = threading.Lock()
         self._warned = False
-        self._submit(self._connect)  # importing mlflow takes seconds: overlap it with calibration
-
-    def _connect(self) -> None:
-        # MLflow 3 sends usage telemetry to its servers from every client call; a study's trials
-        # should not wait on that (and our machines may have no route there). Users can opt in.
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        import mlflow  # noqa: F401  (the import is the slow part; the store is opened by attach)
+        self._child = _Child()
+        weakref.finalize(self, self._child.close)
+        self._submit(self._child.start)  # importing mlflow takes seconds: overlap it with calibration
 
     def _submit(self, call: Callable[..., Any], *args: Any) -> Future:
         def timed() -> Any:
@@ -243,9 +300,6 @@ class MlflowTracker:
 
     def _experiment(self) -> str:
         name = self.config.tracking.experiment or self.study_name
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
             location = (
@@ -254,7 +308,7 @@ class MlflowTracker:
         elif "://" in self.uri and not self.uri.startswith(("http://", "https://", "databricks")):
             # another database (postgresql://...): the artifacts go to the output folder, not the cwd
             location = (self.config.output.directory / MLFLOW_ARTIFACTS_DIR).resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self._child.call("experiment", name, location)
 
     def attach(self, study: Any, storage: Any, stats_key: str, fp32_score: float) -> None:
         """Queue the opening of the study's parent run, and return at once.
@@ -304,36 +358,27 @@ class MlflowTracker:
             return "create", None
 
     def _open_parent(self, study: Any, storage: Any, plan: tuple[str, Any]) -> None:
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)  # creates a local store's database
+        self._child.call("open", self.uri)  # creates a local store's database
         self.experiment_id = self._experiment()
         kind, stored = plan
         if kind == "await":
             stored = self._await_parent(study, storage, stored)
-        if stored is not None and self._reopen(stored):
-            self.parent_id = stored
-            return
-        run = self.client.create_run(
-            self.experiment_id, run_name=self.study_name, tags={"autoquant.study": self.study_name}
+        if stored is not None:
+            if self._child.call("reopen", stored):
+                self.parent_id = stored
+                return
+            logger.info("MLflow parent run %s is gone; starting a new one", stored)
+        run_id = self._child.call(
+            "create_run", self.experiment_id, self.study_name, {"autoquant.study": self.study_name}
         )
-        kept = storage.call(self._store_parent, study, storage, run.info.run_id, stored)
-        if kept != run.info.run_id:  # another process stored its parent first: use that one
-            self.client.delete_run(run.info.run_id)
-            logger.debug("MLflow: parent run %s was stored first; %s deleted", kept, run.info.run_id)
+        kept = storage.call(self._store_parent, study, storage, run_id, stored)
+        if kept != run_id:  # another process stored its parent first: use that one
+            self._child.call("delete_run", run_id)
+            logger.debug("MLflow: parent run %s was stored first; %s deleted", kept, run_id)
             self.parent_id = kept
             return
         self.parent_id = kept
         self._log_parent_start()
-
-    def _reopen(self, run_id: str) -> bool:
-        try:
-            self.client.get_run(run_id)
-            self.client.update_run(run_id, status="RUNNING")
-            return True
-        except Exception:  # deleted from the store: start a new parent
-            logger.info("MLflow parent run %s is gone; starting a new one", run_id)
-            return False
 
     def _await_parent(self, study: Any, storage: Any, claim: Any) -> str | None:
         """Wait for the process that claimed the parent run to store its id; None once this
@@ -368,8 +413,6 @@ class MlflowTracker:
             return run_id
 
     def _log_parent_start(self) -> None:
-        from mlflow.entities import Metric, Param
-
         search = self.config.search
         params = {
             "mode": search.mode,
@@ -380,13 +423,14 @@ class MlflowTracker:
             "cpu_isa": target_isa().label,
             "reduce_range_resolved": resolve_reduce_range(self.config.quantization.reduce_range),
         }
-        self.client.log_batch(
+        self._child.call(
+            "log_run",
             self.parent_id,
-            metrics=[Metric("fp32_score", self.fp32_score, int(time.time() * 1000), 0)],
-            params=[Param(k, str(v)) for k, v in params.items()],
-            tags=[],
+            {"fp32_score": self.fp32_score},
+            {k: str(v) for k, v in params.items()},
+            {},
+            {"config.yaml": self.config.to_yaml()},
         )
-        self.client.log_text(self.parent_id, self.config.to_yaml(), "config.yaml")
 
     def log_trial(
         self, number: int, params: dict, metrics: dict, tags: dict, artifacts: dict[str, str]
@@ -401,21 +445,16 @@ class MlflowTracker:
     ) -> None:
         if self.parent_id is None:  # the parent could not be opened: its error is raised at the end
             return
-        from mlflow.entities import Metric, Param, RunTag
-
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{number}", tags=self._trial_tags(number, "COMPLETE", tags)
+        self._child.call(
+            "child_run",
+            self.experiment_id,
+            f"trial-{number}",
+            self._trial_tags(number, "COMPLETE", tags),
+            {k: float(v) for k, v in metrics.items()},
+            {k: str(v) for k, v in params.items()},
+            artifacts,
+            "FINISHED",
         )
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            params=[Param(k, str(v)) for k, v in params.items()],
-            tags=[RunTag(k, str(v)) for k, v in tags.items()],
-        )
-        for name, text in artifacts.items():
-            self.client.log_text(run.info.run_id, text, name)
-        self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def log_failure(self, number: int, params: dict, reason: str) -> None:
         """Queue a child run marked FAILED, with the reason as a tag."""
@@ -424,12 +463,9 @@ class MlflowTracker:
     def _log_failure(self, number: int, params: dict, reason: str) -> None:
         if self.parent_id is None:
             return
-        from mlflow.entities import Param
-
         tags = self._trial_tags(number, "FAIL", {TRIAL_FAIL_REASON: reason[:5000]})
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags)
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        self.client.set_terminated(run.info.run_id, "FAILED")
+        params = {k: str(v) for k, v in params.items()}
+        self._child.call("child_run", self.experiment_id, f"trial-{number}", tags, {}, params, {}, "FAILED")
 
     def _trial_tags(self, number: int, state: str, extra: dict) -> dict[str, str]:
         import onnxruntime
@@ -494,78 +530,14 @@ class MlflowTracker:
     def _finish(self, summary: dict, model_path: Path | None, report_path: Path | None) -> None:
         if self.parent_id is None:
             return
-        import mlflow
-        from mlflow.entities import Metric, RunTag
-
-        now = int(time.time() * 1000)
-        best = summary.get("best") or {}
-        latency = summary.get("latency") or {}
-        metrics = {
-            "best_decay": best.get("decay"),
-            "best_score": best.get("score"),
-            "best_fp32_nodes": len(best.get("fp32_nodes", [])) if best else None,
-            "best_fp32_compute_layers": len(best.get("fp32_compute_layers", [])) if best else None,
-            "completed_trials": summary.get("completed_trials"),
-            "failed_trials": summary.get("failed_trials"),
-            "time_to_budget_s": summary.get("time_to_budget_s"),
-            "pareto_trials": len(summary.get("pareto_front") or []),
-        }
-        for label, t in (latency.get("threads") or {}).items():
-            metrics[f"fp32_latency_ms_{label}_threads"] = t.get("fp32_ms")
-            metrics[f"best_latency_ms_{label}_threads"] = t.get("best_int8_ms")
-            metrics[f"best_speedup_{label}_threads"] = t.get("best_speedup")
-        tags = {"latency_cpu_isa": latency.get("cpu_isa"), "cpu_vnni": latency.get("cpu_vnni")}
-        self.client.log_batch(
+        self._child.call(
+            "close_parent",
+            self.experiment_id,
             self.parent_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
-            tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None],
+            summary,
+            None if model_path is None else str(model_path),
+            None if report_path is None else str(report_path),
         )
-        self.client.log_text(self.parent_id, json.dumps(summary, indent=2), SUMMARY_FILE)
-        self._log_pareto(summary)
-        if report_path is not None and report_path.is_file():
-            self.client.log_artifact(self.parent_id, str(report_path))
-        if model_path is not None and model_path.is_file():
-            with global_tracking_uri(self.uri), mlflow.start_run(run_id=self.parent_id):
-                mlflow.onnx.log_model(
-                    onnx.load(model_path),
-                    name="best_model",
-                    save_as_external_data=False,
-                    pip_requirements=["onnx", "onnxruntime"],  # inferring them takes seconds
-                )
-        self.client.set_terminated(self.parent_id, "FINISHED")
-
-    def _log_pareto(self, summary: dict) -> None:
-        """The Pareto front as a JSON table on the parent, and the tag ``pareto`` on every trial run
-        (``true`` on the front), so that the MLflow UI can filter on ``tags.pareto = 'true'``."""
-        front = set(summary.get("pareto_front") or [])
-        keys = (
-            "number",
-            "key",
-            "decay",
-            "within_budget",
-            "latency_ms",
-            "latency_by_threads",
-            "speedup_by_threads",
-        )
-        rows = [
-            {**{k: t.get(k) for k in keys}, "fp32_compute_layers": len(t.get("fp32_compute_layers", []))}
-            for t in summary.get("trials") or []
-            if t["number"] in front
-        ]
-        self.client.log_text(self.parent_id, json.dumps(rows, indent=2), PARETO_FILE)
-        children = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
-            max_results=5000,
-        )
-        completed = {t["number"] for t in summary.get("trials") or []}
-        for run in children:
-            number = run.data.tags.get("trial_number")
-            if number is None or int(number) not in completed:
-                continue
-            value = str(int(number) in front).lower()
-            if run.data.tags.get("pareto") != value:
-                self.client.set_tag(run.info.run_id, "pareto", value)
 
 
 @contextmanager
