@@ -387,3 +387,72 @@ def test_ctrl_c_before_the_first_trial_ends_at_once(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     _check_store(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", config_path)
+
+
+def _stopped_study(tmp_path: Path, name: str) -> tuple[Path, optuna.Study]:
+    """A digits study stored without any trial (stopped before its first) and without MLflow."""
+    from autoquant.errors import SearchError
+
+    out = tmp_path / name
+    out.mkdir()
+    path = digits_study(out, "digits.yaml", tracking={"enabled": False}, search={"study_name": name})
+    with pytest.raises(SearchError, match="no trial"):
+        autoquant.tune(load_config(path), stop=lambda: True)
+    config = load_config(path)
+    return path, optuna.load_study(study_name=study_name(config), storage=storage_url(config))
+
+
+def test_the_parent_run_is_claimed_by_one_process(tmp_path: Path, mlflow_server: str) -> None:
+    """The process that claimed the parent run creates it; another waits for its id in the
+    background (its trial logs queue behind) and uses it; a claim whose process is gone is taken
+    over at once."""
+    from mlflow import MlflowClient
+
+    import autoquant.search
+    from autoquant.names import STUDY_MLFLOW_CLAIM
+    from autoquant.tracking import CLAIM_WAIT_S
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    host = socket.gethostname()
+
+    # Another live process (here a `sleep`) claimed the parent: the study's first trial runs
+    # while this process waits; the other process then stores its parent, which gets every run.
+    path, study = _stopped_study(tmp_path, "live")
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        study.set_user_attr(STUDY_MLFLOW_CLAIM, {"host": host, "pid": other.pid, "at": time.time()})
+        experiment = client.create_experiment(study.study_name)
+        parent = client.create_run(experiment, run_name=study.study_name).info.run_id
+        stored_during: list[object] = []
+
+        class Other(autoquant.search.NullReporter):
+            def trial_finished(self, outcome: object, failure: object, best: object) -> None:
+                if not stored_during:  # the first trial is over: the claimant stores its run now
+                    stored_during.append(study.user_attrs.get(STUDY_MLFLOW_PARENT))
+                    study.set_user_attr(STUDY_MLFLOW_PARENT, parent)
+
+        began = time.monotonic()
+        config = load_config(path).replace(tracking={"enabled": True, "uri": mlflow_server})
+        result = autoquant.tune(config, reporter=Other())
+        assert time.monotonic() - began < CLAIM_WAIT_S  # it did not take the claim over
+    finally:
+        other.kill()
+        other.wait()
+    assert stored_during == [None] and result.trials
+    runs = client.search_runs([experiment], max_results=100)
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent}
+    assert len(children) == len(study.trials)
+    assert client.get_run(parent).info.status == "FINISHED"  # closed by the last process out
+
+    # A claim left by a process that is gone: taken over, the parent created and stored here.
+    path, study = _stopped_study(tmp_path, "gone")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    study.set_user_attr(STUDY_MLFLOW_CLAIM, {"host": host, "pid": dead.pid, "at": time.time()})
+    config = load_config(path).replace(tracking={"enabled": True, "uri": mlflow_server})
+    autoquant.tune(config)
+    attrs = study.user_attrs
+    assert attrs[STUDY_MLFLOW_CLAIM] is None and attrs[STUDY_MLFLOW_PARENT]
+    _check_store(mlflow_server, path)
