@@ -29,8 +29,6 @@ from typing import Any, BinaryIO
 
 from autoquant.names import PARETO_FILE, SUMMARY_FILE
 
-logger = logging.getLogger("autoquant.tracking")
-
 
 class MlflowLogger:
     """The MLflow calls of a study, made with :class:`mlflow.MlflowClient` (no global active run)."""
