@@ -17,6 +17,7 @@ exits without waiting for it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -37,7 +38,21 @@ class MlflowLogger:
         from mlflow import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)  # creates a local store's database
+        if not uri.startswith("sqlite:///"):
+            self.client = MlflowClient(tracking_uri=uri)
+            return
+        # A new SQLite store is created by migrations that take seconds; several processes doing
+        # them at once fail ("Online migration expected to match one row"): one at a time, under
+        # a lock on the store's folder (no lock file is left behind).
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.client = MlflowClient(tracking_uri=uri)
+            self.client.search_experiments(max_results=1)  # the store is made by now
+        finally:
+            os.close(fd)
 
     def experiment(self, name: str, location: str | None) -> str:
         """The id of the experiment ``name``, created (with its artifacts at ``location``) if needed."""

@@ -358,7 +358,12 @@ class MlflowTracker:
             return "create", None
 
     def _open_parent(self, study: Any, storage: Any, plan: tuple[str, Any]) -> None:
-        self._child.call("open", self.uri)  # creates a local store's database
+        scheme = self.uri.split(":", 1)[0].split("+")[0]
+        if scheme in ("postgresql", "mysql", "mssql"):  # a new store's migrations: one process at a time
+            with storage.lock(study.study_name):
+                self._child.call("open", self.uri)
+        else:  # a tracking server; a SQLite store is locked by the MLflow process
+            self._child.call("open", self.uri)
         self.experiment_id = self._experiment()
         kind, stored = plan
         if kind == "await":
