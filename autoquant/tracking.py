@@ -179,11 +179,15 @@ class _Child:
 
     def start(self) -> None:
         """Start the process (it imports mlflow while the study calibrates)."""
-        root = str(Path(__file__).resolve().parents[1])  # found after the installed packages
-        code = f"import sys; sys.path.append({root!r}); from autoquant.mlflow_process import main; main()"
+        # The same autoquant as this process's (a checkout's too), never one in the working folder.
+        root = str(Path(__file__).resolve().parents[1])
+        code = (
+            f"import sys; r = {root!r}; r in sys.path or sys.path.insert(0, r); "
+            "from autoquant.mlflow_process import main; main()"
+        )
         level = str(logging.getLogger().getEffectiveLevel())
         self._process = subprocess.Popen(
-            [sys.executable, "-c", code, level],
+            [sys.executable, "-P", "-c", code, level],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # its errors come back as answers; it holds none of our streams
