@@ -33,7 +33,7 @@ USER_DEFINED = "user_defined"
 
 # OpenCV's cv2.INTER_* values, fixed by its API: cv2 itself is imported where images are decoded
 # or resized, not by the many studies whose data are arrays (it takes 50 to 200 ms to import).
-_INTERP = {"nearest": 0, "linear": 1, "cubic": 2, "area": 3}
+_INTERP = {"linear": 1, "nearest": 0, "cubic": 2, "area": 3}
 _DTYPES = ("float32", "float16", "uint8", "int8")
 _LAYOUTS = ("NCHW", "NHWC")
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
