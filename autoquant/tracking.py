@@ -260,7 +260,6 @@ class MlflowTracker:
     def __init__(self, config: StudyConfig) -> None:
         self.config = config
         self.uri = tracking_uri(config)
-        self.client: Any = None
         self.study_name = ""
         self.stats_key = ""
         self.fp32_score = float("nan")
@@ -342,7 +341,8 @@ class MlflowTracker:
             return False
         if claim.get("host") != self._host:
             return True
-        return claim.get("pid") != os.getpid() and _alive(int(claim.get("pid", 0)))
+        pid = claim.get("pid")
+        return isinstance(pid, int) and pid > 0 and pid != os.getpid() and _alive(pid)
 
     def _claim(self, study: Any, storage: Any, stale: Any = None) -> tuple[str, Any]:
         """Under the study lock: ("reuse", the stored parent id), ("await", another process's
