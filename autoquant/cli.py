@@ -6,6 +6,7 @@ problem on stderr and exit status 2, without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -563,11 +564,31 @@ def check(config: ConfigArg, output: OutputOpt = None) -> None:
 
 
 def main() -> None:
-    """Entry point of the ``autoquant`` console script."""
+    """Entry point of the ``autoquant`` console script.
+
+    An interrupted command (exit status 130) ends at once, once its output is flushed: the
+    interpreter's own shutdown would take a second or more (it tears down onnxruntime, Optuna's
+    storage and every module) and would wait for threads still importing or logging. Everything
+    the command wrote is whole by then (files are written atomically, the stores commit per call),
+    and the stored study resumes.
+    """
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - raised outside a command
-        sys.exit(130)
+        _exit_now(130)
+    except SystemExit as exc:
+        if exc.code == 130:
+            _exit_now(130)
+        raise
+
+
+def _exit_now(status: int) -> None:
+    """Flush the output and the log handlers, then end the process without the interpreter's shutdown."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -61,6 +61,7 @@ STUDY_FP32_LATENCIES = "fp32_latency_by_threads"  # threads label -> FP32 ms
 STUDY_LATENCIES = "latency_by_structure"
 STUDY_COMPUTE_LAYERS = "compute_layers"  # the model's quantizable Conv/ConvTranspose/Gemm/MatMul nodes
 STUDY_MLFLOW_PARENT = "mlflow_parent_run_id"
+STUDY_MLFLOW_CLAIM = "mlflow_parent_claim"  # the process creating the parent run (host, pid, at)
 STUDY_STARTED = "started_at"  # epoch seconds when the study's first run began
 STUDY_TIME_TO_BUDGET = "time_to_budget_s"  # from STUDY_STARTED to the first trial within budget
 STUDY_FINGERPRINT = "fingerprint"  # hashes of the model, the data and the search settings

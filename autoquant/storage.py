@@ -75,7 +75,19 @@ def preload(url: str) -> None:
         except Exception as exc:  # the storage's own import reports it in the main thread
             logger.debug("preloading the storage modules failed: %s", exc)
 
-    threading.Thread(target=load, name="autoquant-preload", daemon=True).start()
+    global _PRELOAD
+    _PRELOAD = threading.Thread(target=load, name="autoquant-preload", daemon=True)
+    _PRELOAD.start()
+
+
+_PRELOAD: threading.Thread | None = None
+
+
+def _wait_for_preload() -> None:
+    """Let the preloading thread finish first: two threads importing SQLAlchemy at once see each
+    other's half-initialised modules."""
+    if _PRELOAD is not None:
+        _PRELOAD.join()
 
 
 def storage_kind(url: str) -> str:
@@ -338,6 +350,7 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
         ConfigError: The URL names an unsupported database, or its driver is not installed.
         StorageError: A shared database does not answer within ``storage.retry_timeout``.
     """
+    _wait_for_preload()
     kind = storage_kind(url)
     if kind == JOURNAL:
         from optuna.storages.journal import JournalFileBackend, JournalStorage

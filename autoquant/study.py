@@ -359,8 +359,10 @@ def _finish(
     tracker.finish(summarised, out / MODEL_FILE, out / REPORT_FILE, close_parent=close_parent)
     if config.tracking.enabled:
         logger.info(
-            "MLflow: the study waited %.2f s; logging took %.2f s in the background",
-            tracker.seconds,
+            "MLflow: the study waited %.2f s before its first trial and %.2f s at its end; logging "
+            "took %.2f s in the background",
+            tracker.attach_seconds,
+            tracker.finish_seconds,
             tracker.busy_seconds,
         )
 
@@ -527,8 +529,7 @@ def open_search(
             command,
             latency_budget,
         )
-    with storage.lock(name):  # one MLflow parent run, whichever process comes first
-        tracker.attach(study, calibrated.stats.key, fp32_score)
+    tracker.attach(study, storage, calibrated.stats.key, fp32_score)  # opened in the background
     stages["setup_s"] = time.time() - began
     wanted = (
         1

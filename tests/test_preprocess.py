@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.resources
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -203,3 +205,19 @@ def test_inconsistent_or_bad_ops(spec: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_preprocess(spec)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["linear", "nearest", "cubic", "area"])
+def test_each_interpolation_resizes_like_opencv(jpeg: np.ndarray, name: str) -> None:
+    """The interpolation names map to OpenCV's flags (autoquant does not import cv2 to read them)."""
+    got = parse_preprocess(f"resize_h=37, resize_w=53, interp={name}").apply(jpeg)
+    ref = cv2.resize(jpeg, (53, 37), interpolation=getattr(cv2, f"INTER_{name.upper()}"))
+    np.testing.assert_array_equal(got, ref.astype(np.float32).transpose(2, 0, 1))
+
+
+def test_array_data_does_not_import_opencv() -> None:
+    """cv2 takes 50 to 200 ms to import: a study whose data are arrays does without it."""
+    code = "import sys, autoquant.study, autoquant.cli; print('cv2' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

@@ -229,7 +229,13 @@ def test_a_killed_worker_s_trial_is_failed_and_run_again(database: str, name: st
         return bool(running)
 
     try:
-        _wait_for(doomed_runs_a_trial, 120, "the first worker to run a trial")
+        try:
+            _wait_for(doomed_runs_a_trial, 120, "the first worker to run a trial")
+        except AssertionError:
+            for p in (doomed, survivor):
+                p.logs[1].seek(0)  # type: ignore[attr-defined]
+                print(p.pid, p.poll(), p.logs[1].read()[-3000:])  # type: ignore[attr-defined]
+            raise
         os.kill(doomed.pid, signal.SIGKILL)
         doomed.wait()
         result = _finish(survivor)
