@@ -325,3 +325,22 @@ def test_control_flow_is_kept_in_fp32_or_refused(tmp_path: Path, caplog: pytest.
         graph = prepare_model(mixed, tmp_path / "cache")
         assert [n.name for n in graph.nodes] == ["main"]
         assert caplog.text.count("inside control flow stay in FP32 (If 'branches' holds 2)") == 1
+
+
+def test_a_model_with_external_data_is_written_again_from_inside_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnx's own external-data saving looks for an existing data file in the working folder:
+    run from inside the output folder, the second best model of a study could not be written."""
+    from autoquant.graph import write_model
+
+    model = onnx.load(DIGITS / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        write_model(model, tmp_path / "model.int8.onnx", external_data=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.int8.onnx.data"]
+    written = onnx.load(tmp_path / "model.int8.onnx")
+    assert {t.name: t.raw_data for t in written.graph.initializer} == {
+        t.name: t.raw_data for t in model.graph.initializer
+    }
+    assert (tmp_path / "model.int8.onnx").stat().st_size < (tmp_path / "model.int8.onnx.data").stat().st_size

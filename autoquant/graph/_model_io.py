@@ -16,7 +16,12 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+from onnx.external_data_helper import (
+    ExternalDataInfo,
+    load_external_data_for_model,
+    set_external_data,
+    uses_external_data,
+)
 
 from autoquant.errors import ModelError
 
@@ -181,14 +186,8 @@ def write_model(
             if not consume:
                 copy = onnx.ModelProto()
                 copy.CopyFrom(model)  # onnx.save moves the weights of the proto it is given
-            onnx.save_model(
-                copy,
-                staged,
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=f"{path.name}.data",
-                size_threshold=1024,
-            )
+            _mark_external(copy, f"{path.name}.data")
+            onnx.save_model(copy, staged)  # writes the marked tensors' data beside ``staged``
         else:
             staged.write_bytes(model.SerializeToString())
         try:
@@ -201,6 +200,22 @@ def write_model(
         staged.replace(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _mark_external(model: onnx.ModelProto, location: str, threshold: int = 1024) -> None:
+    """Mark the tensors of ``threshold`` bytes or more to be saved in ``location``.
+
+    onnx's own ``save_as_external_data`` refuses when a file named ``location`` exists relative
+    to the working folder (not the model's): a run from inside the output folder could not write
+    a second best model. Marking the tensors and saving writes the same files.
+    """
+    for tensor in _tensors(model.graph):
+        if (
+            tensor.HasField("raw_data")
+            and len(tensor.raw_data) >= threshold
+            and not uses_external_data(tensor)
+        ):
+            set_external_data(tensor, location)
 
 
 #: Threads of every onnxruntime session autoquant creates (None: onnxruntime's default, one per
