@@ -71,7 +71,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -404,7 +404,8 @@ class TreeSampler:
             except psutil.Error:
                 pass
         mb = total / 2**20
-        self.timeline.append((time.monotonic() - self.began, mb))
+        if total:  # 0: the process has exited (a zombie until it is waited for)
+            self.timeline.append((time.monotonic() - self.began, mb))
         return max(mb, vm_hwm_mb(pid) or 0.0)
 
     def peak_at(self) -> float | None:
@@ -524,7 +525,7 @@ def run_one(
     options = SimpleNamespace(trials=None, search_timeout=args.timeout, no_tracking=not args.tracking)
     spec = contender_spec(case, name, folder, sub, options)
     row = ScaleRow(case.name, meta["family"], meta["params"], meta["mb"], name)
-    row.started_utc = f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S %Z}"
+    row.started_utc = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
     row.load_start = os.getloadavg()[0]
     sampler = TreeSampler()
     started, began = time.time(), time.perf_counter()
@@ -562,8 +563,8 @@ def isa_label() -> str:
 def table(rows: list[ScaleRow], isa: str) -> list[str]:
     lines = [
         "| model | params M | MB | contender | peak RSS MB | wall s | time to first trial s | time per trial s "
-        "| trials | load start / end | ISA | notes |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|",
+        "| trials | load start / end | ISA | started UTC | notes |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for r in rows:
         notes = []
@@ -580,7 +581,7 @@ def table(rows: list[ScaleRow], isa: str) -> list[str]:
         lines.append(
             f"| {r.model} | {r.params / 1e6:.1f} | {r.mb:.0f} | {r.contender} | {fmt(r.peak_rss_mb, '.0f')} "
             f"| {fmt(r.wall_s, '.1f')} | {fmt(r.first_trial_s, '.1f')} | {fmt(r.per_trial_s, '.1f')} "
-            f"| {fmt(r.trials, 'd')} | {r.load_start:.2f} / {r.load_end:.2f} | {isa} "
+            f"| {fmt(r.trials, 'd')} | {r.load_start:.2f} / {r.load_end:.2f} | {isa} | {r.started_utc[11:16]} "
             f"| {'; '.join(notes).replace('|', '/')} |"
         )
     return lines
@@ -637,6 +638,7 @@ def plot(rows: list[ScaleRow], path: Path) -> str:
     a note when matplotlib is missing."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -664,6 +666,10 @@ def plot(rows: list[ScaleRow], path: Path) -> str:
         ax.plot([min(sizes), max(sizes)], [min(sizes), max(sizes)], ":", color="grey", label="model size")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("model size, MB (FP32 file)")
     ax.set_ylabel("peak RSS of the process tree, MB")
     ax.set_title("bench/scale.py: peak memory against model size")
@@ -713,6 +719,27 @@ def selected(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return models, names
 
 
+def save(
+    out: Path, rows: list[ScaleRow], metas: dict[str, Any], args: argparse.Namespace, seconds: float
+) -> None:
+    """results.md, results.json and the plot of ``rows`` in ``out`` (rewritten after every contender,
+    so that a run cut short leaves its figures so far)."""
+    rows = sorted(rows, key=lambda r: (list(MODELS).index(r.model), SCALE_CONTENDERS.index(r.contender)))
+    metas = {k: metas[k] for k in MODELS if k in metas}
+    note = plot(rows, out / "peak_rss.png")
+    if note:
+        print(note, flush=True)
+    (out / "results.md").write_text(report(rows, metas, args, seconds))
+    data = {
+        "isa": isa_label(),
+        "machine": machine_line(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "models": metas,
+        "rows": [asdict(r) for r in rows],
+    }
+    (out / "results.json").write_text(json.dumps(data, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     models, names = selected(args)
@@ -723,15 +750,17 @@ def main(argv: list[str] | None = None) -> None:
     from autoquant.logs import quiet_onnxruntime
 
     quiet_onnxruntime()
-    isa = isa_label()
     print(
-        f"ISA {isa}; load average {os.getloadavg()[0]:.2f}; {len(models)} models x {len(names)} contenders",
+        f"ISA {isa_label()}; load average {os.getloadavg()[0]:.2f}; {len(models)} models x {len(names)} contenders",
         flush=True,
     )
+    old: dict[str, Any] = {"rows": [], "models": {}}
+    if args.append and (out / "results.json").is_file():
+        old = json.loads((out / "results.json").read_text())
     began = time.monotonic()
     calib, test = ensure_data(cache)
     rows: list[ScaleRow] = []
-    metas: dict[str, dict[str, Any]] = {}
+    metas: dict[str, dict[str, Any]] = dict(old["models"])
     try:
         for model in models:
             load = os.getloadavg()[0]
@@ -750,34 +779,14 @@ def main(argv: list[str] | None = None) -> None:
                 row = run_one(case, meta, name, folder, work, args)
                 print(f"  {model} {name}: {row.line()}", flush=True)
                 rows.append(row)
+                measured = {(r.model, r.contender) for r in rows}
+                kept = [ScaleRow(**r) for r in old["rows"] if (r["model"], r["contender"]) not in measured]
+                save(out, [*kept, *rows], metas, args, time.monotonic() - began)
             if not args.keep_work:
                 shutil.rmtree(folder, ignore_errors=True)
-        seconds = time.monotonic() - began
-        if args.append and (out / "results.json").is_file():
-            old = json.loads((out / "results.json").read_text())
-            done = {(r.model, r.contender) for r in rows}
-            kept = [ScaleRow(**r) for r in old["rows"] if (r["model"], r["contender"]) not in done]
-            rows = sorted(
-                [*kept, *rows],
-                key=lambda r: (list(MODELS).index(r.model), SCALE_CONTENDERS.index(r.contender)),
-            )
-            metas = {**old["models"], **metas}
-        metas = {k: metas[k] for k in MODELS if k in metas}
-        note = plot(rows, out / "peak_rss.png")
-        if note:
-            print(note, flush=True)
-        (out / "results.md").write_text(report(rows, metas, args, seconds))
-        data = {
-            "isa": isa,
-            "machine": machine_line(),
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "models": metas,
-            "rows": [asdict(r) for r in rows],
-        }
-        (out / "results.json").write_text(json.dumps(data, indent=2))
+        minutes = (time.monotonic() - began) / 60
         print(
-            f"wrote {out / 'results.md'} ({seconds / 60:.1f} minutes; load {os.getloadavg()[0]:.2f})",
-            flush=True,
+            f"wrote {out / 'results.md'} ({minutes:.1f} minutes; load {os.getloadavg()[0]:.2f})", flush=True
         )
     finally:
         if not args.keep_work:
