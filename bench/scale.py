@@ -47,7 +47,7 @@ Figures per model and contender:
 - **time per trial**: autoquant: the mean of the trials' ``timings.trial_s`` when present, else of
   ``datetime_complete - datetime_start`` of the completed trials in study.db; one-shot tools: wall;
 - **trials**; the 1-minute **load average** at each contender's start and end, printed beside
-  every timing (the machine is shared).
+  every timing (the machine is shared); params = the float initializers' elements, MB = the files.
 
 Writes ``results.md``, ``results.json`` and ``peak_rss.png`` (peak RSS against model size per
 contender) in ``--output``, and nothing anywhere else: models and data in ``--output``/cache, the
@@ -56,8 +56,9 @@ working files in ``--output``/.work (deleted at the end unless ``--keep-work``).
 Run:   python bench/scale.py                                  # every model and contender
        python bench/scale.py --sizes vit-20m,vit-85m,cnn-3m,cnn-12m,cnn-26m
        python bench/scale.py --quick                          # vit-20m and cnn-3m; tune fast and NNCF
-Takes: --quick about 5 minutes on 2 cores; every model but vit-300m about 50 minutes, vit-300m alone
-       more than an hour (first run: a minute more to generate the models).
+Takes: --quick 2 to 3 minutes on 2 cores; everything about 65 minutes (vit-300m about 25 of them;
+       autoquant tune full runs to its --timeout on the ViTs), with 8 GB free for vit-300m; generating
+       the models once takes under a minute.
 """
 
 from __future__ import annotations
@@ -499,6 +500,7 @@ class ScaleRow:
     time_to_budget_s: float | None = None
     stage_timings: dict[str, Any] | None = None
     error: str | None = None
+    log_tail: list[str] = field(default_factory=list)
     started_utc: str = ""
     rss_timeline: list[list[float]] = field(default_factory=list)
 
@@ -546,6 +548,8 @@ def run_one(
     elif row.error is None:
         row.first_trial_s = row.per_trial_s = row.wall_s
         row.timing_source = "wall"
+    if row.error and (sub / "log.txt").is_file():  # the traceback, kept before the folder goes
+        row.log_tail = [x[:400] for x in (sub / "log.txt").read_text(errors="replace").splitlines()[-25:]]
     if not args.keep_work:
         shutil.rmtree(sub, ignore_errors=True)
     return row
