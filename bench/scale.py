@@ -49,16 +49,18 @@ Figures per model and contender:
 - **trials**; the 1-minute **load average** at each contender's start and end, printed beside
   every timing (the machine is shared); params = the float initializers' elements, MB = the files.
 
-Writes ``results.md``, ``results.json`` and ``peak_rss.png`` (peak RSS against model size per
-contender) in ``--output``, and nothing anywhere else: models and data in ``--output``/cache, the
-working files in ``--output``/.work (deleted at the end unless ``--keep-work``).
+Writes ``results.md`` (with the text of ``--output``/notes.md below its table when that file
+exists: observations written by hand), ``results.json`` and ``peak_rss.png`` (peak RSS against
+model size per contender) in ``--output``, and nothing anywhere else: models and data in
+``--output``/cache, the working files in ``--output``/.work (deleted at the end unless
+``--keep-work``).
 
 Run:   python bench/scale.py                                  # every model and contender
        python bench/scale.py --sizes vit-20m,vit-85m,cnn-3m,cnn-12m,cnn-26m
        python bench/scale.py --quick                          # vit-20m and cnn-3m; tune fast and NNCF
-Takes: --quick 2 to 3 minutes on 2 cores; everything about 65 minutes (vit-300m about 25 of them;
-       autoquant tune full runs to its --timeout on the ViTs), with 8 GB free for vit-300m; generating
-       the models once takes under a minute.
+Takes: --quick 2 minutes on 2 cores; everything 52 minutes on 2 shared cores (vit-300m 14 of them;
+       autoquant tune full runs to its --timeout on the ViTs, ends early on the CNNs), with 12 GB of
+       memory free for vit-300m; generating the models once takes under a minute.
 """
 
 from __future__ import annotations
@@ -537,6 +539,8 @@ def run_one(
     peaks = [result.get(k) for k in ("polled_peak_mb", "peak_rss_mb")]
     row.peak_rss_mb = max((p for p in peaks if p is not None), default=None)
     row.tool_s, row.trials, row.error = result.get("seconds"), result.get("trials"), result.get("error")
+    if row.error:  # the contender's folder, which is deleted, as a short relative name
+        row.error = row.error.replace(str(sub), f".work/{case.name}/{slug(name)}")
     row.peak_at_s, row.rss_timeline = sampler.peak_at(), sampler.coarse()
     if kind == "autoquant-tune":
         figures = tune_figures(sub, started)
@@ -592,7 +596,11 @@ def table(rows: list[ScaleRow], isa: str) -> list[str]:
 
 
 def report(
-    rows: list[ScaleRow], models: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float
+    rows: list[ScaleRow],
+    models: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    seconds: float,
+    notes: str,
 ) -> str:
     isa = isa_label()
     versions = ", ".join(f"{p} {package_version(p)}" for p in ("nncf", "onnxruntime", "onnx", "optuna"))
@@ -627,6 +635,7 @@ def report(
             "",
             *table(rows, isa),
             "",
+            *([notes.strip(), ""] if notes.strip() else []),
             "## Models",
             "",
             *model_lines,
@@ -666,6 +675,11 @@ def plot(rows: list[ScaleRow], path: Path) -> str:
                     color=colors[i % len(colors)],
                     label=f"{name} ({family})",
                 )
+    failed = [(r.mb, r.peak_rss_mb) for r in rows if r.error and r.peak_rss_mb is not None]
+    if failed:
+        ax.plot(
+            *zip(*failed, strict=True), "x", color="black", markersize=10, label="failed (peak until then)"
+        )
     if sizes:
         ax.plot([min(sizes), max(sizes)], [min(sizes), max(sizes)], ":", color="grey", label="model size")
     ax.set_xscale("log")
@@ -733,7 +747,8 @@ def save(
     note = plot(rows, out / "peak_rss.png")
     if note:
         print(note, flush=True)
-    (out / "results.md").write_text(report(rows, metas, args, seconds))
+    notes = (out / "notes.md").read_text() if (out / "notes.md").is_file() else ""
+    (out / "results.md").write_text(report(rows, metas, args, seconds, notes))
     data = {
         "isa": isa_label(),
         "machine": machine_line(),
