@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -225,6 +226,33 @@ def contender_config(case: Case, name: str, folder: Path, args: argparse.Namespa
 # --- running a contender ----------------------------------------------------------------------------
 
 
+def contender_spec(
+    case: Case, name: str, folder: Path, sub: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The spec of bench/compare_run.py for contender ``name`` on ``case``, in its folder ``sub``
+    (made, with its study config); the shared samples are ``folder``/calib.npz and test.npz."""
+    kind, params = CONTENDERS[name]
+    sub.mkdir(parents=True, exist_ok=True)
+    config = write_config(contender_config(case, name, sub, args), sub / "study.yaml")
+    return {
+        "kind": kind,
+        "params": params,
+        "config": str(config),
+        "model": str(case.model),
+        "calib": str(folder / "calib.npz"),
+        "test": str(folder / "test.npz"),
+        "out": str(sub),
+    }
+
+
+def confine(work: Path) -> None:
+    """Temporary files and caches of this process and its children inside ``work``; NNCF's
+    telemetry off."""
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    os.environ.update(TMPDIR=str(work / "tmp"), XDG_CACHE_HOME=str(work / "xdg"), NNCF_CI="1")
+    tempfile.tempdir = str(work / "tmp")
+
+
 def child_env(work: Path, folder: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     for key, path in (("HOME", work / "home"), ("XDG_CACHE_HOME", work / "xdg"), ("TMPDIR", folder / "tmp")):
@@ -244,8 +272,18 @@ def vm_hwm_mb(pid: int) -> float | None:
     return int(line.split()[1]) / 1024.0 if line else None
 
 
-def run_contender(spec: dict[str, Any], folder: Path, work: Path, timeout: float) -> dict[str, Any]:
-    """Run bench/compare_run.py on ``spec`` in ``folder``; kill it after ``timeout`` seconds."""
+def run_contender(
+    spec: dict[str, Any],
+    folder: Path,
+    work: Path,
+    timeout: float,
+    sample: Callable[[int], float | None] = vm_hwm_mb,
+    interval: float = 0.2,
+) -> dict[str, Any]:
+    """Run bench/compare_run.py on ``spec`` in ``folder``; kill it after ``timeout`` seconds.
+
+    ``sample(pid)`` (MB) is polled every ``interval`` seconds while the process runs; its largest
+    value is returned as ``polled_peak_mb`` (as ``peak_rss_mb`` when the process wrote no result)."""
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(spec))
     began, peak = time.monotonic(), 0.0
@@ -259,17 +297,22 @@ def run_contender(spec: dict[str, Any], folder: Path, work: Path, timeout: float
             stdin=subprocess.DEVNULL,
         )
         while proc.poll() is None:
-            peak = max(peak, vm_hwm_mb(proc.pid) or 0.0)
+            peak = max(peak, sample(proc.pid) or 0.0)
             if time.monotonic() - began > timeout:
                 proc.kill()
                 proc.wait()
-                return {"error": f"timeout: killed after {timeout:.0f} s", "peak_rss_mb": peak or None}
-            time.sleep(0.2)
+                return {
+                    "error": f"timeout: killed after {timeout:.0f} s",
+                    "peak_rss_mb": peak or None,
+                    "polled_peak_mb": peak or None,
+                }
+            time.sleep(interval)
     result_path = folder / "run.json"
     if not result_path.is_file():
         tail = (folder / "log.txt").read_text().strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exit {proc.returncode}: {tail[0][:300]}", "peak_rss_mb": peak or None}
-    return json.loads(result_path.read_text())
+        error = f"exit {proc.returncode}: {tail[0][:300]}"
+        return {"error": error, "peak_rss_mb": peak or None, "polled_peak_mb": peak or None}
+    return {**json.loads(result_path.read_text()), "polled_peak_mb": peak or None}
 
 
 # --- measuring the INT8 models ----------------------------------------------------------------------
@@ -455,19 +498,9 @@ def run_case(case: Case, folder: Path, names: list[str], args: argparse.Namespac
     print(line.replace(f"{folder}/", ""), flush=True)
     rows = []
     for name in names:
-        kind, params = CONTENDERS[name]
+        kind = CONTENDERS[name][0]
         sub = folder / slug(name)
-        sub.mkdir(parents=True, exist_ok=True)
-        config = write_config(contender_config(case, name, sub, args), sub / "study.yaml")
-        spec = {
-            "kind": kind,
-            "params": params,
-            "config": str(config),
-            "model": str(case.model),
-            "calib": str(folder / "calib.npz"),
-            "test": str(folder / "test.npz"),
-            "out": str(sub),
-        }
+        spec = contender_spec(case, name, folder, sub, args)
         result = run_contender(spec, sub, work, args.timeout)
         row = Row(
             case.name,
@@ -537,9 +570,7 @@ def main(argv: list[str] | None = None) -> None:
     models, names = selected(args)
     out = args.output.resolve()
     work = out / ".work"
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
-    os.environ.update(TMPDIR=str(work / "tmp"), XDG_CACHE_HOME=str(work / "xdg"), NNCF_CI="1")
-    tempfile.tempdir = str(work / "tmp")
+    confine(work)
     from autoquant.logs import LogCapture, quiet_onnxruntime
 
     quiet_onnxruntime()
