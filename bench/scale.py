@@ -39,12 +39,11 @@ Figures per model and contender:
   kernel's peak, which catches a spike between two samples) when larger. Not ``ru_maxrss``: Linux
   carries a parent's peak into its child's, and it is per process, not per tree;
 - **wall**: from starting the process to its exit (interpreter start and imports included);
-- **time to first trial**: autoquant: ``timings.to_first_trial_s`` of its study_summary.json when
-  present (from the start of the study's set-up to the end of the first completed trial), else the
-  first completed trial's ``datetime_complete`` in the study's storage (study.db) minus the
-  process's start as recorded here (so interpreter start and imports included); NNCF and
-  onnxruntime make one model: their wall time;
-- **time per trial**: autoquant: the mean of the trials' ``timings.trial_s`` when present, else of
+- **time to first trial**: autoquant: the first completed trial's ``datetime_complete`` in the
+  study's storage (study.db) minus the process's start as recorded here (so interpreter start and
+  imports included, as in the one-shot tools' wall time); NNCF and onnxruntime make one model:
+  their wall time;
+- **time per trial**: autoquant: the mean of the trials' ``timings.trial`` when present, else of
   ``datetime_complete - datetime_start`` of the completed trials in study.db; one-shot tools: wall;
 - **trials**; the 1-minute **load average** at each contender's start and end, printed beside
   every timing (the machine is shared); params = the float initializers' elements, MB = the files.
@@ -451,17 +450,19 @@ def tune_figures(sub: Path, started: float) -> dict[str, Any]:
     when present, else from the study's storage."""
     path = sub / "study_summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
-    first = (summary.get("timings") or {}).get("to_first_trial_s")
     per = [
-        t["timings"]["trial_s"]
+        t["timings"]["trial"]
         for t in summary.get("trials", [])
-        if (t.get("timings") or {}).get("trial_s") is not None
+        if (t.get("timings") or {}).get("trial") is not None
     ]
-    sources = ["summary" if first is not None else "study.db", "summary" if per else "study.db"]
     stored = stored_trials(sub / "study.db")
     done = [(s, e) for s, e, state in stored if state == "COMPLETE" and e is not None]
-    if first is None and done:
-        first = min(e for _, e in done) - started
+    # From the process's start, as the one-shot tools' wall time is: the storage's first completed
+    # trial; the summary's figure (from the set-up's start, imports not counted) only without it.
+    first = (
+        min(e for _, e in done) - started if done else (summary.get("timings") or {}).get("to_first_trial_s")
+    )
+    sources = ["study.db" if done else "summary", "summary" if per else "study.db"]
     if not per:
         per = [e - s for s, e in done]
     best = summary.get("best") or {}
