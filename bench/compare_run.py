@@ -203,7 +203,9 @@ def run_autoquant_tune(spec: dict, out: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - began
     summary = json.loads((out / "study_summary.json").read_text())
     trials = summary["completed_trials"] + summary.get("failed_trials", 0)
-    return {"seconds": seconds, "trials": trials, "time_to_budget_s": summary["time_to_budget_s"], "note": ""}
+    first = (summary.get("timings") or {}).get("to_first_trial_s")
+    note = f"first trial after {first:.1f} s" if first is not None else ""
+    return {"seconds": seconds, "trials": trials, "time_to_budget_s": summary["time_to_budget_s"], "note": note}
 
 
 RUNNERS = {
