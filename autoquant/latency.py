@@ -33,7 +33,7 @@ LEAST_RUNS, MOST_RUNS = 3, 50
 #: Timing stops early once the median's 95 % interval is within this share of it.
 PRECISION = 0.02
 #: The share of a trial's own time that its latency measurement may take, and the least it gets.
-TRIAL_SHARE, LEAST_BUDGET_S = 0.1, 1.0
+TRIAL_SHARE, LEAST_BUDGET_S = 0.1, 0.5
 
 
 #: A FP32 model at least this large has its timing session opened only while it is timed.
@@ -54,7 +54,7 @@ def _model_bytes(model: object) -> int:
 
 def trial_budget(trial_seconds: float) -> float:
     """Seconds a trial's latency measurement may take, all thread counts together: a tenth of what
-    the trial took to quantize and score, and at least a second."""
+    the trial took to quantize and score, and at least half a second."""
     return max(LEAST_BUDGET_S, TRIAL_SHARE * trial_seconds)
 
 

@@ -103,5 +103,5 @@ def test_sessions_shrink_with_the_budget(setup, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_trial_may_spend_a_tenth_of_its_time_on_latency() -> None:
-    assert trial_budget(0.5) == 1.0  # a second at least: a small model is timed well
+    assert trial_budget(0.5) == 0.5  # half a second at least: a small model is timed well
     assert trial_budget(120.0) == pytest.approx(12.0)
