@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import gc
 import os
 import tempfile
 import time
@@ -62,5 +61,4 @@ def release_memory() -> None:
     otherwise and count in its RSS until the heap's top is free."""
     libc = _libc()
     if libc is not None:
-        gc.collect()  # onnxruntime's quantizer leaves reference cycles that hold a model
         libc.malloc_trim(0)

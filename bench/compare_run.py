@@ -205,7 +205,12 @@ def run_autoquant_tune(spec: dict, out: Path) -> dict[str, Any]:
     trials = summary["completed_trials"] + summary.get("failed_trials", 0)
     first = (summary.get("timings") or {}).get("to_first_trial_s")
     note = f"first trial after {first:.1f} s" if first is not None else ""
-    return {"seconds": seconds, "trials": trials, "time_to_budget_s": summary["time_to_budget_s"], "note": note}
+    return {
+        "seconds": seconds,
+        "trials": trials,
+        "time_to_budget_s": summary["time_to_budget_s"],
+        "note": note,
+    }
 
 
 RUNNERS = {
