@@ -23,7 +23,8 @@ from autoquant.names import LOCK_FILE
 logger = logging.getLogger(__name__)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with ``pid`` exists (under any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -84,7 +85,7 @@ def output_lock(directory: Path, what: str) -> Iterator[None]:
                 path.unlink(missing_ok=True)
                 continue
         here = holder is not None and holder.get("host") == socket.gethostname()
-        if holder is not None and here and not _alive(int(holder.get("pid", 0))):
+        if holder is not None and here and not process_alive(int(holder.get("pid", 0))):
             logger.warning("taking over the stale lock of process %s (no longer running)", holder.get("pid"))
             path.unlink(missing_ok=True)
             continue

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from autoquant.graph import weightless_copy
-
 logger = logging.getLogger(__name__)
 
 
@@ -47,6 +45,32 @@ class PassPlan:
     def passes(self) -> int:
         """Passes over the calibration data."""
         return len(self.groups)
+
+
+#: Initializers with more elements than this are left out of a :func:`weightless_copy`.
+_WEIGHTLESS_LIMIT = 1024
+
+
+def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large initializers turned into typed graph inputs: what shape inference
+    needs (shapes, and the values of small tensors such as a Reshape's target shape), at a
+    fraction of the memory. Its nodes are copies; the model is not changed."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    for tensor in model.graph.initializer:
+        large = math.prod(tensor.dims) > _WEIGHTLESS_LIMIT and tensor.data_type != onnx.TensorProto.INT64
+        if large:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+        else:
+            graph.initializer.append(tensor)
+    return light
 
 
 def bytes_per_sample(

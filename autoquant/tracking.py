@@ -39,6 +39,7 @@ from typing import Any
 from autoquant.config import StudyConfig
 from autoquant.errors import ConfigError
 from autoquant.hardware import resolve_reduce_range, target_isa
+from autoquant.locking import process_alive
 from autoquant.names import (
     MLFLOW_ARTIFACTS_DIR,
     MLFLOW_DB_FILE,
@@ -230,16 +231,6 @@ class _Child:
                 self._process.stdin.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
-
-
 class MlflowTracker:
     """Logs a study to MLflow with :class:`mlflow.MlflowClient` (no global active run).
 
@@ -342,7 +333,7 @@ class MlflowTracker:
         if claim.get("host") != self._host:
             return True
         pid = claim.get("pid")
-        return isinstance(pid, int) and pid > 0 and pid != os.getpid() and _alive(pid)
+        return isinstance(pid, int) and pid > 0 and pid != os.getpid() and process_alive(pid)
 
     def _claim(self, study: Any, storage: Any, stale: Any = None) -> tuple[str, Any]:
         """Under the study lock: ("reuse", the stored parent id), ("await", another process's

@@ -29,7 +29,6 @@ from autoquant.graph._model_io import (
     session_for,
     session_options,
     set_session_threads,
-    weightless_copy,
     write_model,
 )
 from autoquant.graph._prepare import MIN_OPSET, WEIGHTED_OPS, check_control_flow, prepare, private_workdir
@@ -105,6 +104,5 @@ __all__ = [
     "session_options",
     "set_session_threads",
     "weight_channel_ranges",
-    "weightless_copy",
     "write_model",
 ]

@@ -37,7 +37,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from autoquant.errors import ModelError
-from autoquant.graph._model_io import SourceModel, session_for, session_options, weightless_copy
+from autoquant.graph._model_io import SourceModel, session_for, session_options
+from autoquant.memory_plan import weightless_copy
 
 logger = logging.getLogger("autoquant.graph")
 
