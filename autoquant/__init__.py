@@ -1,7 +1,5 @@
 """autoquant: find the best INT8 post-training quantization of an ONNX model within an accuracy budget."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from autoquant.errors import (
     AutoquantError,
     CalibrationError,
@@ -15,19 +13,20 @@ from autoquant.errors import (
     StorageError,
     UserCodeError,
 )
+from autoquant.names import VERSION
 
 
 def tune(config, reporter=None, fresh: bool = False, stop=None):
-    """Run or resume the study of ``config`` (see :func:`autoquant.study.tune`)."""
-    from autoquant.study import tune as _tune
+    """Run or resume the study of ``config`` (see :func:`autoquant.search.tune`)."""
+    from autoquant.search import tune as _tune
 
     return _tune(config, reporter=reporter, fresh=fresh, stop=stop)
 
 
 def __getattr__(name: str):
-    # Imported on first use: ``autoquant.client`` stays light (no pydantic, onnx or optuna).
+    # Imported on first use: ``autoquant.serve.client`` stays light (no pydantic, onnx or optuna).
     if name == "Tuner":
-        from autoquant.ask_tell import Tuner
+        from autoquant.search import Tuner
 
         return Tuner
     if name in ("StudyConfig", "load_config"):
@@ -37,10 +36,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'autoquant' has no attribute {name!r}")
 
 
-try:
-    __version__ = version("autoquant")
-except PackageNotFoundError:  # running from a checkout without installation
-    __version__ = "0.0.0"
+__version__ = VERSION
 
 __all__ = [
     "AutoquantError",

@@ -203,7 +203,7 @@ class QuantizationConfig(_Section):
     @field_validator("method")
     @classmethod
     def _registered_method(cls, value: str) -> str:
-        from autoquant.thresholds import methods
+        from autoquant.engine import methods
 
         return _one_of(value, methods())
 

@@ -4,6 +4,13 @@ they change only with a migration."""
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    VERSION = version("autoquant")
+except PackageNotFoundError:  # running from a checkout without installation
+    VERSION = "0.0.0"
+
 # --- files in the output folder ------------------------------------------------------------------
 MODEL_FILE = "model.int8.onnx"
 TABLE_FILE = "calibration_table.json"

@@ -78,10 +78,9 @@ def child(spec: dict) -> list[dict]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     from autoquant.config import QuantizationConfig
-    from autoquant.graph import prepare_model
-    from autoquant.quantize import quantize_model
-    from autoquant.statistics import Statistics, load_statistics, run_statistics_pass, save_statistics
-    from autoquant.thresholds import compute_thresholds
+    from autoquant.engine import compute_thresholds, quantize_model
+    from autoquant.engine._statistics import Statistics, load_statistics, run_statistics_pass, save_statistics
+    from autoquant.engine.graph import prepare_model
 
     feeds, kind, rows, clock = make_feeds(spec), spec["kind"], [], time.perf_counter
     graph = prepare_model(spec["source"], spec["cache"])  # cache hit: loads the prepared model
@@ -207,8 +206,8 @@ def machine_line() -> str:
         platform.processor(),
     )
     code = ", ".join(
-        f"{f}.py {hashlib.sha256((ROOT / 'autoquant' / f'{f}.py').read_bytes()).hexdigest()[:8]}"
-        for f in ("statistics", "thresholds", "quantize", "config")
+        f"{f} {hashlib.sha256((ROOT / 'autoquant' / f).read_bytes()).hexdigest()[:8]}"
+        for f in ("engine/_statistics.py", "engine/_thresholds.py", "engine/_quantize.py", "config.py")
     )
     from autoquant.hardware import host_isa
 
@@ -274,7 +273,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    from autoquant.graph import prepare_model
+    from autoquant.engine.graph import prepare_model
 
     started, table, plan = time.perf_counter(), [], []
     with tempfile.TemporaryDirectory(prefix="aqbench-") as cache:

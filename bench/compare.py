@@ -173,10 +173,10 @@ def read_samples(config_path: Path, section: str) -> tuple[list[dict[str, np.nda
     """The samples of the config's ``section`` as batch-1 feeds, with their labels, read by
     autoquant's data readers; when those refuse the data (the Silero VAD's scalar input), the
     ``.npz`` files of a folder as they are, with the reason."""
-    from autoquant import pipeline
     from autoquant.config import load_config
     from autoquant.data import open_reader
     from autoquant.errors import DataError
+    from autoquant.search import _pipeline as pipeline
 
     config = load_config(config_path)
     data = getattr(config, section)
@@ -374,10 +374,10 @@ class Scoring:
     def __init__(self, case: Case, folder: Path, args: argparse.Namespace) -> None:
         import onnx
 
-        from autoquant import pipeline
         from autoquant.config import load_config
         from autoquant.errors import AutoquantError
-        from autoquant.latency import LatencyTimer
+        from autoquant.evaluation import LatencyTimer
+        from autoquant.search import _pipeline as pipeline
 
         config = dict(case.config, output={"directory": str(folder / "score")}, tracking={"enabled": False})
         config["calibration"] = dict(config["calibration"], cache_dir=str(folder / "score-cache"))

@@ -182,9 +182,9 @@ def run_nncf(spec: dict, out: Path) -> dict[str, Any]:
 
 def run_autoquant_quantize(spec: dict, out: Path) -> dict[str, Any]:
     """What ``autoquant quantize CONFIG`` does: prepare, calibrate, quantize, write the outputs."""
-    from autoquant import pipeline
     from autoquant.config import load_config
-    from autoquant.outputs import write_outputs
+    from autoquant.engine import write_outputs
+    from autoquant.search import _pipeline as pipeline
 
     began = time.perf_counter()
     config = load_config(spec["config"])

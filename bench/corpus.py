@@ -13,7 +13,7 @@ runs ``autoquant tune`` once per ``--runs`` entry, each in a fresh process with 
 It reads ``study_summary.json`` (score against FP32, decay, FP32 compute layers out of the
 model's, ops left in float, trials, wall time) and times the best INT8 model against the FP32
 model here, in this process, in turn, at one thread and at onnxruntime's default thread count
-(autoquant.latency.compare_latency, as the study times its trials) on the model's first test
+(autoquant.evaluation.compare_latency, as the study times its trials) on the model's first test
 sample: batch 1, speedup = FP32 ms / INT8 ms. ``--budget`` replaces every model's budget (the
 Milestone 9 target is 0.005). Writes
 (replaces) its section of bench/RESULTS.md and prints the table.
@@ -41,7 +41,7 @@ from calibration import machine_line, write_section  # bench/ is on sys.path whe
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoquant.latency import compare_latency  # noqa: E402
+from autoquant.evaluation import compare_latency  # noqa: E402
 from tests import corpus  # noqa: E402
 
 #: name -> (what it is, model, data, input names and shapes, objective, budget)

@@ -12,7 +12,7 @@ quantizes with the corpus choices (KL thresholds, per-channel weights) for each
 * counts what onnxruntime's graph optimizations made of the QDQ model (QLinearConv, Q/DQ left,
   Transposes of its NHWC layout, ...);
 * times each INT8 model against the FP32 model, in turn, at one thread and at the default
-  thread count (autoquant.latency.compare_latency: the way ``autoquant tune`` times trials).
+  thread count (autoquant.evaluation.compare_latency: the way ``autoquant tune`` times trials).
 
 Writes (replaces) its section of bench/RESULTS.md and prints it.
 
@@ -34,11 +34,11 @@ from corpus import MODELS, model_section
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoquant import pipeline  # noqa: E402
 from autoquant.config import parse_config  # noqa: E402
+from autoquant.evaluation import compare_latency  # noqa: E402
+from autoquant.evaluation._profiling import Profile, profile_model  # noqa: E402
 from autoquant.hardware import host_isa  # noqa: E402
-from autoquant.latency import compare_latency  # noqa: E402
-from autoquant.profiling import Profile, profile_model  # noqa: E402
+from autoquant.search import _pipeline as pipeline  # noqa: E402
 
 GROUPS = {
     "compute INT8": {"QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger"},

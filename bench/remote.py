@@ -1,5 +1,5 @@
 """What remote evaluation costs: the digits test set through ``autoquant serve``'s ``/fp32/run``
-with ``autoquant.client``, against the same batches through an onnxruntime session in-process.
+with ``autoquant.serve.client``, against the same batches through an onnxruntime session in-process.
 
     python bench/remote.py [--repeats 20]
 
@@ -23,8 +23,8 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoquant.client import RemoteTuner  # noqa: E402
 from autoquant.hardware import host_isa  # noqa: E402
+from autoquant.serve.client import RemoteTuner  # noqa: E402
 from tests.helpers import DIGITS, digits_study  # noqa: E402
 
 

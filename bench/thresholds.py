@@ -1,6 +1,6 @@
-"""Threshold benchmark: time of autoquant.thresholds.compute_thresholds per method on synthetic statistics.
+"""Threshold benchmark: time of autoquant.engine.compute_thresholds per method on synthetic statistics.
 
-Builds a seeded 50-tensor Statistics set with autoquant.statistics.HistogramCollector (Laplace,
+Builds a seeded 50-tensor Statistics set with autoquant.engine.HistogramCollector (Laplace,
 normal, ReLU-like = max(normal, 0) and normal-with-a-few-outliers data, a few thousand values per
 tensor), then times compute_thresholds(stats, QuantizationConfig(method=m, bins=2048)) for every
 registered method with symmetric and with asymmetric activations (the config default is marked),
@@ -23,8 +23,8 @@ import numpy as np
 from calibration import machine_line, write_section  # bench/ is on sys.path when run as a script
 
 from autoquant.config import QuantizationConfig
-from autoquant.statistics import HistogramCollector, Statistics
-from autoquant.thresholds import compute_thresholds, methods
+from autoquant.engine import compute_thresholds, methods
+from autoquant.engine._statistics import HistogramCollector, Statistics
 
 KINDS = ("laplace", "normal", "relu", "outliers")
 

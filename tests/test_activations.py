@@ -11,12 +11,10 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from autoquant import pipeline
 from autoquant.config import parse_config
-from autoquant.graph import MS_DOMAIN
-from autoquant.quantize import compute_layers, quantize_model
-from autoquant.rescale import Requantizer
-from autoquant.thresholds import compute_thresholds
+from autoquant.engine import Requantizer, compute_layers, compute_thresholds, quantize_model
+from autoquant.engine.graph import MS_DOMAIN
+from autoquant.search import _pipeline as pipeline
 from tests import corpus
 
 pytestmark = pytest.mark.slow
@@ -119,7 +117,7 @@ def test_only_whole_chains_are_fused(recognizer) -> None:
     first = graph.activation_chains[0]
     # keep every chain but the first in float; the first stays quantized
     rest = [n for c in graph.activation_chains[1:] for n in c.nodes if n in {q.name for q in graph.nodes}]
-    from autoquant.graph import fuse_activations
+    from autoquant.engine.graph import fuse_activations
 
     model = pipeline.quantize(
         calibrated, config.quantization.model_copy(update={"nodes_to_exclude": rest})

@@ -10,11 +10,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from autoquant import pipeline
-from autoquant.analyze import Sensitivity, difference
-from autoquant.quantize import quantize_model
-from autoquant.report import render_report, sensitivity_csv
-from autoquant.thresholds import compute_thresholds
+from autoquant.engine import Sensitivity, compute_thresholds, difference, quantize_model
+from autoquant.search import _pipeline as pipeline
+from autoquant.search import render_report, sensitivity_csv
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +110,7 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:
 def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
     calibrated_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoquant import study
+    from autoquant.search import _study as study
 
     config, calibrated = calibrated_digits
     config = config.replace(
@@ -140,8 +138,8 @@ def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
 def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -> None:
     """A study's deadline is polled after each layer: a long analysis ends the search, and leaves
     no ranking in the cache nor in the output folder."""
-    from autoquant import study
     from autoquant.errors import SearchStopped
+    from autoquant.search import _study as study
 
     config, calibrated = calibrated_digits
     config = config.replace(

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from autoquant.cli import app
+from autoquant.cli._app import app
 from tests.helpers import DIGITS, write_config
 
 

@@ -20,7 +20,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     """Run a command in this process with Click's runner (stdout and stderr apart)."""
     from typer.testing import CliRunner
 
-    from autoquant.cli import app
+    from autoquant.cli._app import app
 
     result = CliRunner(env=env).invoke(app, list(args))
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)

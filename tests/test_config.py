@@ -140,9 +140,9 @@ def test_registered_plugins_are_valid_config_values(monkeypatch: pytest.MonkeyPa
     is accepted by name, and an unknown name lists the registered ones."""
     import numpy as np
 
-    from autoquant import thresholds
     from autoquant.config import CalibrationConfig, QuantizationConfig
     from autoquant.data import _base
+    from autoquant.engine import _thresholds as thresholds
 
     with pytest.raises(ValueError, match="method\n.*must be one of max, percentile, kl"):
         QuantizationConfig(method="l1")

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoquant import pipeline
 from autoquant.config import QuantizationConfig
 from autoquant.errors import ConfigError, DataError, EvaluationError, UserCodeError
-from autoquant.evaluate import Evaluator, compute_decay
-from autoquant.latency import measure_latency
-from autoquant.reference import StoredArray, read_reference, write_reference
+from autoquant.evaluation import Evaluator, StoredArray, compute_decay, read_reference, write_reference
+from autoquant.evaluation._latency import measure_latency
+from autoquant.search import _pipeline as pipeline
 from tests.helpers import top1
 
 
@@ -61,7 +60,7 @@ def test_agreement_without_labels(setup) -> None:
 def test_fp32_reference_is_cached(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     config, calibrated, int8 = setup
     pipeline.evaluator(config, calibrated.graph).reference()
-    import autoquant.evaluate as evaluate_module
+    from autoquant.evaluation import _accuracy as evaluate_module
 
     def no_fp32_session(model):
         if str(model) == str(calibrated.graph.prepared_path):

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from autoquant.graph import prepare_model
+from autoquant.engine.graph import prepare_model
 from tests.fixtures import export_styles as styles
 from tests.helpers import DIGITS, top1
 
@@ -105,7 +105,7 @@ def run_cli(*args: str, cwd: Path):
     """Run the CLI in-process; the current directory must be unchanged afterwards, whatever the outcome."""
     from typer.testing import CliRunner
 
-    from autoquant.cli import app
+    from autoquant.cli._app import app
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level

@@ -179,8 +179,8 @@ def test_write_fault_at_the_write_layer_through_the_cli(
 
     from typer.testing import CliRunner
 
-    from autoquant import outputs
-    from autoquant.cli import app
+    from autoquant.cli._app import app
+    from autoquant.engine import _outputs as outputs
 
     config = _study(tmp_path, tracking={"enabled": False})
 
@@ -377,8 +377,9 @@ def test_a_timeout_inside_the_scale_phase_keeps_and_confirms_its_work(
     import optuna
     from typer.testing import CliRunner
 
-    from autoquant import display, study
-    from autoquant.cli import app
+    from autoquant.cli import _display as display
+    from autoquant.cli._app import app
+    from autoquant.search import _study as study
 
     clock = {"now": 0.0}
     monkeypatch.setattr(study.time, "monotonic", lambda: clock["now"])

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import helper
 
+from autoquant.engine.graph import prepare_model, weight_channel_ranges
 from autoquant.errors import ModelError
-from autoquant.graph import prepare_model, weight_channel_ranges
 from tests.helpers import DIGITS, ZOO
 
 
@@ -129,7 +129,7 @@ def test_weights_left_computed_are_folded_and_the_rest_named_in_one_warning(
 ) -> None:
     import numpy as np
 
-    from autoquant.graph._prepare import check_weights, fold_weights
+    from autoquant.engine.graph._prepare import check_weights, fold_weights
 
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
     nodes = [
@@ -175,8 +175,8 @@ def _const(name: str, value) -> onnx.TensorProto:
 
 def test_normalization_nodes_of_a_layernorm_written_as_the_difference_of_moments() -> None:
     """tf2onnx's LayerNorm (magika): var = E[x^2] - E[x]^2, Rsqrt as Sqrt + Reciprocal."""
-    from autoquant.graph._describe import normalization_nodes
-    from autoquant.graph._prepare import constant_tensors
+    from autoquant.engine.graph._describe import normalization_nodes
+    from autoquant.engine.graph._prepare import constant_tensors
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])
@@ -219,8 +219,8 @@ def test_normalization_nodes_of_a_layernorm_written_as_the_difference_of_moments
 
 
 def test_normalization_nodes_of_an_rmsnorm_and_of_the_tiny_vit(tmp_path: Path) -> None:
-    from autoquant.graph._describe import normalization_nodes
-    from autoquant.graph._prepare import constant_tensors
+    from autoquant.engine.graph._describe import normalization_nodes
+    from autoquant.engine.graph._prepare import constant_tensors
     from tests.fixtures.export_styles import TINY_VIT_MODEL
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])
@@ -252,8 +252,7 @@ def test_gemm_biases_of_shape_1_n_become_vectors_and_quantize_per_channel(tmp_pa
     import onnxruntime as ort
 
     from autoquant.config import QuantizationConfig
-    from autoquant.quantize import quantize_model
-    from autoquant.thresholds import TensorRange
+    from autoquant.engine import TensorRange, quantize_model
 
     rng = np.random.default_rng(0)
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 6])
@@ -332,7 +331,7 @@ def test_a_model_with_external_data_is_written_again_from_inside_its_folder(
 ) -> None:
     """onnx's own external-data saving looks for an existing data file in the working folder:
     run from inside the output folder, the second best model of a study could not be written."""
-    from autoquant.graph import write_model
+    from autoquant.engine.graph import write_model
 
     model = onnx.load(DIGITS / "model.onnx")
     monkeypatch.chdir(tmp_path)

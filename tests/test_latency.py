@@ -6,10 +6,10 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from autoquant import latency, pipeline
 from autoquant.config import QuantizationConfig
-from autoquant.graph import session_for
-from autoquant.latency import (
+from autoquant.engine.graph import session_for
+from autoquant.evaluation import _latency as latency
+from autoquant.evaluation._latency import (
     LEAST_RUNS,
     MOST_RUNS,
     THREADS,
@@ -18,6 +18,7 @@ from autoquant.latency import (
     measure_latency,
     trial_budget,
 )
+from autoquant.search import _pipeline as pipeline
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,9 @@ def test_repeated_warnings_fold_into_one_line_per_stage() -> None:
     capture, out = _capture()
     template = "tensor %r is constant (%g) over the calibration data"
     for i in range(100):
-        capture.handle(_record("autoquant.thresholds", template, f"t{i}", float(i)))
-    capture.handle(_record("autoquant.thresholds", "tensor %r: only once", "z"))
-    capture.handle(_record("autoquant.pipeline", "an info line", level=logging.INFO))
+        capture.handle(_record("autoquant.engine._thresholds", template, f"t{i}", float(i)))
+    capture.handle(_record("autoquant.engine._thresholds", "tensor %r: only once", "z"))
+    capture.handle(_record("autoquant.search._pipeline", "an info line", level=logging.INFO))
     assert out.lines == ["an info line"]  # warnings wait for the end of the stage
     capture.flush_stage()
     assert out.lines[1:] == [

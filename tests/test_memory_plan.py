@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from autoquant import statistics
-from autoquant.graph import prepare_model
-from autoquant.memory_plan import bytes_per_sample, plan_pass
-from autoquant.statistics import run_statistics_pass
+from autoquant.engine import _statistics as statistics
+from autoquant.engine import bytes_per_sample, plan_pass
+from autoquant.engine._statistics import run_statistics_pass
+from autoquant.engine.graph import prepare_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_vit.onnx"
 

@@ -9,8 +9,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from autoquant.config import QuantizationConfig, SearchConfig
-from autoquant.phases import Done, Keys, Run, Wait, next_step, phase_progress, strategies
-from autoquant.space import load_space
+from autoquant.search import load_space
+from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, strategies
 
 
 def _ctx(mode: str, n_trials: int | None = None) -> SimpleNamespace:

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from autoquant.data._preprocess import TEMPLATES, VALID_KEYS, Preprocess, parse_preprocess, resolve_preprocess
 from autoquant.errors import ConfigError, DataError
-from autoquant.preprocess import TEMPLATES, VALID_KEYS, Preprocess, parse_preprocess, resolve_preprocess
 
 JPEG = Path(str(importlib.resources.files("sklearn.datasets.images") / "china.jpg"))
 MEAN_BGR = np.array([103.94, 116.78, 123.68], np.float32)
@@ -217,7 +217,7 @@ def test_each_interpolation_resizes_like_opencv(jpeg: np.ndarray, name: str) -> 
 
 def test_array_data_does_not_import_opencv() -> None:
     """cv2 takes 50 to 200 ms to import: a study whose data are arrays does without it."""
-    code = "import sys, autoquant.study, autoquant.cli; print('cv2' in sys.modules)"
+    code = "import sys, autoquant.search, autoquant.cli; print('cv2' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"

@@ -12,15 +12,19 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from autoquant import pipeline
 from autoquant.config import QuantizationConfig, load_config
+from autoquant.engine import (
+    activation_quant_params,
+    compute_thresholds,
+    int8_kernels,
+    quantize_model,
+    write_outputs,
+)
+from autoquant.engine._statistics import HistogramCollector, Statistics
+from autoquant.engine.graph import prepare_model
 from autoquant.errors import QuantizationError
-from autoquant.graph import prepare_model
 from autoquant.hardware import host_isa
-from autoquant.outputs import int8_kernels, write_outputs
-from autoquant.quantize import activation_quant_params, quantize_model
-from autoquant.statistics import HistogramCollector, Statistics
-from autoquant.thresholds import compute_thresholds
+from autoquant.search import _pipeline as pipeline
 from tests.helpers import top1
 
 
@@ -205,7 +209,7 @@ def _concat_model(opset: int) -> onnx.ModelProto:
 def _stats_for(graph, seed: int = 0) -> Statistics:
     rng = np.random.default_rng(seed)
     feeds = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
-    from autoquant.statistics import run_statistics_pass
+    from autoquant.engine._statistics import run_statistics_pass
 
     tensors, n = run_statistics_pass(graph.load(), list(graph.activations), feeds, 1024)
     return Statistics("k", tensors, n)
@@ -301,7 +305,7 @@ def test_thresholds_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
 
 
 def test_second_run_skips_the_fp32_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from autoquant import statistics
+    from autoquant.engine import _statistics as statistics
     from tests.helpers import DIGITS_CONFIG
 
     config = load_config(DIGITS_CONFIG).replace(

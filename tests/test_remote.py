@@ -1,4 +1,4 @@
-"""``autoquant serve`` and ``autoquant.client``: a real server process on a free localhost port,
+"""``autoquant serve`` and ``autoquant.serve.client``: a real server process on a free localhost port,
 real HTTP, the digits model and its committed test set scored by the client's own top-1 code."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from autoquant.config import load_config
 from autoquant.names import STUDY_FP32_SCORE, TRIAL_FAIL_REASON
-from autoquant.study import storage_url, study_name
+from autoquant.search._study import storage_url, study_name
 from tests.helpers import DIGITS, ROOT, digits_study, top1
 
 TOKEN = "test-token-0123456789abcdef"
@@ -149,7 +149,7 @@ def test_a_real_model_with_integer_inputs_is_tuned_remotely(tmp_path: Path) -> N
     """magika (tf2onnx from JAX, int32 byte tokens, dynamic batch) from its PyPI wheel, with no
     test section: the client's metric is the agreement of its predictions with the FP32 trial's.
     Its loader gives int64; the client casts within the kind to the input's int32."""
-    from autoquant.client import RemoteTuner
+    from autoquant.serve.client import RemoteTuner
     from tests import corpus
 
     calib, test = corpus.magika_data(tmp_path / "data")
@@ -322,7 +322,7 @@ def test_the_client_keeps_its_connection_and_opens_a_new_one_when_the_server_clo
     timeout) is replaced without an error."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from autoquant.client import RemoteTuner
+    from autoquant.serve.client import RemoteTuner
 
     peers: list[int] = []
     close_after = {"yes": False}
@@ -359,7 +359,7 @@ def test_the_client_keeps_its_connection_and_opens_a_new_one_when_the_server_clo
 
 def test_the_client_imports_nothing_heavy() -> None:
     code = (
-        "import sys, autoquant.client\n"
+        "import sys, autoquant.serve.client\n"
         "heavy = {'onnx', 'onnxruntime', 'optuna', 'mlflow', 'pydantic', 'yaml', 'fastapi'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
@@ -391,15 +391,14 @@ def test_serving_beyond_this_machine_needs_a_long_enough_token(
 
 
 def test_the_published_api_spec_is_the_servers(tmp_path: Path) -> None:
-    from autoquant.remote import Desk
-    from autoquant.server import make_app
+    from autoquant.serve import Desk, make_app
 
     app = make_app(Desk(load_config(digits_study(tmp_path)), 300, threading.Event()), TOKEN, 1 << 20)
     published = json.loads((ROOT / "docs" / "remote-api.json").read_text())
     spec = app.openapi()
     published["info"]["version"] = spec["info"]["version"]  # the package version of this checkout
     assert published == spec, (
-        "regenerate docs/remote-api.json: python -m autoquant.server > docs/remote-api.json"
+        "regenerate docs/remote-api.json: python -m autoquant.serve > docs/remote-api.json"
     )
 
 

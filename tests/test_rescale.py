@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from autoquant import pipeline
 from autoquant.config import QuantizationConfig
-from autoquant.quantize import quantize_model
-from autoquant.rescale import Requantizer
-from autoquant.thresholds import compute_thresholds
+from autoquant.engine import Requantizer, compute_thresholds, quantize_model
+from autoquant.search import _pipeline as pipeline
 from tests.fixtures.export_styles import TINY_VIT_MODEL
 from tests.helpers import digits_variant
 

@@ -20,9 +20,8 @@ from optuna.trial import TrialState
 import autoquant
 from autoquant.config import QuantizationConfig, load_config
 from autoquant.errors import ConfigError, SearchError
-from autoquant.search import TrialOutcome, best_outcome, ranked
-from autoquant.space import load_space
-from autoquant.study import storage_url, study_name
+from autoquant.search import TrialOutcome, best_outcome, load_space, ranked
+from autoquant.search._study import storage_url, study_name
 from tests.helpers import ROOT, digits_study, digits_variant, top1
 
 # ---------------------------------------------------------------- spaces
@@ -249,7 +248,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(
 
 def _session_failing_for_trial(monkeypatch: pytest.MonkeyPatch, failing: set[int], where: str) -> None:
     """Make onnxruntime fail in the trials numbered ``failing``: at session creation or at run."""
-    from autoquant import search
+    from autoquant.search import _trial as search
 
     real = search.session_for
     calls = iter(range(1000))  # session_for is called once per trial, in trial order
@@ -285,7 +284,7 @@ def test_an_onnxruntime_failure_fails_only_its_trial(
     reason: str,
 ) -> None:
     _session_failing_for_trial(monkeypatch, {0}, where)
-    caplog.set_level("DEBUG", logger="autoquant.driver")
+    caplog.set_level("DEBUG", logger="autoquant.search._driver")
     result = autoquant.tune(load_config(digits_config))
     study = _load_study(digits_config)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -421,7 +420,7 @@ def test_an_ask_and_tell_study_resumes_without_rerunning_what_finished(
 
 def test_timeout_ends_the_study_between_trials(digits_config: Path, tmp_path: Path) -> None:
     config = load_config(_study_config(tmp_path, {"mode": "full", "accept_int8_decay": 0.0, "timeout": 0.01}))
-    with _captured("autoquant.study") as logged:
+    with _captured("autoquant.search._study") as logged:
         result = autoquant.tune(config)
     # The deadline passes before the first trial, which still runs (a study never ends with nothing).
     assert len(result.trials) == 1 and (config.output.directory / "study_summary.json").is_file()
@@ -472,7 +471,7 @@ def test_identical_and_resumed_full_studies_agree(tmp_path: Path) -> None:
 
 def _trials(source, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list:
     """The trials of a study in ``states`` (completed), from its config or its result."""
-    from autoquant.study import storage_url, study_name
+    from autoquant.search._study import storage_url, study_name
 
     if isinstance(source, autoquant.StudyConfig):
         url, name = storage_url(source), study_name(source)

@@ -9,11 +9,11 @@ import onnx
 import onnxruntime as ort
 
 import autoquant
+from autoquant.engine import compute_layers
+from autoquant.evaluation import THREADS
 from autoquant.hardware import host_isa
-from autoquant.latency import THREADS
-from autoquant.quantize import compute_layers
 from autoquant.search import TrialOutcome
-from autoquant.selection import best_outcome, pareto_front, ranked
+from autoquant.search._selection import best_outcome, pareto_front, ranked
 from tests.helpers import ROOT, digits_variant
 
 
@@ -100,11 +100,11 @@ def test_elementwise_ops_left_in_float_are_not_fp32_layers(tmp_path: Path) -> No
     )
     result = autoquant.tune(config)
     best = result.best
-    adds = [n.name for n in autoquant.pipeline.calibrate(config).graph.nodes if n.op_type == "Add"]
+    adds = [n.name for n in autoquant.search._pipeline.calibrate(config).graph.nodes if n.op_type == "Add"]
     assert len(adds) == 2 and best.float_nodes == tuple(adds)
     assert best.fp32_nodes == () and best.fp32_compute == ()
-    calibrated = autoquant.pipeline.calibrate(config)
-    plain = autoquant.pipeline.quantize(
+    calibrated = autoquant.search._pipeline.calibrate(config)
+    plain = autoquant.search.quantize(
         calibrated, config.quantization.model_copy(update={"float_ops": "none"})
     )
     written = onnx.load(config.output.directory / "model.int8.onnx")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoquant import statistics
-from autoquant.errors import CalibrationError
-from autoquant.statistics import (
+from autoquant.engine import _statistics as statistics
+from autoquant.engine._statistics import (
     HistogramCollector,
     Statistics,
     collect_statistics,
     load_statistics,
     save_statistics,
 )
+from autoquant.errors import CalibrationError
 
 
 def _reference_histogram(x: np.ndarray, bins: int) -> tuple[float, np.ndarray]:

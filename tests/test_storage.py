@@ -72,7 +72,7 @@ def test_a_storage_that_answers_again_is_retried(caplog: pytest.LogCaptureFixtur
             raise _outage()
         return "stored"
 
-    with caplog.at_level(logging.INFO, logger="autoquant.storage"):
+    with caplog.at_level(logging.INFO, logger="autoquant.storage._storage"):
         assert _shared(30).call(step) == "stored"
     assert len(calls) == 3 and calls[2] - calls[1] > calls[1] - calls[0]  # backoff
     messages = [r.getMessage() for r in caplog.records]
@@ -117,11 +117,9 @@ def test_of_the_processes_that_finish_together_exactly_one_is_the_last_out(tmp_p
     both close MLflow's parent run (and collide on its tags)."""
     import optuna
 
-    from autoquant.driver import Driver
-    from autoquant.phases import Done
-    from autoquant.search import NullReporter
+    from autoquant.search import Done, Driver, NullReporter
+    from autoquant.search._study import _last_out
     from autoquant.storage import WorkerRecord
-    from autoquant.study import _last_out
 
     storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", StorageConfig())
     study = optuna.create_study(storage=storage.backend, study_name="together")

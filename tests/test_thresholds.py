@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from autoquant.config import QuantizationConfig
-from autoquant.errors import CalibrationError
-from autoquant.statistics import HistogramCollector, Statistics
-from autoquant.thresholds import (
+from autoquant.engine._statistics import HistogramCollector, Statistics
+from autoquant.engine._thresholds import (
     coarse_histogram,
     compute_thresholds,
     jsd_scores,
@@ -21,6 +20,7 @@ from autoquant.thresholds import (
     symkl_scores,
     tensor_range,
 )
+from autoquant.errors import CalibrationError
 
 SYM = {"activation_scheme": "symmetric"}
 

@@ -24,8 +24,8 @@ from optuna.trial import TrialState
 import autoquant
 from autoquant.config import load_config
 from autoquant.names import STUDY_MLFLOW_PARENT
-from autoquant.study import storage_url, study_name
-from autoquant.tracking import global_tracking_uri, tracking_uri, uri_origin
+from autoquant.search._study import storage_url, study_name
+from autoquant.tracking._tracker import global_tracking_uri, tracking_uri, uri_origin
 from tests.helpers import digits_study
 
 pytestmark = pytest.mark.slow
@@ -365,7 +365,7 @@ def test_ctrl_c_before_the_first_trial_ends_at_once(tmp_path: Path) -> None:
     mlflow_process = [
         p
         for p in _children(process.pid)
-        if b"autoquant.mlflow_process" in Path(f"/proc/{p}/cmdline").read_bytes()
+        if b"autoquant.tracking._process" in Path(f"/proc/{p}/cmdline").read_bytes()
     ]
     process.send_signal(signal.SIGINT)
     sent = time.monotonic()
@@ -411,7 +411,7 @@ def test_the_parent_run_is_claimed_by_one_process(tmp_path: Path, mlflow_server:
 
     import autoquant.search
     from autoquant.names import STUDY_MLFLOW_CLAIM
-    from autoquant.tracking import CLAIM_WAIT_S
+    from autoquant.tracking._tracker import CLAIM_WAIT_S
 
     client = MlflowClient(tracking_uri=mlflow_server)
     host = socket.gethostname()

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from autoquant.wire import InputSpec, PayloadError, decode_batch, encode_arrays
+from autoquant.serve import InputSpec, PayloadError, decode_batch, encode_arrays
 
 IMAGE = InputSpec("image", np.dtype(np.float32), (None, 1, 8, 8))
 TOKENS = InputSpec("tokens", np.dtype(np.int64), (None, 16))

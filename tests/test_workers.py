@@ -152,7 +152,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     """A command in this process, with Click's runner."""
     from typer.testing import CliRunner
 
-    from autoquant.cli import app
+    from autoquant.cli._app import app
 
     result = CliRunner().invoke(app, list(args))
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
@@ -279,7 +279,7 @@ def test_in_fast_mode_the_others_stop_after_their_trial(database: str, name: str
 
 def test_a_worker_with_another_calibration_set_is_refused(database: str, name: str, tmp_path: Path) -> None:
     from autoquant.config import load_config
-    from autoquant.study import tune
+    from autoquant.search import tune
 
     fast = {"mode": "fast", "accept_int8_decay": 1.0}
     tune(load_config(_config(tmp_path, database, name, search=fast)), command="worker")

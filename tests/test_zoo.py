@@ -2,7 +2,7 @@
 both weight granularities, loads in onnxruntime and gives finite outputs of the FP32 shapes.
 
 Methods change only ranges, so after the first method of each granularity the models come from
-the structure-preserving :class:`~autoquant.rescale.Requantizer`, as in a study; that it rewrites
+the structure-preserving :class:`~autoquant.engine.Requantizer`, as in a study; that it rewrites
 every architecture is asserted too."""
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ import onnxruntime as ort
 import pytest
 
 from autoquant.config import QuantizationConfig
-from autoquant.graph import prepare_model
-from autoquant.outputs import int8_kernels
-from autoquant.quantize import quantize_model
-from autoquant.rescale import Requantizer
-from autoquant.statistics import Statistics, run_statistics_pass
-from autoquant.thresholds import compute_thresholds, methods
+from autoquant.engine import Requantizer, compute_thresholds, int8_kernels, methods, quantize_model
+from autoquant.engine._statistics import Statistics, run_statistics_pass
+from autoquant.engine.graph import prepare_model
 from tests.helpers import zoo_models
 
 pytestmark = pytest.mark.slow

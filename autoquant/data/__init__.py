@@ -18,8 +18,10 @@ from autoquant.data._images import ImageReader, list_images
 from autoquant.data._labels import Box, format_boxes, parse_boxes, read_labels
 from autoquant.data._lmdb import LmdbReader, LmdbWriter
 from autoquant.data._numpy import NumpyReader
+from autoquant.data._preprocess import TEMPLATES
 
 __all__ = [
+    "TEMPLATES",
     "Batch",
     "Box",
     "CallableReader",

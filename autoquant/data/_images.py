@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from autoquant.data._base import IMAGE_SUFFIXES, DataReader, Sample, register_reader
+from autoquant.data._preprocess import resolve_preprocess
 from autoquant.errors import DataError
-from autoquant.preprocess import resolve_preprocess
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoquant.client import RemoteTuner
+from autoquant.serve.client import RemoteTuner
 
 DATA = Path(__file__).resolve().parents[1] / "digits" / "data"
 

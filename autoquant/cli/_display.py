@@ -1,0 +1,167 @@
+"""Live display of a study on the terminal (the CLI's :class:`~autoquant.search.Reporter`)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from autoquant.search import TrialOutcome, TuneResult, Value
+
+
+def _decay(outcome: TrialOutcome, budget: float) -> str:
+    mark = "[green]within[/]" if outcome.within_budget else "[red]over[/]"
+    ci = f" [{outcome.decay_ci[0]:+.4f}, {outcome.decay_ci[1]:+.4f}]" if outcome.decay_ci else ""
+    return f"{outcome.decay:+.4f}{ci} {mark} {budget}"
+
+
+class LiveReporter:
+    """One progress bar per trial's evaluation, one line per finished trial with the current best."""
+
+    def __init__(self, console: Console, budget: float, total_samples: int) -> None:
+        self.console = console
+        self.budget = budget
+        self.total = total_samples
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        )
+        self.task: int | None = None
+        self.step_task: int | None = None
+
+    def __enter__(self) -> LiveReporter:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+    def phase(self, message: str) -> None:
+        """Print a phase heading."""
+        self.console.print(f"[bold]{message}[/]")
+
+    def trial_started(self, number: int, key: str, params: dict[str, Value]) -> None:
+        """Start the trial's evaluation bar."""
+        if self.task is not None:
+            self._bar.remove_task(self.task)
+        self.task = self._bar.add_task(f"trial {number} {key}", total=self.total)
+
+    def progress(self, samples: int) -> None:
+        """Advance the evaluation bar."""
+        if self.task is not None:
+            self._bar.advance(self.task, samples)
+
+    def step(self, done: int, total: int, unit: str) -> None:
+        """Show a phase's own progress (e.g. the tensors of the per-layer scale search)."""
+        if self.step_task is None:
+            self.step_task = self._bar.add_task(unit, total=total)
+        self._bar.update(self.step_task, completed=done, total=total)
+        if done >= total:
+            self._bar.remove_task(self.step_task)
+            self.step_task = None
+
+    def trial_finished(
+        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+    ) -> None:
+        """Print the trial's line and the current best."""
+        if self.task is not None:
+            self._bar.remove_task(self.task)
+            self.task = None
+        best_text = f"best #{best.number}" if best else "no best yet"
+        if outcome is None:
+            kind = "[yellow]stopped[/]" if failure and failure.startswith("pruned") else "[red]failed[/]"
+            self.console.print(f"  {kind}: {failure}  ({best_text})", highlight=False)
+            return
+        self.console.print(
+            f"  #{outcome.number:<3} {outcome.key:<28} score {outcome.score:.4f}  decay "
+            f"{_decay(outcome, self.budget)}  fp32 layers {len(outcome.fp32_compute)}  "
+            f"{outcome.latency_ms:.3f} ms {_speedup(outcome.speedups.get('1'))}  ({best_text})",
+            highlight=False,
+        )
+
+
+def _speedup(value: float | None) -> str:
+    return f"{value:.2f}x" if value else "n/a"
+
+
+def latency_line(result: TuneResult) -> str:
+    """The CPU and the FP32 latency at each thread count, e.g. ``x86_64 avx2 (no VNNI); FP32 at
+    batch 1: 19.4 ms at 1 thread, 12.1 ms at the default threads``."""
+    from autoquant.hardware import host_isa
+
+    cells = [
+        f"{ms:.3f} ms at {'1 thread' if label == '1' else 'the default threads'}"
+        for label, ms in result.fp32_latency.items()
+    ]
+    return f"CPU {host_isa().label}; FP32 at batch 1: {', '.join(cells) or 'not measured'}"
+
+
+def summary_table(result: TuneResult) -> Table:
+    """The end-of-study table: every completed trial, best first, and the verdict."""
+    from autoquant.search import ranked
+
+    front = {o.number for o in result.pareto}
+    table = Table(
+        title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}",
+        caption=f"{latency_line(result)}. Speedup = FP32 ms / INT8 ms. Best: within budget, fewest FP32 "
+        f"compute layers (ops left in float for speed do not count), then lowest latency at 1 thread; "
+        f"latencies within {result.latency_tolerance:.0%} of each other are ties (the spread of repeated "
+        "timings of the FP32 model against itself here), which the smaller decay wins; * = on the Pareto "
+        "front of decay, latency and FP32 compute layers; "
+        + (
+            f"first trial within budget after {result.time_to_budget_s:.1f} s"
+            if result.time_to_budget_s is not None
+            else "no trial within budget"
+        ),
+    )
+    columns = ("trial", "how", "score", "decay", "95 % CI", "FP32 layers", "float ops", "ms, 1 thread")
+    for column in (*columns, "speedup 1 thread", "speedup default", ""):
+        table.add_column(column)
+    for o in ranked(result.trials, result.latency_tolerance):
+        ci = f"{o.decay_ci[0]:+.4f} .. {o.decay_ci[1]:+.4f}" if o.decay_ci else "n/a"
+        mark = "best" if result.best and o.number == result.best.number else ""
+        style = "green" if o.within_budget else None
+        table.add_row(
+            f"{o.number}{'*' if o.number in front else ''}",
+            o.key,
+            f"{o.score:.4f}",
+            f"{o.decay:+.4f}",
+            ci,
+            str(len(o.fp32_compute)),
+            str(len(o.float_nodes)),
+            f"{o.latency_ms:.3f}",
+            _speedup(o.speedups.get("1")),
+            _speedup(o.speedups.get("default")),
+            mark,
+            style=style,
+        )
+    return table
+
+
+def best_latency_line(result: TuneResult) -> str:
+    """The best trial's speed against FP32 at each thread count, and the CPU."""
+    from autoquant.hardware import host_isa
+
+    best = result.best
+    cells = []
+    for label, fp32_ms in result.fp32_latency.items():
+        int8_ms = best.latencies.get(label) if best else None
+        if int8_ms:
+            threads = "1 thread" if label == "1" else "default threads"
+            cells.append(
+                f"{threads} INT8 {int8_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms ({fp32_ms / int8_ms:.2f}x)"
+            )
+    return f"latency at batch 1 on {host_isa().label}: {'; '.join(cells) or 'not measured'}"

@@ -1,0 +1,30 @@
+"""Accuracy and speed of a model: the evaluator (objective, bootstrap interval, sequential stop)
+against cached FP32 reference outputs, latency timing and per-node profiles.
+"""
+
+from autoquant.evaluation._accuracy import Evaluation, Evaluator, compute_decay, session_or_error
+from autoquant.evaluation._latency import (
+    SELECTION_THREADS,
+    THREADS,
+    LatencyTimer,
+    compare_latency,
+    latency_timers,
+    trial_budget,
+)
+from autoquant.evaluation._reference import StoredArray, read_reference, write_reference
+
+__all__ = [
+    "SELECTION_THREADS",
+    "THREADS",
+    "Evaluation",
+    "Evaluator",
+    "LatencyTimer",
+    "StoredArray",
+    "compare_latency",
+    "compute_decay",
+    "latency_timers",
+    "read_reference",
+    "session_or_error",
+    "trial_budget",
+    "write_reference",
+]

@@ -1,0 +1,87 @@
+"""The search: the space of quantization choices, the phases (fast strategies, sampled trials,
+blacklist bisection, layer scales), the one trial driver, selection of the best trial, the study
+and the ask-and-tell API.
+"""
+
+from autoquant.search._ask_tell import HandingScorer, Trial, Tuner
+from autoquant.search._driver import Driver
+from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, search_scales
+from autoquant.search._pipeline import Calibrated, quantize
+from autoquant.search._report import render_report, render_study_report, sensitivity_csv
+from autoquant.search._selection import pareto_front
+from autoquant.search._sharing import (
+    check_fingerprint,
+    fingerprint_inputs,
+    fingerprint_results,
+    load_existing,
+    open_study,
+)
+from autoquant.search._space import SearchSpace, Value, load_space
+from autoquant.search._study import OpenSearch, TuneResult, drive, open_search, serving, stored_result, tune
+from autoquant.search._trial import (
+    DEFAULT_SAMPLED_TRIALS,
+    SCALE_CANDIDATES,
+    Candidate,
+    NullReporter,
+    Pruned,
+    Reporter,
+    Scorer,
+    SearchContext,
+    TrialOutcome,
+    best_outcome,
+    current_best,
+    log_trial,
+    outcomes,
+    ranked,
+    run_choice,
+)
+
+__all__ = [
+    "DEFAULT_SAMPLED_TRIALS",
+    "SCALE_CANDIDATES",
+    "Calibrated",
+    "Candidate",
+    "Done",
+    "Driver",
+    "HandingScorer",
+    "Keys",
+    "NullReporter",
+    "OpenSearch",
+    "Pruned",
+    "Reporter",
+    "Run",
+    "Scorer",
+    "SearchContext",
+    "SearchSpace",
+    "Trial",
+    "TrialOutcome",
+    "TuneResult",
+    "Tuner",
+    "Value",
+    "Wait",
+    "best_outcome",
+    "check_fingerprint",
+    "current_best",
+    "drive",
+    "fingerprint_inputs",
+    "fingerprint_results",
+    "load_existing",
+    "load_space",
+    "log_trial",
+    "next_step",
+    "open_search",
+    "open_study",
+    "outcomes",
+    "pareto_front",
+    "phase_progress",
+    "quantize",
+    "ranked",
+    "render_report",
+    "render_study_report",
+    "run_choice",
+    "search_scales",
+    "sensitivity_csv",
+    "serving",
+    "stored_result",
+    "tune",
+]

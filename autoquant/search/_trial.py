@@ -1,0 +1,386 @@
+"""Search stage: an Optuna study over the quantization choices.
+
+Every trial quantizes with one set of choices (thresholds come from the cached statistics; the
+FP32 pass never runs again), evaluates the INT8 model and returns its decay. What the selection
+needs is stored as trial user attributes, so a resumed study knows its past.
+
+* **fast** mode runs the known-good strategies of ``search_spaces/fast.yaml`` in order and stops at
+  the first whose decay is within ``accept_int8_decay``;
+* **full** mode runs those strategies, then trials sampled by a seeded multivariate TPE, then a
+  binary search for the smallest ``fp32_layers`` (the most sensitive layers kept in FP32) that
+  meets the budget, then the per-layer threshold scale tuning, confirmed by one full trial.
+
+The best trial is the one within budget with the fewest compute layers left in FP32, then the
+lowest latency at one thread, then the smallest decay; latencies within the measured noise of the
+timing count as equal (see :mod:`autoquant.search`). If none is within budget, the best is the
+one with the smallest decay. The outputs of the best trial are written after every improving trial.
+Latency is measured at one thread and at onnxruntime's default thread count.
+
+This module holds a trial's body (:func:`run_choice`); the ranking is :mod:`autoquant.search`,
+which trial runs next is decided by :mod:`autoquant.search` and the trials are driven by
+:mod:`autoquant.search`, in one process or in many that share the study's storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoquant.common import ProgressFn
+from autoquant.config import QuantizationConfig, StudyConfig
+from autoquant.engine import QuantizedModel, Requantizer, Sensitivity, compute_layers
+from autoquant.engine.graph import session_for
+from autoquant.errors import (
+    AutoquantError,
+    EvaluationError,
+    QuantizationError,
+    SearchStopped,
+    TrialReturned,
+    one_line,
+)
+from autoquant.evaluation import SELECTION_THREADS, Evaluation, LatencyTimer, trial_budget
+from autoquant.names import (
+    FP32_NODES_FILE,
+    SENSITIVITY_FILE,
+    STUDY_LATENCY_TOLERANCE,
+    TABLE_FILE,
+    TRIAL_KEY,
+)
+from autoquant.search._pipeline import Calibrated, quantize
+from autoquant.search._selection import best_outcome, ranked  # noqa: F401  (ranked: re-exported)
+from autoquant.search._space import SearchSpace, Value
+from autoquant.tracking import MlflowTracker, NullTracker
+
+logger = logging.getLogger(__name__)
+
+SCALE_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.2)
+DEFAULT_SAMPLED_TRIALS = 12
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one finished trial measured (also stored as the trial's user attributes)."""
+
+    number: int
+    key: str
+    params: dict[str, Value]
+    score: float
+    decay: float
+    decay_ci: tuple[float, float] | None
+    fp32_nodes: tuple[str, ...]
+    latency_ms: float
+    within_budget: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    layer_scales: dict[str, float] = field(default_factory=dict)
+    fp32_compute: tuple[str, ...] = ()  # the compute layers among fp32_nodes (what the selection counts)
+    float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops): not FP32 layers
+    latencies: dict[str, float] = field(default_factory=dict)  # threads label -> ms (latency_ms: "1")
+    speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
+
+    def attrs(self) -> dict[str, Any]:
+        """User attributes for Optuna storage (JSON-serialisable)."""
+        return {
+            TRIAL_KEY: self.key,
+            "score": self.score,
+            "decay": self.decay,
+            "decay_ci": list(self.decay_ci) if self.decay_ci else None,
+            "fp32_nodes": list(self.fp32_nodes),
+            "fp32_compute_layers": list(self.fp32_compute),
+            "float_nodes": list(self.float_nodes),
+            "latency_ms": self.latency_ms,
+            "latency_by_threads": self.latencies,
+            "speedup_by_threads": self.speedups,
+            "within_budget": self.within_budget,
+            "timings": self.timings,
+            "layer_scales": self.layer_scales,
+        }
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> TrialOutcome | None:
+        """Rebuild the outcome of a completed trial, or None for one that did not complete."""
+        a = trial.user_attrs
+        if trial.state != TrialState.COMPLETE or "decay" not in a:
+            return None
+        ci = a.get("decay_ci")
+        return cls(
+            number=trial.number,
+            key=a.get(TRIAL_KEY, ""),
+            params=dict(trial.params),
+            score=a["score"],
+            decay=a["decay"],
+            decay_ci=tuple(ci) if ci else None,
+            fp32_nodes=tuple(a["fp32_nodes"]),
+            latency_ms=a["latency_ms"],
+            within_budget=a["within_budget"],
+            timings=a.get("timings", {}),
+            layer_scales=a.get("layer_scales", {}),
+            # a trial stored by an older version counts all its FP32 nodes (the safe side)
+            fp32_compute=tuple(a.get("fp32_compute_layers", a["fp32_nodes"])),
+            float_nodes=tuple(a.get("float_nodes", ())),
+            latencies=dict(a.get("latency_by_threads", {SELECTION_THREADS: a["latency_ms"]})),
+            speedups=dict(a.get("speedup_by_threads", {})),
+        )
+
+
+class Reporter(Protocol):
+    """What a live display is told; every method is optional in effect (see :class:`NullReporter`)."""
+
+    def phase(self, message: str) -> None: ...
+    def trial_started(self, number: int, key: str, params: dict[str, Value]) -> None: ...
+    def progress(self, samples: int) -> None: ...
+    def step(self, done: int, total: int, unit: str) -> None: ...
+    def trial_finished(
+        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+    ) -> None: ...
+
+
+class NullReporter:
+    """A reporter that shows nothing."""
+
+    def phase(self, message: str) -> None:
+        """Ignore a phase change."""
+
+    def trial_started(self, number: int, key: str, params: dict[str, Value]) -> None:
+        """Ignore a trial start."""
+
+    def progress(self, samples: int) -> None:
+        """Ignore evaluation progress."""
+
+    def step(self, done: int, total: int, unit: str) -> None:
+        """Ignore a phase's progress."""
+
+    def trial_finished(
+        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+    ) -> None:
+        """Ignore a finished trial."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model for a :class:`Scorer` to score: an Optuna trial's INT8 model with its session, or
+    the FP32 model (``number`` -1, no session yet)."""
+
+    number: int
+    key: str
+    params: dict[str, Value]
+    model: onnx.ModelProto | Path
+    session: ort.InferenceSession | None
+
+
+class Scorer(Protocol):
+    """Who scores the models of a study. The driver is the same whoever it is: the test set with
+    autoquant's objective (:class:`~autoquant.evaluation.Evaluator`), or the user's own code
+    (:class:`~autoquant.search.Tuner`)."""
+
+    def reference_score(self, fp32: Candidate, stored: float | None, progress: ProgressFn) -> float:
+        """The FP32 model's score; ``stored`` is the one a resumed study recorded, if any."""
+        ...
+
+    def score(self, candidate: Candidate, progress: ProgressFn, prune: bool = False) -> Evaluation:
+        """Score an INT8 model against the FP32 score; with ``prune`` the scorer may stop early
+        when the decay is certainly over budget (``Evaluation.pruned``).
+
+        Raises:
+            AutoquantError: The model cannot be scored; the trial fails with this reason.
+        """
+        ...
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial needs, built once per study."""
+
+    config: StudyConfig
+    calibrated: Calibrated
+    scorer: Scorer
+    space: SearchSpace
+    timers: dict[str, LatencyTimer]  # threads label (latency.THREADS) -> its timer
+    analysis_feeds: list[dict[str, np.ndarray]]
+    ranking_fn: Callable[[QuantizationConfig, Callable[[], bool]], Sensitivity]  # (choices, should_stop)
+    on_best: Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
+    reporter: Reporter = field(default_factory=NullReporter)
+    tracker: NullTracker | MlflowTracker = field(default_factory=NullTracker)
+    _rankings: dict[str, list[str]] = field(default_factory=dict)
+    new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
+    should_stop: Callable[[], bool] = lambda: False  # a deadline passed or the user asked to stop
+    user_stopped: Callable[[], bool] = lambda: False  # the user asked to stop (Ctrl-C)
+    fp32_latency: dict[str, float] = field(default_factory=dict)  # the study's FP32 ms per threads label
+    latencies: dict[str, dict[str, float]] = field(default_factory=dict)  # structure -> label -> ms
+    requantizer: Requantizer | None = None  # rewrites scales of a structure built before
+    shown_tracebacks: set[str] = field(default_factory=set)
+    stages: dict[str, float] = field(default_factory=dict)  # this process's set-up, seconds per stage
+    began: float = field(default_factory=time.time)  # when this process began the study (epoch s)
+
+    @property
+    def nodes(self) -> int:
+        """Number of quantizable nodes."""
+        return len(self.calibrated.graph.nodes)
+
+    def ranking(self, quantization: QuantizationConfig) -> list[str]:
+        """Sensitivity ranking for these choices (computed once per distinct choice set)."""
+        base = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}})
+        key = base.model_dump_json()
+        if key not in self._rankings:  # ranked without a blacklist, whichever trial asks first
+            sensitivity = self.ranking_fn(base, self.should_stop)
+            self._rankings[key] = sensitivity.ranking()
+            self.new_sensitivity = sensitivity.to_json()
+        return self._rankings[key]
+
+
+@contextmanager
+def stage(what: str, error: type[AutoquantError]) -> Iterator[None]:
+    """Turn any non-autoquant exception raised while ``what`` into ``error``, keeping it as the cause."""
+    try:
+        yield
+    except (AutoquantError, SearchStopped, TrialReturned):
+        raise
+    except Exception as exc:
+        raise error(f"{what} failed ({one_line(exc)})") from exc
+
+
+def structure_key(model: onnx.ModelProto) -> str:
+    """A hash of what decides a QDQ model's speed: its nodes (op types, attributes, wiring) and the
+    element types of its initializers, not their values. Trials whose choices changed only scales,
+    zero points or thresholds have the same key and run the same kernels."""
+    digest = hashlib.sha256()
+    for node in model.graph.node:
+        digest.update(f"{node.op_type}|{node.domain}|{list(node.input)}|{list(node.output)}|".encode())
+        digest.update(b"".join(a.SerializeToString() for a in node.attribute))
+    for tensor in model.graph.initializer:
+        digest.update(f"{tensor.name}|{tensor.data_type}|{list(tensor.dims)}|".encode())
+    return digest.hexdigest()[:16]
+
+
+class Pruned(Exception):
+    """A trial's evaluation stopped early, its decay certainly over the budget (not an error)."""
+
+    def __init__(self, evaluation: Evaluation) -> None:
+        super().__init__(f"pruned after {evaluation.samples} samples: decay {evaluation.decay:+.4f}")
+        self.evaluation = evaluation
+
+
+def run_choice(
+    ctx: SearchContext,
+    quantization: QuantizationConfig,
+    number: int,
+    key: str,
+    params: dict[str, Value],
+    prune: bool = False,
+) -> tuple[TrialOutcome, QuantizedModel]:
+    """Quantize with ``quantization``, evaluate and measure; the body of every trial.
+
+    Raises:
+        AutoquantError: One stage failed; its message names the stage, the original is its cause.
+        Pruned: With ``prune``, the evaluation stopped early, the decay certainly over budget.
+    """
+    timings: dict[str, float] = {}
+    began_trial = time.perf_counter()
+    with stage("the sensitivity analysis for fp32_layers", EvaluationError):
+        ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
+    with stage("onnxruntime's quantizer", QuantizationError):
+        result = quantize(ctx.calibrated, quantization, ranking, timings, ctx.requantizer)
+    began = time.perf_counter()
+    with stage("creating an onnxruntime session for the quantized model", QuantizationError):
+        session = session_for(result.model)
+    timings["session"] = time.perf_counter() - began
+    with stage("evaluating the quantized model", EvaluationError):
+        candidate = Candidate(number, key, params, result.model, session)
+        evaluation = ctx.scorer.score(candidate, ctx.reporter.progress, prune)
+    timings["inference"] = evaluation.seconds
+    del candidate, session  # closed before the latency's own sessions open (a large model's is large)
+    if evaluation.pruned:
+        raise Pruned(evaluation)
+    began = time.perf_counter()
+    with stage("measuring the latency", EvaluationError):
+        latencies = measure_structure(ctx, result.model, trial_budget(time.perf_counter() - began_trial))
+    timings["latency"] = time.perf_counter() - began
+    timings["trial"] = time.perf_counter() - began_trial
+    outcome = TrialOutcome(
+        number=number,
+        key=key,
+        params=params,
+        score=evaluation.score,
+        decay=evaluation.decay,
+        decay_ci=evaluation.decay_ci,
+        fp32_nodes=result.fp32_nodes,
+        latency_ms=latencies[SELECTION_THREADS],
+        within_budget=evaluation.decay <= ctx.config.search.accept_int8_decay,
+        timings=timings,
+        layer_scales=dict(quantization.layer_scales),
+        fp32_compute=compute_layers(ctx.calibrated.graph, result.fp32_nodes),
+        float_nodes=result.float_nodes,
+        latencies=latencies,
+        speedups={k: ctx.fp32_latency[k] / max(v, 1e-9) for k, v in latencies.items()},
+    )
+    return outcome, result
+
+
+def measure_structure(ctx: SearchContext, model: onnx.ModelProto, budget_s: float) -> dict[str, float]:
+    """The model's latency (ms) at each thread count, measured once per graph structure: a graph
+    runs as fast whatever its scales. Each is the timer's INT8/FP32 ratio times the study's FP32
+    latency at that thread count; the measurement takes about ``budget_s``, all counts together."""
+    structure = structure_key(model)
+    known = ctx.latencies.get(structure)
+    if not isinstance(known, dict) or set(known) != set(ctx.timers):  # e.g. stored by an older version
+        share = budget_s / len(ctx.timers)
+        known = {k: t.model_ratio(model, budget_s=share) * ctx.fp32_latency[k] for k, t in ctx.timers.items()}
+        ctx.latencies[structure] = known
+    return dict(known)
+
+
+def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel) -> None:
+    """Send a completed trial to the tracker: metrics, tags and its tables."""
+    from autoquant.engine import calibration_table
+
+    low, high = outcome.decay_ci or (float("nan"), float("nan"))
+    metrics = {
+        "score": outcome.score,
+        "decay": outcome.decay,
+        "decay_ci_low": low,
+        "decay_ci_high": high,
+        "fp32_nodes": len(outcome.fp32_nodes),
+        "fp32_compute_layers": len(outcome.fp32_compute),
+        "float_nodes": len(outcome.float_nodes),
+        "latency_ms": outcome.latency_ms,
+        **{f"latency_ms_{k}_threads": v for k, v in outcome.latencies.items()},
+        **{f"speedup_{k}_threads": v for k, v in outcome.speedups.items()},
+        "model_size_bytes": result.model.ByteSize(),
+        **{f"time_{k}": v for k, v in outcome.timings.items()},
+    }
+    artifacts = {
+        TABLE_FILE: json.dumps(calibration_table(result), indent=2),
+        FP32_NODES_FILE: "".join(f"{n}\n" for n in outcome.fp32_nodes),
+    }
+    if ctx.new_sensitivity is not None:
+        artifacts[SENSITIVITY_FILE], ctx.new_sensitivity = ctx.new_sensitivity, None
+    tags = {TRIAL_KEY: outcome.key, "within_budget": outcome.within_budget}
+    ctx.tracker.log_trial(outcome.number, outcome.params, metrics, tags, artifacts)
+
+
+def outcomes(study: optuna.Study) -> list[TrialOutcome]:
+    """Outcomes of every completed trial."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [o for o in map(TrialOutcome.from_trial, done) if o is not None]
+
+
+def latency_tolerance(study: optuna.Study) -> float:
+    """The study's latency tolerance (relative; 0 before it is measured)."""
+    return float(study.user_attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
+
+
+def current_best(study: optuna.Study) -> TrialOutcome | None:
+    """The best completed trial so far."""
+    return best_outcome(outcomes(study), latency_tolerance(study))
