@@ -22,8 +22,10 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,15 +45,22 @@ class MlflowLogger:
             return
         # A new SQLite store is created by migrations that take seconds; several processes doing
         # them at once fail ("Online migration expected to match one row"): one at a time, under
-        # a lock on the store's folder (no lock file is left behind).
+        # a lock on the store's folder (no lock file is left behind). MLflow takes a lock of its own
+        # too, a file it leaves in the temporary folder: under ours, that folder is a scratch one
+        # beside the store, removed afterwards, so that nothing is left outside the output folder.
         folder = Path(uri.removeprefix("sqlite:///")).parent
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY)
+        scratch, system_temp = folder / ".mlflow-init", tempfile.tempdir
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            scratch.mkdir(exist_ok=True)
+            tempfile.tempdir = str(scratch)
             self.client = MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)  # the store is made by now
         finally:
+            tempfile.tempdir = system_temp
+            shutil.rmtree(scratch, ignore_errors=True)
             os.close(fd)
 
     def experiment(self, name: str, location: str | None) -> str:
