@@ -200,14 +200,15 @@ class ScoredMethod(ThresholdMethod):
         counts, width = coarse_histogram(side.fine, side.fine_width, config.bins)
         if self.zero_spike and counts.size > 1:
             counts[0] = counts[1]
-        fewest = 1 if self.below_levels else side.levels
+        # Fewer bins than levels cannot be merged into levels groups; never go beyond the histogram.
+        fewest = 1 if self.below_levels else min(side.levels, config.bins)
         if config.ratio_search:
             base = percentile_base(side, config)
             candidates = ratio_candidates(
                 base, width, config.start_ratio, config.end_ratio, config.step_ratio
             )
         else:
-            candidates = np.arange(min(fewest, config.bins), config.bins + 1)
+            candidates = np.arange(fewest, config.bins + 1)
         scores = self.scan(counts, candidates, side.levels)
         if not np.isfinite(scores).any():
             logger.debug("no finite %s score; using the largest candidate", config.method)
