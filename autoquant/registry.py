@@ -1,4 +1,4 @@
-"""Plugin registries: threshold methods, data readers and label formats, registered by name.
+"""Plugin registries: threshold methods, data readers, label formats and objectives, by name.
 
 A :class:`Registry` maps names to plugins. The registries of autoquant's plugin points are
 declared here, at the bottom layer, so that the config validates a name by asking a registry
@@ -18,7 +18,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from autoquant.errors import AutoquantError, CalibrationError, DataError
+from autoquant.errors import AutoquantError, CalibrationError, ConfigError, DataError
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -66,8 +66,9 @@ class Registry(Generic[T]):
         """
         if name in self._plugins:
             known = self._plugins[name]
+            article = "an" if self.kind[0] in "aeiou" else "a"
             raise ValueError(
-                f"a {self.kind} is already registered as {name!r}: {getattr(known, '__name__', repr(known))}"
+                f"{article} {self.kind} is already registered as {name!r}: {getattr(known, '__name__', repr(known))}"
             )
         self._plugins[name] = plugin
         return plugin
@@ -126,3 +127,5 @@ THRESHOLD_METHODS: Registry[Any] = Registry(
 DATA_READERS: Registry[Any] = Registry("data reader", DataError, provider="autoquant.data")
 #: ``data.label_format``: :class:`autoquant.data.LabelFormat` objects.
 LABEL_FORMATS: Registry[Any] = Registry("label format", DataError, provider="autoquant.data._labels")
+#: ``test.objective``: objective classes (``autoquant.objectives``).
+OBJECTIVES: Registry[Any] = Registry("objective", ConfigError, provider="autoquant.objectives")

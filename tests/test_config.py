@@ -163,3 +163,13 @@ def test_registered_plugins_are_valid_config_values() -> None:
         DATA_READERS.remove("tfrecord")
     with pytest.raises(ValueError, match="must be one of auto, "):
         CalibrationConfig(source="x", format="tfrecord")
+
+
+def test_unknown_objective_is_one_line_naming_the_registered_ones(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "model: {path: m}\ncalibration: {source: x}\ntest:\n  objective: top3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (
+        f"{path}:4: test.objective: must be auto, a registered objective (agreement, cosine, top1, top5, "
+        "map) or your own as module:function or path/file.py:function, got 'top3'"
+    )

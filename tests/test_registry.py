@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoquant.errors import CalibrationError, ConfigError
-from autoquant.registry import DATA_READERS, LABEL_FORMATS, THRESHOLD_METHODS, Registry
+from autoquant.registry import DATA_READERS, LABEL_FORMATS, OBJECTIVES, THRESHOLD_METHODS, Registry
 
 
 def test_register_get_names_and_remove() -> None:
@@ -73,6 +73,7 @@ def test_the_plugin_points_hold_the_built_ins() -> None:
     assert THRESHOLD_METHODS.names() == ("max", "percentile", "kl", "symkl", "jsd", "mse")
     assert set(DATA_READERS.names()) == {"callable", "images", "lmdb", "numpy"}
     assert LABEL_FORMATS.names() == ("classification", "detection")
+    assert set(OBJECTIVES.names()) == {"top1", "top5", "agreement", "cosine", "map"}
 
 
 @pytest.mark.slow  # a fresh interpreter

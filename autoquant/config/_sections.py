@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from autoquant.config._fields import ConfigPath, Section, aliases, one_of, resolve_code, resolve_source
-from autoquant.registry import DATA_READERS, LABEL_FORMATS, THRESHOLD_METHODS
+from autoquant.registry import DATA_READERS, LABEL_FORMATS, OBJECTIVES, THRESHOLD_METHODS
 
 
 class ModelConfig(Section):
@@ -98,6 +98,16 @@ class TestConfig(DataConfig):
     decode: Annotated[str, AfterValidator(resolve_code)] | None = Field(
         default=None, description="map objective: module:function turning raw outputs into boxes."
     )
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        if value == "auto" or ":" in value or value in OBJECTIVES:
+            return value
+        raise ValueError(
+            f"must be auto, a registered objective ({', '.join(OBJECTIVES.names())}) or your own as "
+            f"module:function or path/file.py:function, got {value!r}"
+        )
 
 
 class QuantizationConfig(Section):
