@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -39,11 +40,16 @@ class Registry(Generic[T]):
         self.error = error
         self._provider = provider
         self._plugins: dict[str, T] = {}
+        self._loading = threading.RLock()
 
     def _load(self) -> None:
-        if self._provider is not None:
-            provider, self._provider = self._provider, None
-            importlib.import_module(provider)
+        """Import the provider once; other threads wait until its plugins are registered."""
+        if self._provider is None:
+            return
+        with self._loading:  # re-entrant: the provider's own import may ask this registry
+            if self._provider is not None:
+                importlib.import_module(self._provider)
+                self._provider = None
 
     def register(self, name: str) -> Callable[[U], U]:
         """Decorator registering the decorated plugin under ``name``.

@@ -94,3 +94,10 @@ def test_config_validates_names_before_any_plugin_module_is_imported() -> None:
         "    raise SystemExit('no error')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_provider_that_fails_to_import_fails_every_lookup() -> None:
+    registry: Registry[int] = Registry("widget", ConfigError, provider="aq_no_such_module_xyz")
+    for _ in range(2):
+        with pytest.raises(ModuleNotFoundError, match="aq_no_such_module_xyz"):
+            registry.names()
