@@ -506,3 +506,11 @@ def test_registry_and_format_detection(tmp_path: Path) -> None:
         open_reader(config(tmp_path / "data.csv"), SPEC)
     with pytest.raises(ConfigError, match="no data source"):
         open_reader(DataConfig(), SPEC)
+    (tmp_path / "mixed").mkdir()
+    np.save(tmp_path / "mixed" / "a.npy", np.zeros((1, 8, 8), np.float32))
+    cv2.imwrite(str(tmp_path / "mixed" / "b.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(
+        DataError, match=r"mixed: could be read as numpy or images; set data.format to one of them"
+    ):
+        open_reader(config(tmp_path / "mixed"), SPEC)
+    assert len(open_reader(config(tmp_path / "mixed", format="numpy"), SPEC)) == 1
