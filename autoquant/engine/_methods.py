@@ -77,7 +77,8 @@ class ThresholdMethod(abc.ABC):
 
     @abc.abstractmethod
     def threshold(self, side: Side, config: QuantizationConfig) -> float:
-        """The threshold of ``side``: finite, positive and at most about ``side.peak``."""
+        """The threshold of ``side``: finite, positive, deterministic and within the histogram's
+        range (up to ``end_ratio`` times the percentile threshold with ratio search)."""
 
 
 METHODS: Registry[ThresholdMethod] = THRESHOLD_METHODS
