@@ -207,7 +207,13 @@ def machine_line() -> str:
     )
     code = ", ".join(
         f"{f} {hashlib.sha256((ROOT / 'autoquant' / f).read_bytes()).hexdigest()[:8]}"
-        for f in ("engine/_statistics.py", "engine/_thresholds.py", "engine/_quantize.py", "config.py")
+        for f in (
+            "engine/_statistics.py",
+            "engine/_methods.py",
+            "engine/_thresholds.py",
+            "engine/_quantize.py",
+            "config/_sections.py",
+        )
     )
     from autoquant.hardware import host_isa
 

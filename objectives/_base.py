@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from autoquant.errors import ConfigError
+from autoquant.registry import OBJECTIVES, Registry
 from autoquant.usercode import load_callable
 
 AUTO = "auto"
@@ -54,7 +55,7 @@ class Objective(Protocol):
 
 
 ObjectiveT = TypeVar("ObjectiveT", bound=type)
-_OBJECTIVES: dict[str, type] = {}
+_OBJECTIVES: Registry[type] = OBJECTIVES
 
 
 def register_objective(name: str) -> Callable[[ObjectiveT], ObjectiveT]:
@@ -65,12 +66,10 @@ def register_objective(name: str) -> Callable[[ObjectiveT], ObjectiveT]:
     """
 
     def register(cls: ObjectiveT) -> ObjectiveT:
-        if name in _OBJECTIVES:
-            raise ValueError(f"an objective is already registered as {name!r}: {_OBJECTIVES[name].__name__}")
         if name == AUTO or ":" in name:
             raise ValueError(f"objective name {name!r} is reserved: use a plain name without ':'")
+        _OBJECTIVES.add(name, cls)
         cls.name = name
-        _OBJECTIVES[name] = cls
         return cls
 
     return register
@@ -78,7 +77,7 @@ def register_objective(name: str) -> Callable[[ObjectiveT], ObjectiveT]:
 
 def registered_objectives() -> tuple[str, ...]:
     """Names of the registered objectives."""
-    return tuple(_OBJECTIVES)
+    return _OBJECTIVES.names()
 
 
 def needs_labels(objective: Any) -> bool:
@@ -155,7 +154,7 @@ def create_objective(name: str, *, has_labels: bool, decode: str | None = None) 
     if ":" in name:
         objective = _user_objective(name)
     elif name in _OBJECTIVES:
-        cls = _OBJECTIVES[name]
+        cls = _OBJECTIVES.get(name)
         uses_decode = bool(getattr(cls, "needs_decode", False))
         if uses_decode and decode is None:
             raise ConfigError(
@@ -165,7 +164,7 @@ def create_objective(name: str, *, has_labels: bool, decode: str | None = None) 
         objective = cls(decode=load_callable(decode, "test.decode", ConfigError)) if uses_decode else cls()
     else:
         raise ConfigError(
-            f"test.objective: unknown objective {name!r}; registered: {', '.join(_OBJECTIVES)}, "
+            f"test.objective: unknown objective {name!r}; registered: {', '.join(_OBJECTIVES.names())}, "
             f"{AUTO}, or your own as module:function or path/file.py:function"
         )
     if decode is not None and not uses_decode:

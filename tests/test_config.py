@@ -135,19 +135,19 @@ def test_objective_and_decode_files_resolve_against_the_config(tmp_path: Path) -
     assert load_config(write_config(tmp_path, body % ("top5", "null"))).test.objective == "top5"
 
 
-def test_registered_plugins_are_valid_config_values(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registered_plugins_are_valid_config_values() -> None:
     """The config asks the registries: a threshold method or a data reader registered by a user
     is accepted by name, and an unknown name lists the registered ones."""
     import numpy as np
 
     from autoquant.config import CalibrationConfig, QuantizationConfig
     from autoquant.data import _base
-    from autoquant.engine import _thresholds as thresholds
+    from autoquant.registry import DATA_READERS, THRESHOLD_METHODS
 
     with pytest.raises(ValueError, match="method\n.*must be one of max, percentile, kl"):
         QuantizationConfig(method="l1")
-    monkeypatch.setitem(thresholds._METHODS, "l1", thresholds._METHODS["mse"])
-    assert QuantizationConfig(method="l1").method == "l1"
+    with THRESHOLD_METHODS.registered("l1", THRESHOLD_METHODS.get("mse")):
+        assert QuantizationConfig(method="l1").method == "l1"
 
     @_base.register_reader("tfrecord")
     class TfRecordReader(_base.DataReader):  # a user's reader: registering is enough for the config
@@ -160,6 +160,16 @@ def test_registered_plugins_are_valid_config_values(monkeypatch: pytest.MonkeyPa
     try:
         assert CalibrationConfig(source="x", format="tfrecord").format == "tfrecord"
     finally:
-        del _base._READERS["tfrecord"]
+        DATA_READERS.remove("tfrecord")
     with pytest.raises(ValueError, match="must be one of auto, "):
         CalibrationConfig(source="x", format="tfrecord")
+
+
+def test_unknown_objective_is_one_line_naming_the_registered_ones(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "model: {path: m}\ncalibration: {source: x}\ntest:\n  objective: top3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (
+        f"{path}:4: test.objective: must be auto, a registered objective (agreement, cosine, top1, top5, "
+        "map) or your own as module:function or path/file.py:function, got 'top3'"
+    )

@@ -8,18 +8,16 @@ import numpy as np
 import pytest
 
 from autoquant.config import QuantizationConfig
-from autoquant.engine._statistics import HistogramCollector, Statistics
-from autoquant.engine._thresholds import (
+from autoquant.engine._methods import (
     coarse_histogram,
-    compute_thresholds,
     jsd_scores,
     kl_scores,
-    methods,
     mse_scores,
     ratio_candidates,
     symkl_scores,
-    tensor_range,
 )
+from autoquant.engine._statistics import HistogramCollector, Statistics
+from autoquant.engine._thresholds import compute_thresholds, methods, tensor_range
 from autoquant.errors import CalibrationError
 
 SYM = {"activation_scheme": "symmetric"}

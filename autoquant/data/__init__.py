@@ -9,13 +9,14 @@ from autoquant.data._base import (
     DataReader,
     InputSpec,
     Sample,
+    detect_format,
     open_reader,
     register_reader,
     registered_readers,
 )
 from autoquant.data._callable import CallableReader
 from autoquant.data._images import ImageReader, list_images
-from autoquant.data._labels import Box, format_boxes, parse_boxes, read_labels
+from autoquant.data._labels import Box, LabelFormat, format_boxes, parse_boxes, read_labels
 from autoquant.data._lmdb import LmdbReader, LmdbWriter
 from autoquant.data._numpy import NumpyReader
 from autoquant.data._preprocess import TEMPLATES
@@ -28,10 +29,12 @@ __all__ = [
     "DataReader",
     "ImageReader",
     "InputSpec",
+    "LabelFormat",
     "LmdbReader",
     "LmdbWriter",
     "NumpyReader",
     "Sample",
+    "detect_format",
     "format_boxes",
     "list_images",
     "open_reader",

@@ -2,7 +2,11 @@
 
 A reader yields :class:`Sample` objects lazily, one at a time; the base class validates every
 sample against the model inputs, casts it to the input dtype, applies ``limit`` and stacks
-:class:`Batch` objects. Readers are registered by name with :func:`register_reader`.
+:class:`Batch` objects. Readers are registered by name with :func:`register_reader` in
+:data:`autoquant.registry.DATA_READERS`; with ``format: auto`` each one is asked in registry
+order whether it :meth:`~DataReader.claims` the source. Adding a reader is a change to one file
+(plus its import in the package face); the conformance test
+(``tests/data_tests/test_reader_conformance.py``) runs over every registered reader.
 """
 
 from __future__ import annotations
@@ -15,19 +19,16 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from autoquant.config import DataConfig
 from autoquant.data._labels import read_labels
 from autoquant.errors import ConfigError, DataError
-from autoquant.usercode import code_file, is_code_spec
+from autoquant.registry import DATA_READERS, Registry
 
 logger = logging.getLogger("autoquant.data")
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-ARRAY_SUFFIXES = (".npy", ".npz")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,20 @@ class InputSpec:
     dtype: np.dtype
 
 
+def files_with(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """The files of ``folder`` whose suffix (any case) is one of ``suffixes``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+
+
+def file_or_folder_of(source: str, file_suffixes: Sequence[str], folder_suffixes: Sequence[str]) -> bool:
+    """Whether ``source`` is a file with one of ``file_suffixes`` or a folder holding files with
+    one of ``folder_suffixes`` (for :meth:`DataReader.claims`)."""
+    path = Path(source)
+    if path.is_dir():
+        return bool(files_with(path, folder_suffixes))
+    return path.is_file() and path.suffix.lower() in file_suffixes
+
+
 def format_shape(shape: Sequence[int | None]) -> str:
     """``(None, 3, 224, 224)`` -> ``"(?, 3, 224, 224)"``."""
     return "(" + ", ".join("?" if dim is None else str(dim) for dim in shape) + ")"
@@ -70,7 +85,11 @@ class DataReader(abc.ABC):
     of samples in the source, or None when it is not known without reading the data). They never
     validate shapes or dtypes: :meth:`__iter__` does it once for every reader.
 
+    A reader also says which sources it can read without being told (:meth:`claims`) and, for
+    messages, what it expects (:attr:`expects`).
+
     Attributes:
+        expects: What the reader reads, for the message when no reader claims a source.
         source: The data source as configured.
         config: The data section of the config.
         inputs: The model inputs.
@@ -78,6 +97,8 @@ class DataReader(abc.ABC):
         labels: External labels (one per source sample), or None.
         labels_path: Where ``labels`` came from, for messages.
     """
+
+    expects: ClassVar[str] = ""
 
     def __init__(self, source: str, config: DataConfig, inputs: Sequence[InputSpec], limit: int = 0) -> None:
         if limit < 0:
@@ -95,6 +116,11 @@ class DataReader(abc.ABC):
             self.labels_path = str(config.labels)
         self._open()
         self._check_counts()
+
+    @classmethod
+    def claims(cls, source: str) -> bool:
+        """Whether this reader can read ``source`` (``data.format: auto``); False by default."""
+        return False
 
     def _open(self) -> None:
         """Check the source and prepare to read it; raise DataError if it is unusable."""
@@ -216,51 +242,38 @@ class DataReader(abc.ABC):
 
 
 ReaderT = TypeVar("ReaderT", bound=type[DataReader])
-_READERS: dict[str, type[DataReader]] = {}
+READERS: Registry[type[DataReader]] = DATA_READERS
 
 
 def register_reader(name: str) -> Callable[[ReaderT], ReaderT]:
     """Class decorator registering a :class:`DataReader` under ``name`` (a ``data.format`` value)."""
-
-    def register(cls: ReaderT) -> ReaderT:
-        if name in _READERS:
-            raise ValueError(f"a data reader is already registered as {name!r}: {_READERS[name].__name__}")
-        _READERS[name] = cls
-        return cls
-
-    return register
+    return READERS.register(name)
 
 
 def registered_readers() -> dict[str, type[DataReader]]:
     """The registered readers by format name."""
-    return dict(_READERS)
+    return dict(READERS.items())
 
 
-def _detect_format(source: str) -> str:
-    if code_file(source) is not None or (is_code_spec(source) and not Path(source).exists()):
-        return "callable"
-    path = Path(source)
-    if not path.exists():
+def detect_format(source: str) -> str:
+    """The name of the one registered reader that claims ``source``.
+
+    Raises:
+        DataError: The source is missing, or no reader or several readers claim it.
+    """
+    claimants = [name for name, reader in READERS.items() if reader.claims(source)]
+    if len(claimants) == 1:
+        return claimants[0]
+    if claimants:
+        raise DataError(
+            f"{source}: could be read as {' or '.join(claimants)}; set data.format to one of them"
+        )
+    if not Path(source).exists():
         raise DataError(f"{source}: no such file or folder")
-    if path.is_dir():
-        if (path / "data.mdb").is_file():
-            return "lmdb"
-        suffixes = {child.suffix.lower() for child in path.iterdir() if child.is_file()}
-        has_arrays, has_images = bool(suffixes & set(ARRAY_SUFFIXES)), bool(suffixes & set(IMAGE_SUFFIXES))
-        if has_arrays != has_images:
-            return "numpy" if has_arrays else "images"
-        what = "both .npy/.npz files and images" if has_arrays else "no data.mdb, .npy/.npz or image files"
-        raise DataError(f"{source}: the folder holds {what}; set data.format to one of {', '.join(_READERS)}")
-    suffix = path.suffix.lower()
-    if suffix in ARRAY_SUFFIXES:
-        return "numpy"
-    if suffix == ".txt":
-        return "images"
-    if path.name == "data.mdb":
-        return "lmdb"
+    expected = "; ".join(reader.expects for _, reader in READERS.items() if reader.expects)
     raise DataError(
-        f"{source}: cannot tell the data format from the file name; expected an image list (.txt), "
-        f".npy/.npz, an LMDB folder or module:function, or set data.format to one of {', '.join(_READERS)}"
+        f"{source}: cannot tell the data format; expected {expected}; "
+        f"or set data.format to one of {', '.join(READERS.names())}"
     )
 
 
@@ -284,7 +297,5 @@ def open_reader(config: DataConfig, inputs: Sequence[InputSpec], limit: int = 0)
         raise ConfigError(
             "no data source: set source to an image list or folder, .npy/.npz, LMDB or module:function"
         )
-    name = _detect_format(config.source) if config.format == "auto" else config.format
-    if name not in _READERS:
-        raise DataError(f"{config.source}: unknown data format {name!r}; valid: {', '.join(_READERS)}")
-    return _READERS[name](config.source, config, inputs, limit)
+    name = detect_format(config.source) if config.format == "auto" else config.format
+    return READERS.get(name)(config.source, config, inputs, limit)

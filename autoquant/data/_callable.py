@@ -9,6 +9,7 @@ split; their label is then a sequence with one label per sample.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from autoquant.data._base import DataReader, Sample, register_reader
 from autoquant.data._numpy import count_samples, split_samples
 from autoquant.errors import DataError
-from autoquant.usercode import load_callable
+from autoquant.usercode import code_file, is_code_spec, load_callable
 
 
 def _as_arrays(inputs: Any, name: str | None, where: str) -> dict[str, Any]:
@@ -49,6 +50,13 @@ class CallableReader(DataReader):
     again, holding one item at a time) and stops at ``limit``. An empty result is reported when
     iteration ends.
     """
+
+    expects = "module:function or /path/file.py:function"
+
+    @classmethod
+    def claims(cls, source: str) -> bool:
+        """A ``file.py:function`` spec, or ``module:function`` that is not a path."""
+        return code_file(source) is not None or (is_code_spec(source) and not Path(source).exists())
 
     def _open(self) -> None:
         if self.config.labels is not None:

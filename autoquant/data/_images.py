@@ -6,11 +6,13 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from autoquant.data._base import IMAGE_SUFFIXES, DataReader, Sample, register_reader
+from autoquant.data._base import DataReader, Sample, file_or_folder_of, files_with, register_reader
 from autoquant.data._preprocess import resolve_preprocess
 from autoquant.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -24,7 +26,7 @@ def list_images(source: str | Path) -> list[Path]:
     """
     path = Path(source)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        return files_with(path, IMAGE_SUFFIXES)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -44,6 +46,13 @@ class ImageReader(DataReader):
     and skipped together with its label; ``len()`` then counts the listed images and is an upper
     bound. With ``stop`` (the default) the first such image raises :class:`DataError`.
     """
+
+    expects = "an image list (.txt) or a folder of image files"
+
+    @classmethod
+    def claims(cls, source: str) -> bool:
+        """A ``.txt`` file, or a folder holding image files."""
+        return file_or_folder_of(source, (".txt",), IMAGE_SUFFIXES)
 
     def _open(self) -> None:
         if len(self.inputs) != 1:

@@ -6,18 +6,40 @@ flattened, one label per sample.
 
 Detection: one line per sample, ``cls,x1,y1,x2,y2`` boxes separated by ``;``; an empty line is a
 sample without boxes.
+
+Each format is a :class:`LabelFormat` registered in :data:`autoquant.registry.LABEL_FORMATS`
+(the ``data.label_format`` values); adding one is a change to this file, and the conformance
+test (``tests/data_tests/test_label_format_conformance.py``) runs over every registered format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autoquant.errors import DataError
+from autoquant.registry import LABEL_FORMATS, Registry
 
-LABEL_FORMATS = ("classification", "detection")
+
+@dataclass(frozen=True)
+class LabelFormat:
+    """How one line of a label file turns into labels.
+
+    Attributes:
+        parse: ``parse(line) -> labels``, one label per sample the line holds; raises ValueError
+            on a malformed line.
+        expected: What a line should hold, for the message about a malformed one.
+        example: A valid line.
+    """
+
+    parse: Callable[[str], list[Any]]
+    expected: str
+    example: str
+
+
+FORMATS: Registry[LabelFormat] = LABEL_FORMATS
 
 
 @dataclass(frozen=True)
@@ -60,21 +82,32 @@ def _parse_classes(line: str) -> list[int]:
     return [int(value) for value in values]
 
 
+def _parse_detection(line: str) -> list[Any]:
+    return [parse_boxes(line)]  # one sample per line
+
+
+FORMATS.add("classification", LabelFormat(_parse_classes, "one integer", "3"))
+FORMATS.add(
+    "detection", LabelFormat(_parse_detection, "cls,x1,y1,x2,y2;...", "4,258,98,505,234;17,1,137,97.5,502")
+)
+
+
 def read_labels(path: str | Path, label_format: str = "classification") -> list[Any]:
     """Read a label file, one entry per sample in data order.
 
     Args:
         path: The label file.
-        label_format: ``"classification"`` (ints) or ``"detection"`` (lists of :class:`Box`).
+        label_format: A registered label format: ``"classification"`` (ints) or ``"detection"``
+            (lists of :class:`Box`).
 
     Returns:
         One ``int`` or one ``list[Box]`` per sample.
 
     Raises:
-        DataError: The file cannot be read or a line is malformed (the message names file:line).
+        DataError: The format is not registered, the file cannot be read or a line is malformed
+            (the message names file:line).
     """
-    if label_format not in LABEL_FORMATS:
-        raise DataError(f"unknown label_format {label_format!r}; valid: {', '.join(LABEL_FORMATS)}")
+    parser = FORMATS.get(label_format)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -82,13 +115,9 @@ def read_labels(path: str | Path, label_format: str = "classification") -> list[
     labels: list[Any] = []
     for number, line in enumerate(lines, start=1):
         try:
-            if label_format == "detection":
-                labels.append(parse_boxes(line))
-            else:
-                labels.extend(_parse_classes(line))
+            labels.extend(parser.parse(line))
         except ValueError as exc:
-            example = "cls,x1,y1,x2,y2;..." if label_format == "detection" else "one integer"
             raise DataError(
-                f"{path}:{number}: bad {label_format} label {line!r} ({exc}); expected {example}"
+                f"{path}:{number}: bad {label_format} label {line!r} ({exc}); expected {parser.expected}"
             ) from None
     return labels

@@ -105,6 +105,14 @@ class LmdbReader(DataReader):
     Labels come from ``data.labels`` in the config or else from ``data.label`` in the folder.
     """
 
+    expects = "an LMDB folder (holding data.mdb)"
+
+    @classmethod
+    def claims(cls, source: str) -> bool:
+        """A folder holding ``data.mdb``, or that file itself."""
+        path = Path(source)
+        return (path / "data.mdb").is_file() if path.is_dir() else path.is_file() and path.name == "data.mdb"
+
     def _open(self) -> None:
         path = Path(self.source)
         self._path = path.parent if path.name == "data.mdb" else path

@@ -13,10 +13,19 @@ from typing import IO, Any
 
 import numpy as np
 
-from autoquant.data._base import ARRAY_SUFFIXES, DataReader, InputSpec, Sample, format_shape, register_reader
+from autoquant.data._base import (
+    DataReader,
+    InputSpec,
+    Sample,
+    file_or_folder_of,
+    files_with,
+    format_shape,
+    register_reader,
+)
 from autoquant.errors import DataError
 
 LABELS_KEY = "labels"
+ARRAY_SUFFIXES = (".npy", ".npz")
 
 
 def match_names(keys: Iterable[str], inputs: Sequence[InputSpec], where: str) -> dict[str, str]:
@@ -119,12 +128,17 @@ class NumpyReader(DataReader):
     files are memory-mapped and ``.npz`` files are read one at a time, so only what is read is held.
     """
 
+    expects = "a .npy/.npz file or a folder of them"
+
+    @classmethod
+    def claims(cls, source: str) -> bool:
+        """A ``.npy``/``.npz`` file, or a folder holding such files."""
+        return file_or_folder_of(source, ARRAY_SUFFIXES, ARRAY_SUFFIXES)
+
     def _open(self) -> None:
         path = Path(self.source)
         if path.is_dir():
-            self._files = sorted(
-                p for p in path.iterdir() if p.suffix.lower() in ARRAY_SUFFIXES and p.is_file()
-            )
+            self._files = files_with(path, ARRAY_SUFFIXES)
         elif path.is_file():
             self._files = [path]
         else:

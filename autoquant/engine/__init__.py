@@ -6,6 +6,7 @@ files of one quantized model.
 from autoquant.engine._analyze import Sensitivity, analyze, difference, run_outputs
 from autoquant.engine._histogram import HistogramCollector
 from autoquant.engine._memory_plan import bytes_per_sample, plan_pass, weightless_copy
+from autoquant.engine._methods import ScoredMethod, Side, ThresholdMethod, register_method
 from autoquant.engine._ort import int8_kernel_op_types, qdq_quantize, quantizable_op_types, scale_zero_point
 from autoquant.engine._outputs import (
     calibration_table,
@@ -30,10 +31,13 @@ __all__ = [
     "HistogramCollector",
     "QuantizedModel",
     "Requantizer",
+    "ScoredMethod",
     "Sensitivity",
+    "Side",
     "Statistics",
     "TensorRange",
     "TensorStats",
+    "ThresholdMethod",
     "activation_quant_params",
     "analyze",
     "bytes_per_sample",
@@ -52,6 +56,7 @@ __all__ = [
     "qdq_quantize",
     "quantizable_op_types",
     "quantize_model",
+    "register_method",
     "run_outputs",
     "scale_zero_point",
     "statistics_key",

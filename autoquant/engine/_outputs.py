@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from autoquant.config import StudyConfig
+from autoquant.engine._methods import METHODS
 from autoquant.engine._quantize import QuantizedModel, activation_quant_params
 from autoquant.engine.graph import write_model
 from autoquant.errors import ModelError, OutputError, QuantizationError, write_fault
@@ -77,27 +78,16 @@ def calibration_table(result: QuantizedModel) -> dict[str, dict]:
     return table
 
 
-#: TensorRT's calibrator names for the header of ``calibration.cache``; methods TensorRT has no
-#: calibrator for take the name of the closest (MSE and max both pick a clipping range directly).
-TRT_CALIBRATORS = {
-    "kl": "EntropyCalibration2",
-    "symkl": "EntropyCalibration2",
-    "jsd": "EntropyCalibration2",
-    "percentile": "LegacyCalibration",
-    "max": "MinMaxCalibration",
-    "mse": "MinMaxCalibration",
-}
-
-
 def trt_calibration_cache(result: QuantizedModel) -> str:
     """TensorRT-style calibration cache: a header, then ``tensor: <float32 scale as big-endian hex>``.
 
     The header names the TensorRT calibrator of the method most tensors were calibrated with
-    (:data:`TRT_CALIBRATORS`). The scale is ``threshold / 127`` as in TensorRT's symmetric INT8.
+    (its ``trt_calibrator``; methods TensorRT has no calibrator for name the closest one). The scale is ``threshold / 127`` as in TensorRT's symmetric INT8.
     """
     methods = [r.method for r in result.ranges.values()]
     method = max(sorted(set(methods)), key=methods.count) if methods else "kl"
-    lines = [f"TRT-8601-{TRT_CALIBRATORS.get(method, 'EntropyCalibration2')}"]
+    calibrator = METHODS.get(method).trt_calibrator if method in METHODS else "EntropyCalibration2"
+    lines = [f"TRT-8601-{calibrator}"]
     for name, r in result.ranges.items():
         scale = r.threshold / 127.0
         lines.append(f"{name}: {struct.pack('>f', scale).hex()}")

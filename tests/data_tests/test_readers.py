@@ -176,7 +176,7 @@ def test_empty_data_sets(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="the data set is empty"):
         open_reader(config(tmp_path / "empty", format="numpy"), SPEC)
-    with pytest.raises(DataError, match="empty: the folder holds no data.mdb, .npy/.npz or image files"):
+    with pytest.raises(DataError, match="empty: cannot tell the data format; expected .*data.mdb"):
         open_reader(config(tmp_path / "empty"), SPEC)
     (tmp_path / "list.txt").write_text("# nothing yet\n\n")
     with pytest.raises(DataError, match=f"{tmp_path / 'list.txt'}: the data set is empty"):
@@ -461,7 +461,9 @@ def test_more_image_list_and_lmdb_errors(tmp_path: Path) -> None:
         read(tmp_path / "broken")
     with LmdbWriter(tmp_path / "w") as writer, pytest.raises(DataError, match="must fit on one line"):
         writer.put(np.zeros((1, 8, 8)), labels="1\n2")
-    with pytest.raises(DataError, match="unknown label_format 'segmentation'"):
+    with pytest.raises(
+        DataError, match="unknown label format 'segmentation'; valid: classification, detection"
+    ):
         read_labels(tmp_path / "list.txt", "segmentation")
 
 
@@ -504,3 +506,11 @@ def test_registry_and_format_detection(tmp_path: Path) -> None:
         open_reader(config(tmp_path / "data.csv"), SPEC)
     with pytest.raises(ConfigError, match="no data source"):
         open_reader(DataConfig(), SPEC)
+    (tmp_path / "mixed").mkdir()
+    np.save(tmp_path / "mixed" / "a.npy", np.zeros((1, 8, 8), np.float32))
+    cv2.imwrite(str(tmp_path / "mixed" / "b.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(
+        DataError, match=r"mixed: could be read as numpy or images; set data.format to one of them"
+    ):
+        open_reader(config(tmp_path / "mixed"), SPEC)
+    assert len(open_reader(config(tmp_path / "mixed", format="numpy"), SPEC)) == 1
