@@ -1,6 +1,6 @@
 """HistogramCollector.update: the package's against the implementation it replaced.
 
-Times ``update`` of :class:`autoquant.histogram.HistogramCollector` against ``OldCollector``
+Times ``update`` of :class:`autoquant.engine._histogram.HistogramCollector` against ``OldCollector``
 below, a reference copy of the implementation before the chunked one (one numpy pass per step
 over the whole batch and a direct float to int64 cast), on float32 tensors of several sizes drawn
 from a normal and a ReLU-like (``max(normal, 0)``) distribution. Each collector is warmed with
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from autoquant.engine._histogram import HistogramCollector
 from autoquant.hardware import host_isa
-from autoquant.histogram import HistogramCollector
 
 
 class OldCollector:

@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from autoquant.histogram import STEP, HistogramCollector
+from autoquant.engine._histogram import STEP, HistogramCollector
 
 
 def _reference(batches: list[np.ndarray], bins: int) -> dict:
