@@ -16,8 +16,9 @@ from onnx.external_data_helper import load_external_data_for_tensor, uses_extern
 from autoquant.data import InputSpec
 from autoquant.engine._ort import quantizable_op_types
 from autoquant.engine.graph._activations import ActivationChain, find_activations
+from autoquant.engine.graph._fold import WEIGHTED_OPS, constant_tensors
 from autoquant.engine.graph._model_io import load_model
-from autoquant.engine.graph._prepare import WEIGHTED_OPS, constant_tensors, opset
+from autoquant.engine.graph._prepare import opset
 from autoquant.errors import ModelError
 
 logger = logging.getLogger("autoquant.engine.graph")
