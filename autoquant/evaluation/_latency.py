@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from autoquant.common import release_memory
 from autoquant.errors import EvaluationError, one_line
-from autoquant.evaluation._accuracy import session_or_error
+from autoquant.evaluation._sessions import session_or_error
 
 #: The thread counts latency is measured at: label -> onnxruntime's ``intra_op_num_threads``
 #: (0: its default, one thread per physical core). The selection uses the first.
