@@ -159,27 +159,9 @@ def quantize_model(
     excluded = fp32_nodes(graph, config, ranking)
     speed = [n for n in float_nodes(graph, config) if n not in set(excluded)]
     op_types = op_types_to_quantize(graph, config)
-    symmetric = config.activation_scheme == "symmetric"
     isa = target_isa()
     reduce_range = resolve_reduce_range(config.reduce_range, isa)
-    depthwise = config.depthwise_per_channel and not config.per_channel
-    try:
-        quantized = qdq_quantize(
-            graph.load(),
-            {name: (r.lowest, r.highest) for name, r in ranges.items()},
-            per_channel=config.per_channel,
-            reduce_range=reduce_range,
-            symmetric_activations=symmetric,
-            unsigned_inputs=[s.name for s in graph.inputs]
-            if config.first_input_unsigned and symmetric
-            else (),
-            per_channel_weights=[n.weight for n in graph.nodes if depthwise and n.depthwise and n.weight],
-            nodes_to_quantize=only,
-            nodes_to_exclude=[*excluded, *speed],
-            op_types=op_types,
-        )
-    except Exception as exc:
-        raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from exc
+    quantized = _quantize_qdq(graph, ranges, config, reduce_range, only, [*excluded, *speed], op_types)
     if only is not None:
         excluded = [n.name for n in graph.nodes if n.name not in set(only)]
     if config.float_ops != "none" and only is None:
@@ -196,6 +178,41 @@ def quantize_model(
         float_nodes=tuple(speed),
         external_data=graph.external_data,
     )
+
+
+def _quantize_qdq(
+    graph: ModelGraph,
+    ranges: dict[str, TensorRange],
+    config: QuantizationConfig,
+    reduce_range: bool,
+    only: Sequence[str] | None,
+    excluded: list[str],
+    op_types: list[str],
+) -> onnx.ModelProto:
+    """onnxruntime's QDQ model for ``config``'s choices (see `quantize_model`).
+
+    Raises:
+        QuantizationError: onnxruntime's quantizer fails.
+    """
+    symmetric = config.activation_scheme == "symmetric"
+    depthwise = config.depthwise_per_channel and not config.per_channel
+    try:
+        return qdq_quantize(
+            graph.load(),
+            {name: (r.lowest, r.highest) for name, r in ranges.items()},
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            symmetric_activations=symmetric,
+            unsigned_inputs=[s.name for s in graph.inputs]
+            if config.first_input_unsigned and symmetric
+            else (),
+            per_channel_weights=[n.weight for n in graph.nodes if depthwise and n.depthwise and n.weight],
+            nodes_to_quantize=only,
+            nodes_to_exclude=excluded,
+            op_types=op_types,
+        )
+    except Exception as exc:
+        raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from exc
 
 
 @dataclass(frozen=True)

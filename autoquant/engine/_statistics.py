@@ -25,7 +25,7 @@ from onnx.external_data_helper import uses_external_data
 
 from autoquant.common import ProgressFn, atomic_write, release_memory
 from autoquant.engine._histogram import HistogramCollector, TensorStats
-from autoquant.engine._memory_plan import bytes_per_sample, plan_pass
+from autoquant.engine._memory_plan import PassPlan, bytes_per_sample, plan_pass
 from autoquant.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,36 @@ def run_statistics_pass(
     if not callable(batches):
         fixed = batches if isinstance(batches, Sequence) else list(batches)
         batches = lambda: fixed  # noqa: E731 - the same feeds for every pass
+    plan = _plan(model, tensors, batches, memory_budget)
+    histograms = np.zeros((len(tensors), 2 * bins), dtype=np.int64)  # one matrix, saved as it is
+    collectors = {t: HistogramCollector(t, bins, histograms[i]) for i, t in enumerate(tensors)}
+    samples = 0
+    for number, group in enumerate(plan.groups):
+        session = _augmented_session(model, group, model_dir)
+        outputs = {o.name for o in session.get_outputs()}
+        wanted = [t for t in group if t in outputs]
+        # Graph inputs are read from the feeds, once.
+        from_feed = [collectors[t] for t in tensors if t not in outputs] if number == 0 else []
+        counted = _Counting(progress if number == 0 else None)
+        update = _updater([collectors[t] for t in wanted], from_feed, counted)
+        _one_pass(session, wanted, _runs(batches(), plan.samples_per_run), update, plan.overlap)
+        samples = samples or counted.samples
+        del session
+        release_memory()
+    if samples == 0:
+        raise CalibrationError("the calibration set yielded no samples")
+    return {t: c.result(copy=False) for t, c in collectors.items()}, samples
+
+
+def _plan(
+    model: onnx.ModelProto, tensors: list[str], batches: Callable[[], Feeds], memory_budget: int
+) -> PassPlan:
+    """How the pass runs within ``memory_budget``, measured on the first batch; said in one line
+    when it takes several passes or sub-batches.
+
+    Raises:
+        CalibrationError: The calibration set yields no samples.
+    """
     first = next(iter(batches()), None)
     if first is None:
         raise CalibrationError("the calibration set yielded no samples")
@@ -181,24 +211,7 @@ def run_statistics_pass(
             plan.passes,
             plan.samples_per_run or "all",
         )
-    histograms = np.zeros((len(tensors), 2 * bins), dtype=np.int64)  # one matrix, saved as it is
-    collectors = {t: HistogramCollector(t, bins, histograms[i]) for i, t in enumerate(tensors)}
-    samples = 0
-    for number, group in enumerate(plan.groups):
-        session = _augmented_session(model, group, model_dir)
-        outputs = {o.name for o in session.get_outputs()}
-        wanted = [t for t in group if t in outputs]
-        # Graph inputs are read from the feeds, once.
-        from_feed = [collectors[t] for t in tensors if t not in outputs] if number == 0 else []
-        counted = _Counting(progress if number == 0 else None)
-        update = _updater([collectors[t] for t in wanted], from_feed, counted)
-        _one_pass(session, wanted, _runs(batches(), plan.samples_per_run), update, plan.overlap)
-        samples = samples or counted.samples
-        del session
-        release_memory()
-    if samples == 0:
-        raise CalibrationError("the calibration set yielded no samples")
-    return {t: c.result(copy=False) for t, c in collectors.items()}, samples
+    return plan
 
 
 @dataclass
