@@ -28,7 +28,7 @@ from autoquant.names import CONFIG_FILE, FP32_NODES_FILE, MODEL_FILE, TABLE_FILE
 
 @dataclass(frozen=True)
 class WrittenOutputs:
-    """Paths of the files written by :func:`write_outputs`."""
+    """Paths of the files written by `write_outputs`."""
 
     model: Path
     table: Path
@@ -93,7 +93,7 @@ def trt_calibration_cache(result: QuantizedModel) -> str:
     """TensorRT-style calibration cache: a header, then ``tensor: <float32 scale as big-endian hex>``.
 
     The header names the TensorRT calibrator of the method most tensors were calibrated with
-    (:data:`TRT_CALIBRATORS`). The scale is ``threshold / 127`` as in TensorRT's symmetric INT8.
+    (`TRT_CALIBRATORS`). The scale is ``threshold / 127`` as in TensorRT's symmetric INT8.
     """
     methods = [r.method for r in result.ranges.values()]
     method = max(sorted(set(methods)), key=methods.count) if methods else "kl"

@@ -1,7 +1,7 @@
 """Quantize stage: build a QDQ ONNX model from our ranges with onnxruntime's quantizer.
 
 onnxruntime does the graph rewriting; this module only turns a typed
-:class:`~autoquant.config.QuantizationConfig` and the computed ranges into its options. It is the
+`QuantizationConfig` and the computed ranges into its options. It is the
 one place where onnxruntime's quantization API is called.
 """
 
@@ -72,7 +72,7 @@ class QuantizedModel:
 
 
 def compute_layers(graph: ModelGraph, names: Sequence[str]) -> tuple[str, ...]:
-    """The compute layers (:data:`COMPUTE_OPS`) among the nodes ``names``, in their order."""
+    """The compute layers (`COMPUTE_OPS`) among the nodes ``names``, in their order."""
     compute = {n.name for n in graph.nodes if n.op_type in COMPUTE_OPS}
     return tuple(n for n in names if n in compute)
 
@@ -80,7 +80,7 @@ def compute_layers(graph: ModelGraph, names: Sequence[str]) -> tuple[str, ...]:
 def float_nodes(graph: ModelGraph, config: QuantizationConfig) -> list[str]:
     """Quantizable nodes left in float for speed by ``config.float_ops``, in graph order:
     ``activations``, the nodes of the decomposed GELU/SiLU activations; ``elementwise``, those and
-    every node of :data:`ELEMENTWISE_OPS`. They are never compute layers."""
+    every node of `ELEMENTWISE_OPS`. They are never compute layers."""
     if config.float_ops == "none":
         return []
     chains = {name for chain in graph.activation_chains for name in chain.nodes}
@@ -141,11 +141,11 @@ def quantize_model(
 
     Args:
         graph: The prepared model.
-        ranges: Activation ranges, from :func:`autoquant.engine.compute_thresholds`.
+        ranges: Activation ranges, from `autoquant.engine.compute_thresholds`.
         config: Weight granularity, activation scheme, exclusions, op types, ``float_ops`` (the
             chains it leaves in float become onnxruntime's fused kernels, see
-            :func:`autoquant.engine.graph.fuse_activations`) and ``reduce_range`` (``auto`` decides from
-            :func:`autoquant.hardware.target_isa`).
+            `autoquant.engine.graph.fuse_activations`) and ``reduce_range`` (``auto`` decides from
+            `autoquant.hardware.target_isa`).
         ranking: Node names by decreasing sensitivity, for ``config.fp32_layers``.
         only: Quantize only these nodes (the per-layer analysis); None quantizes every node.
 

@@ -1,6 +1,6 @@
 """Statistics stage: one streaming FP32 pass that collects, per activation tensor, min, max and a
-fine signed histogram (:mod:`autoquant.engine`), within a memory budget
-(:mod:`autoquant.engine`), cached on disk.
+fine signed histogram (`autoquant.engine._histogram`), within a memory budget
+(`autoquant.engine._memory_plan`), cached on disk.
 
 Memory is ``tensors x bins``; no activation is kept after its run.
 """
@@ -38,7 +38,7 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
 @dataclass(frozen=True)
 class Statistics:
-    """Statistics of every activation tensor, as collected by :func:`collect_statistics`."""
+    """Statistics of every activation tensor, as collected by `collect_statistics`."""
 
     key: str
     tensors: dict[str, TensorStats]
@@ -142,7 +142,7 @@ def run_statistics_pass(
 
     The activations alive at once stay within ``memory_budget`` bytes: large models run their
     batches in sub-batches, and models whose one sample exceeds the budget run one pass over the
-    data per group of tensors (:mod:`autoquant.engine`). The statistics are the same
+    data per group of tensors (`autoquant.engine._memory_plan`). The statistics are the same
     whatever the plan.
 
     Args:
@@ -294,7 +294,7 @@ def _stacked(histograms: list[np.ndarray]) -> np.ndarray:
 
 
 def load_statistics(path: Path, key: str) -> Statistics:
-    """Read statistics written by :func:`save_statistics`.
+    """Read statistics written by `save_statistics`.
 
     Every array is read from the archive once: indexing the lazy ``NpzFile`` inside the loop would
     decompress and CRC-check the whole array again for every tensor.
@@ -345,12 +345,12 @@ def collect_statistics(
         load_model: Returns the prepared FP32 model (called only on a cache miss).
         tensors: Tensor names to collect.
         batches: Called (only on a cache miss) to get the calibration feeds.
-        key: Cache key, see :func:`statistics_key`.
+        key: Cache key, see `statistics_key`.
         cache_dir: Cache folder, or ``None`` to disable the cache.
         bins: Fine histogram bins per sign.
-        progress: Progress callback, see :func:`run_statistics_pass`.
-        memory_budget: Bytes of activations alive at once, see :func:`run_statistics_pass`.
-        model_dir: See :func:`run_statistics_pass`.
+        progress: Progress callback, see `run_statistics_pass`.
+        memory_budget: Bytes of activations alive at once, see `run_statistics_pass`.
+        model_dir: See `run_statistics_pass`.
     """
     path = Path(cache_dir) / f"stats-{key}.npz" if cache_dir is not None else None
     stats = _read_cache(path, key) if path is not None and path.is_file() else None

@@ -81,7 +81,7 @@ def compute_decay(fp32: float, score: float, mode: str) -> float:
 
 
 def _guarded(name: str, call: Callable[..., object], *args: object) -> object:
-    """Call objective code; anything but an autoquant error becomes a :class:`UserCodeError`."""
+    """Call objective code; anything but an autoquant error becomes a `UserCodeError`."""
     try:
         return call(*args)
     except AutoquantError:
@@ -210,7 +210,7 @@ class Evaluator:
     ) -> Evaluation:
         """Score ``model`` (or a session built for it) on the test set and compare it with FP32.
 
-        With ``prune``, the decay is looked at after each tenth of the test set (:data:`LOOKS`),
+        With ``prune``, the decay is looked at after each tenth of the test set (`LOOKS`),
         and the evaluation stops when it is certainly over ``search.accept_int8_decay``; a model
         within budget is always scored on the whole test set.
 
@@ -262,7 +262,7 @@ class Evaluator:
         return self.fp32_score
 
     def score(self, candidate: object, progress: ProgressFn | None = None, prune: bool = False) -> Evaluation:
-        """:meth:`evaluate` the candidate's session (see :class:`autoquant.search.Scorer`)."""
+        """`evaluate` the candidate's session (see `autoquant.search.Scorer`)."""
         return self.evaluate(candidate.session, progress, prune)  # type: ignore[attr-defined]
 
     def _resampled_decays(self, fp32: Objective, int8: Objective, samples: int, count: int) -> np.ndarray:

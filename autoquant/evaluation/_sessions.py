@@ -21,7 +21,7 @@ def session_or_error(
     model: onnx.ModelProto | bytes | Path | ort.InferenceSession, what: str, threads: int = 0
 ) -> ort.InferenceSession:
     """A session for ``model`` (or ``model`` itself) with ``threads`` intra-op threads (0: the
-    default); an onnxruntime failure is an :class:`EvaluationError`."""
+    default); an onnxruntime failure is an `EvaluationError`."""
     if isinstance(model, ort.InferenceSession):
         return model
     try:
@@ -34,7 +34,7 @@ def run_batch(
     session: ort.InferenceSession, names: list[str], batch: Batch, axes: list[int] | None = None
 ) -> list[np.ndarray]:
     """``session.run`` on one batch, each output's batch axis moved first (``axes``); an onnxruntime
-    failure is an :class:`EvaluationError` naming the samples."""
+    failure is an `EvaluationError` naming the samples."""
     try:
         values = session.run(names, batch.inputs)
     except Exception as exc:

@@ -46,7 +46,7 @@ def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True)
         path: The FP32 ONNX model (its external data files beside it).
         cache_dir: Folder for the prepared model, keyed by the hash of the model's files.
         persist: Write the prepared model to the cache. Without it nothing is written (a cached
-            model is still used); the graph then describes a model that :meth:`ModelGraph.load`
+            model is still used); the graph then describes a model that `ModelGraph.load`
             cannot load unless it was cached (``autoquant check``).
 
     Returns:

@@ -76,12 +76,12 @@ class ModelGraph:
         activations: Float tensors whose ranges the quantizer needs, in topological order.
         first_layer: Name of the first Conv/Gemm/MatMul node, if any.
         norm_nodes: Quantizable nodes of decomposed normalizations (see
-            :func:`normalization_nodes`), kept in FP32 by ``quantization.norm_layers_fp32``.
+            `normalization_nodes`), kept in FP32 by ``quantization.norm_layers_fp32``.
         opset: The prepared model's ai.onnx opset.
         external_data: The model keeps its weights in external data files, and so do the models
             written from it.
         activation_chains: Its decomposed GELU and SiLU activations (see
-            :func:`~autoquant.engine.graph._activations.find_activations`), which
+            `find_activations`), which
             ``quantization.float_ops`` may leave in float as one fused kernel.
     """
 
@@ -141,7 +141,7 @@ def normalization_nodes(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
     one of 10 rounds to zero and its reciprocal explodes, and a rounded mean shifts every centred
     value. Found from each ``Sqrt`` (or ``Reciprocal``, or ``Pow`` with an exponent below 1):
     forward through single-input steps to the node that merges the scale with the input, then
-    the nodes within :data:`_NORM_DEPTH` element-wise steps back from it that descend from a
+    the nodes within `_NORM_DEPTH` element-wise steps back from it that descend from a
     reduction, and what feeds only those reductions.
     """
     walk = _NormWalk(graph, constant)
@@ -269,7 +269,7 @@ def _is_depthwise(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) ->
 def describe(
     model: onnx.ModelProto, source: Path, model_hash: str, prepared_path: Path, external_data: bool = False
 ) -> ModelGraph:
-    """Describe a prepared model (see :class:`ModelGraph`).
+    """Describe a prepared model (see `ModelGraph`).
 
     Activations are the float tensors of quantizable nodes that depend on a model input:
     initializers and tensors computed from constants only get no statistics.

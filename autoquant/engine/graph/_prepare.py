@@ -51,7 +51,7 @@ def opset(model: onnx.ModelProto) -> int:
 
 
 def upgrade_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
-    """The model at opset :data:`MIN_OPSET` or above."""
+    """The model at opset `MIN_OPSET` or above."""
     current = opset(model)
     if current >= MIN_OPSET:
         return model
@@ -141,7 +141,7 @@ def infer_shapes(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
 
     ONNX's inference runs first; onnxruntime's symbolic inference is tried only when some
     tensors are left without a type (contrib ops, shape-computing subgraphs). Both run on a
-    weightless copy of the model (:func:`weightless_copy`): they copy what they are given, and a
+    weightless copy of the model (`weightless_copy`): they copy what they are given, and a
     large model's weights would be copied twice.
     """
     del model.graph.value_info[:]
@@ -193,7 +193,7 @@ def prepare(source: SourceModel, workdir: Path) -> onnx.ModelProto:
     """Run every preparation step on a user's model (see the module docstring).
 
     Args:
-        source: The user's model, as read by :func:`~autoquant.engine.graph.read_model`.
+        source: The user's model, as read by `read_model`.
         workdir: Folder for onnxruntime's files; the caller deletes it.
 
     Raises:
