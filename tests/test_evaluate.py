@@ -60,7 +60,7 @@ def test_agreement_without_labels(setup) -> None:
 def test_fp32_reference_is_cached(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     config, calibrated, int8 = setup
     pipeline.evaluator(config, calibrated.graph).reference()
-    from autoquant.evaluation import _accuracy as evaluate_module
+    from autoquant.evaluation import _sessions as evaluate_module
 
     def no_fp32_session(model):
         if str(model) == str(calibrated.graph.prepared_path):

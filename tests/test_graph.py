@@ -129,7 +129,8 @@ def test_weights_left_computed_are_folded_and_the_rest_named_in_one_warning(
 ) -> None:
     import numpy as np
 
-    from autoquant.engine.graph._prepare import check_weights, fold_weights
+    from autoquant.engine.graph._checks import check_weights
+    from autoquant.engine.graph._fold import fold_weights
 
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
     nodes = [
@@ -176,7 +177,7 @@ def _const(name: str, value) -> onnx.TensorProto:
 def test_normalization_nodes_of_a_layernorm_written_as_the_difference_of_moments() -> None:
     """tf2onnx's LayerNorm (magika): var = E[x^2] - E[x]^2, Rsqrt as Sqrt + Reciprocal."""
     from autoquant.engine.graph._describe import normalization_nodes
-    from autoquant.engine.graph._prepare import constant_tensors
+    from autoquant.engine.graph._fold import constant_tensors
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])
@@ -220,7 +221,7 @@ def test_normalization_nodes_of_a_layernorm_written_as_the_difference_of_moments
 
 def test_normalization_nodes_of_an_rmsnorm_and_of_the_tiny_vit(tmp_path: Path) -> None:
     from autoquant.engine.graph._describe import normalization_nodes
-    from autoquant.engine.graph._prepare import constant_tensors
+    from autoquant.engine.graph._fold import constant_tensors
     from tests.fixtures.export_styles import TINY_VIT_MODEL
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])

@@ -25,7 +25,7 @@ import autoquant
 from autoquant.config import load_config
 from autoquant.names import STUDY_MLFLOW_PARENT
 from autoquant.search._study import storage_url, study_name
-from autoquant.tracking._tracker import global_tracking_uri, tracking_uri, uri_origin
+from autoquant.tracking._uri import global_tracking_uri, tracking_uri, uri_origin
 from tests.helpers import digits_study
 
 pytestmark = pytest.mark.slow
@@ -411,7 +411,7 @@ def test_the_parent_run_is_claimed_by_one_process(tmp_path: Path, mlflow_server:
 
     import autoquant.search
     from autoquant.names import STUDY_MLFLOW_CLAIM
-    from autoquant.tracking._tracker import CLAIM_WAIT_S
+    from autoquant.tracking._parent import CLAIM_WAIT_S
 
     client = MlflowClient(tracking_uri=mlflow_server)
     host = socket.gethostname()

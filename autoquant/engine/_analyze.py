@@ -79,7 +79,7 @@ class Sensitivity:
 
     @classmethod
     def from_json(cls, text: str) -> Sensitivity:
-        """Read what :meth:`to_json` wrote."""
+        """Read what `to_json` wrote."""
         data = json.loads(text)
         layers = tuple(
             LayerSensitivity(

@@ -47,7 +47,7 @@ class PassPlan:
         return len(self.groups)
 
 
-#: Initializers with more elements than this are left out of a :func:`weightless_copy`.
+#: Initializers with more elements than this are left out of a `weightless_copy`.
 _WEIGHTLESS_LIMIT = 1024
 
 

@@ -47,6 +47,8 @@ def qdq_quantize(
 ) -> onnx.ModelProto:
     """A QDQ model from onnxruntime's quantizer, its nodes sorted topologically.
 
+    Over 60 lines for its ten keyword arguments and their docs; the body is one quantizer call.
+
     Args:
         model: The prepared FP32 model (not modified).
         ranges: Activation tensor -> (lowest, highest).
@@ -64,7 +66,6 @@ def qdq_quantize(
     """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-    from onnxruntime.quantization.onnx_model import ONNXModel
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import update_opset_version
 
@@ -93,12 +94,21 @@ def qdq_quantize(
             "TensorQuantOverrides": overrides,
         },
     )
-    # onnxruntime sorts nodes when it loads a model, but the ONNX spec (and onnx.checker) wants
-    # them sorted in the file: the quantizer appends Q/DQ nodes at the end.
-    sortable = ONNXModel(quantizer.quantize_model())
+    return _sorted_copy(quantizer.quantize_model())
+
+
+def _sorted_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A fresh copy of the quantizer's model, its nodes sorted topologically.
+
+    onnxruntime sorts nodes when it loads a model, but the ONNX spec (and onnx.checker) wants
+    them sorted in the file: the quantizer appends Q/DQ nodes at the end. The quantizer rewrites
+    the FP32 model in place; its float weights, though removed, stay in the memory arena of that
+    message as long as it lives: a fresh copy holds only the INT8 model.
+    """
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    sortable = ONNXModel(model)
     sortable.topological_sort()
-    # The quantizer rewrites the FP32 model in place. Its float weights, though removed, stay in
-    # the memory arena of that message as long as it lives: a fresh copy holds only the INT8 model.
     compact = onnx.ModelProto()
     compact.ParseFromString(sortable.model.SerializeToString())
     return compact

@@ -29,7 +29,7 @@ from autoquant.names import CONFIG_FILE, FP32_NODES_FILE, MODEL_FILE, TABLE_FILE
 
 @dataclass(frozen=True)
 class WrittenOutputs:
-    """Paths of the files written by :func:`write_outputs`."""
+    """Paths of the files written by `write_outputs`."""
 
     model: Path
     table: Path
@@ -82,7 +82,8 @@ def trt_calibration_cache(result: QuantizedModel) -> str:
     """TensorRT-style calibration cache: a header, then ``tensor: <float32 scale as big-endian hex>``.
 
     The header names the TensorRT calibrator of the method most tensors were calibrated with
-    (its ``trt_calibrator``; methods TensorRT has no calibrator for name the closest one). The scale is ``threshold / 127`` as in TensorRT's symmetric INT8.
+    (its `trt_calibrator`; a method TensorRT has no calibrator for names the closest one).
+    The scale is `threshold / 127` as in TensorRT's symmetric INT8.
     """
     methods = [r.method for r in result.ranges.values()]
     method = max(sorted(set(methods)), key=methods.count) if methods else "kl"

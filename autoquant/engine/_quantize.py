@@ -1,7 +1,7 @@
 """Quantize stage: build a QDQ ONNX model from our ranges with onnxruntime's quantizer.
 
 onnxruntime does the graph rewriting; this module only turns a typed
-:class:`~autoquant.config.QuantizationConfig` and the computed ranges into its options. It is the
+`QuantizationConfig` and the computed ranges into its options. It is the
 one place where onnxruntime's quantization API is called.
 """
 
@@ -72,7 +72,7 @@ class QuantizedModel:
 
 
 def compute_layers(graph: ModelGraph, names: Sequence[str]) -> tuple[str, ...]:
-    """The compute layers (:data:`COMPUTE_OPS`) among the nodes ``names``, in their order."""
+    """The compute layers (`COMPUTE_OPS`) among the nodes ``names``, in their order."""
     compute = {n.name for n in graph.nodes if n.op_type in COMPUTE_OPS}
     return tuple(n for n in names if n in compute)
 
@@ -80,7 +80,7 @@ def compute_layers(graph: ModelGraph, names: Sequence[str]) -> tuple[str, ...]:
 def float_nodes(graph: ModelGraph, config: QuantizationConfig) -> list[str]:
     """Quantizable nodes left in float for speed by ``config.float_ops``, in graph order:
     ``activations``, the nodes of the decomposed GELU/SiLU activations; ``elementwise``, those and
-    every node of :data:`ELEMENTWISE_OPS`. They are never compute layers."""
+    every node of `ELEMENTWISE_OPS`. They are never compute layers."""
     if config.float_ops == "none":
         return []
     chains = {name for chain in graph.activation_chains for name in chain.nodes}
@@ -141,11 +141,11 @@ def quantize_model(
 
     Args:
         graph: The prepared model.
-        ranges: Activation ranges, from :func:`autoquant.engine.compute_thresholds`.
+        ranges: Activation ranges, from `autoquant.engine.compute_thresholds`.
         config: Weight granularity, activation scheme, exclusions, op types, ``float_ops`` (the
             chains it leaves in float become onnxruntime's fused kernels, see
-            :func:`autoquant.engine.graph.fuse_activations`) and ``reduce_range`` (``auto`` decides from
-            :func:`autoquant.hardware.target_isa`).
+            `autoquant.engine.graph.fuse_activations`) and ``reduce_range`` (``auto`` decides from
+            `autoquant.hardware.target_isa`).
         ranking: Node names by decreasing sensitivity, for ``config.fp32_layers``.
         only: Quantize only these nodes (the per-layer analysis); None quantizes every node.
 
@@ -159,27 +159,9 @@ def quantize_model(
     excluded = fp32_nodes(graph, config, ranking)
     speed = [n for n in float_nodes(graph, config) if n not in set(excluded)]
     op_types = op_types_to_quantize(graph, config)
-    symmetric = config.activation_scheme == "symmetric"
     isa = target_isa()
     reduce_range = resolve_reduce_range(config.reduce_range, isa)
-    depthwise = config.depthwise_per_channel and not config.per_channel
-    try:
-        quantized = qdq_quantize(
-            graph.load(),
-            {name: (r.lowest, r.highest) for name, r in ranges.items()},
-            per_channel=config.per_channel,
-            reduce_range=reduce_range,
-            symmetric_activations=symmetric,
-            unsigned_inputs=[s.name for s in graph.inputs]
-            if config.first_input_unsigned and symmetric
-            else (),
-            per_channel_weights=[n.weight for n in graph.nodes if depthwise and n.depthwise and n.weight],
-            nodes_to_quantize=only,
-            nodes_to_exclude=[*excluded, *speed],
-            op_types=op_types,
-        )
-    except Exception as exc:
-        raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from exc
+    quantized = _quantize_qdq(graph, ranges, config, reduce_range, only, [*excluded, *speed], op_types)
     if only is not None:
         excluded = [n.name for n in graph.nodes if n.name not in set(only)]
     if config.float_ops != "none" and only is None:
@@ -196,6 +178,41 @@ def quantize_model(
         float_nodes=tuple(speed),
         external_data=graph.external_data,
     )
+
+
+def _quantize_qdq(
+    graph: ModelGraph,
+    ranges: dict[str, TensorRange],
+    config: QuantizationConfig,
+    reduce_range: bool,
+    only: Sequence[str] | None,
+    excluded: list[str],
+    op_types: list[str],
+) -> onnx.ModelProto:
+    """onnxruntime's QDQ model for ``config``'s choices (see `quantize_model`).
+
+    Raises:
+        QuantizationError: onnxruntime's quantizer fails.
+    """
+    symmetric = config.activation_scheme == "symmetric"
+    depthwise = config.depthwise_per_channel and not config.per_channel
+    try:
+        return qdq_quantize(
+            graph.load(),
+            {name: (r.lowest, r.highest) for name, r in ranges.items()},
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            symmetric_activations=symmetric,
+            unsigned_inputs=[s.name for s in graph.inputs]
+            if config.first_input_unsigned and symmetric
+            else (),
+            per_channel_weights=[n.weight for n in graph.nodes if depthwise and n.depthwise and n.weight],
+            nodes_to_quantize=only,
+            nodes_to_exclude=excluded,
+            op_types=op_types,
+        )
+    except Exception as exc:
+        raise QuantizationError(f"{graph.source.name}: onnxruntime's quantizer failed: {exc}") from exc
 
 
 @dataclass(frozen=True)

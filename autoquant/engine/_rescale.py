@@ -2,7 +2,7 @@
 
 The threshold method, bins, percentile, ratio search and per-tensor scales change only the ranges,
 so only the scales and zero points of the activation Q/DQ pairs, and the int32 biases that depend
-on them. :class:`Requantizer` quantizes each graph structure (the choices that do change the graph,
+on them. `Requantizer` quantizes each graph structure (the choices that do change the graph,
 with the FP32 nodes and ``reduce_range`` resolved) with onnxruntime's quantizer, and from the
 second time a structure is asked for, rewrites those initializers of that model instead.
 
@@ -246,7 +246,7 @@ _UNMAPPABLE = "unmappable"
 
 
 class Requantizer:
-    """:func:`~autoquant.engine.quantize_model` that rewrites a structure's model from the
+    """`quantize_model` that rewrites a structure's model from the
     second time on (see the module docstring). Keeps the ``capacity`` structures used last.
 
     Attributes:
@@ -264,7 +264,7 @@ class Requantizer:
     def quantize(
         self, ranges: dict[str, TensorRange], config: QuantizationConfig, ranking: Sequence[str] = ()
     ) -> QuantizedModel:
-        """A QDQ model for these ranges and choices, as :func:`~autoquant.engine.quantize_model`
+        """A QDQ model for these ranges and choices, as `quantize_model`
         writes it.
 
         Raises:

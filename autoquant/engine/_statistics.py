@@ -1,6 +1,6 @@
 """Statistics stage: one streaming FP32 pass that collects, per activation tensor, min, max and a
-fine signed histogram (:mod:`autoquant.engine`), within a memory budget
-(:mod:`autoquant.engine`), cached on disk.
+fine signed histogram (`autoquant.engine._histogram`), within a memory budget
+(`autoquant.engine._memory_plan`), cached on disk.
 
 Memory is ``tensors x bins``; no activation is kept after its run.
 """
@@ -25,7 +25,7 @@ from onnx.external_data_helper import uses_external_data
 
 from autoquant.common import ProgressFn, atomic_write, release_memory
 from autoquant.engine._histogram import HistogramCollector, TensorStats
-from autoquant.engine._memory_plan import bytes_per_sample, plan_pass
+from autoquant.engine._memory_plan import PassPlan, bytes_per_sample, plan_pass
 from autoquant.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
 @dataclass(frozen=True)
 class Statistics:
-    """Statistics of every activation tensor, as collected by :func:`collect_statistics`."""
+    """Statistics of every activation tensor, as collected by `collect_statistics`."""
 
     key: str
     tensors: dict[str, TensorStats]
@@ -142,7 +142,7 @@ def run_statistics_pass(
 
     The activations alive at once stay within ``memory_budget`` bytes: large models run their
     batches in sub-batches, and models whose one sample exceeds the budget run one pass over the
-    data per group of tensors (:mod:`autoquant.engine`). The statistics are the same
+    data per group of tensors (`autoquant.engine._memory_plan`). The statistics are the same
     whatever the plan.
 
     Args:
@@ -162,6 +162,36 @@ def run_statistics_pass(
     if not callable(batches):
         fixed = batches if isinstance(batches, Sequence) else list(batches)
         batches = lambda: fixed  # noqa: E731 - the same feeds for every pass
+    plan = _plan(model, tensors, batches, memory_budget)
+    histograms = np.zeros((len(tensors), 2 * bins), dtype=np.int64)  # one matrix, saved as it is
+    collectors = {t: HistogramCollector(t, bins, histograms[i]) for i, t in enumerate(tensors)}
+    samples = 0
+    for number, group in enumerate(plan.groups):
+        session = _augmented_session(model, group, model_dir)
+        outputs = {o.name for o in session.get_outputs()}
+        wanted = [t for t in group if t in outputs]
+        # Graph inputs are read from the feeds, once.
+        from_feed = [collectors[t] for t in tensors if t not in outputs] if number == 0 else []
+        counted = _Counting(progress if number == 0 else None)
+        update = _updater([collectors[t] for t in wanted], from_feed, counted)
+        _one_pass(session, wanted, _runs(batches(), plan.samples_per_run), update, plan.overlap)
+        samples = samples or counted.samples
+        del session
+        release_memory()
+    if samples == 0:
+        raise CalibrationError("the calibration set yielded no samples")
+    return {t: c.result(copy=False) for t, c in collectors.items()}, samples
+
+
+def _plan(
+    model: onnx.ModelProto, tensors: list[str], batches: Callable[[], Feeds], memory_budget: int
+) -> PassPlan:
+    """How the pass runs within ``memory_budget``, measured on the first batch; said in one line
+    when it takes several passes or sub-batches.
+
+    Raises:
+        CalibrationError: The calibration set yields no samples.
+    """
     first = next(iter(batches()), None)
     if first is None:
         raise CalibrationError("the calibration set yielded no samples")
@@ -181,24 +211,7 @@ def run_statistics_pass(
             plan.passes,
             plan.samples_per_run or "all",
         )
-    histograms = np.zeros((len(tensors), 2 * bins), dtype=np.int64)  # one matrix, saved as it is
-    collectors = {t: HistogramCollector(t, bins, histograms[i]) for i, t in enumerate(tensors)}
-    samples = 0
-    for number, group in enumerate(plan.groups):
-        session = _augmented_session(model, group, model_dir)
-        outputs = {o.name for o in session.get_outputs()}
-        wanted = [t for t in group if t in outputs]
-        # Graph inputs are read from the feeds, once.
-        from_feed = [collectors[t] for t in tensors if t not in outputs] if number == 0 else []
-        counted = _Counting(progress if number == 0 else None)
-        update = _updater([collectors[t] for t in wanted], from_feed, counted)
-        _one_pass(session, wanted, _runs(batches(), plan.samples_per_run), update, plan.overlap)
-        samples = samples or counted.samples
-        del session
-        release_memory()
-    if samples == 0:
-        raise CalibrationError("the calibration set yielded no samples")
-    return {t: c.result(copy=False) for t, c in collectors.items()}, samples
+    return plan
 
 
 @dataclass
@@ -281,7 +294,7 @@ def _stacked(histograms: list[np.ndarray]) -> np.ndarray:
 
 
 def load_statistics(path: Path, key: str) -> Statistics:
-    """Read statistics written by :func:`save_statistics`.
+    """Read statistics written by `save_statistics`.
 
     Every array is read from the archive once: indexing the lazy ``NpzFile`` inside the loop would
     decompress and CRC-check the whole array again for every tensor.
@@ -332,12 +345,12 @@ def collect_statistics(
         load_model: Returns the prepared FP32 model (called only on a cache miss).
         tensors: Tensor names to collect.
         batches: Called (only on a cache miss) to get the calibration feeds.
-        key: Cache key, see :func:`statistics_key`.
+        key: Cache key, see `statistics_key`.
         cache_dir: Cache folder, or ``None`` to disable the cache.
         bins: Fine histogram bins per sign.
-        progress: Progress callback, see :func:`run_statistics_pass`.
-        memory_budget: Bytes of activations alive at once, see :func:`run_statistics_pass`.
-        model_dir: See :func:`run_statistics_pass`.
+        progress: Progress callback, see `run_statistics_pass`.
+        memory_budget: Bytes of activations alive at once, see `run_statistics_pass`.
+        model_dir: See `run_statistics_pass`.
     """
     path = Path(cache_dir) / f"stats-{key}.npz" if cache_dir is not None else None
     stats = _read_cache(path, key) if path is not None and path.is_file() else None

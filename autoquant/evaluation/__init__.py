@@ -2,7 +2,7 @@
 against cached FP32 reference outputs, latency timing and per-node profiles.
 """
 
-from autoquant.evaluation._accuracy import Evaluation, Evaluator, compute_decay, session_or_error
+from autoquant.evaluation._accuracy import Evaluation, Evaluator, compute_decay
 from autoquant.evaluation._latency import (
     SELECTION_THREADS,
     THREADS,
@@ -12,6 +12,7 @@ from autoquant.evaluation._latency import (
     trial_budget,
 )
 from autoquant.evaluation._reference import StoredArray, read_reference, write_reference
+from autoquant.evaluation._sessions import session_or_error
 
 __all__ = [
     "SELECTION_THREADS",

@@ -2,14 +2,13 @@
 
 The FP32 outputs on the test set are computed once and stored in the cache (keyed like the
 statistics: model hash, data fingerprint, sample count) and read back a batch at a time
-(:mod:`autoquant.evaluation`); the FP32 score is replayed from them, or taken from
+(`ReferenceOutputs`); the FP32 score is replayed from them, or taken from
 ``search.fp32_score``. Each INT8 evaluation then runs the INT8 model once over the test set, batch
 by batch, and reports the decay with a bootstrap 95 % confidence interval over test samples.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -25,9 +24,11 @@ import onnxruntime as ort
 from autoquant.common import ProgressFn
 from autoquant.config import StudyConfig
 from autoquant.data import Batch, DataReader, open_reader
-from autoquant.engine.graph import ModelGraph, session_for, session_options
-from autoquant.errors import AutoquantError, ConfigError, DataError, EvaluationError, UserCodeError, one_line
-from autoquant.evaluation._reference import StoredArray, read_reference, write_reference
+from autoquant.engine.graph import ModelGraph
+from autoquant.errors import AutoquantError, ConfigError, DataError, UserCodeError
+from autoquant.evaluation._fp32 import ReferenceOutputs, reference_folder
+from autoquant.evaluation._reference import StoredArray
+from autoquant.evaluation._sessions import run_batch, session_or_error
 from autoquant.objectives import (
     Objective,
     create_objective,
@@ -80,7 +81,7 @@ def compute_decay(fp32: float, score: float, mode: str) -> float:
 
 
 def _guarded(name: str, call: Callable[..., object], *args: object) -> object:
-    """Call objective code; anything but an autoquant error becomes a :class:`UserCodeError`."""
+    """Call objective code; anything but an autoquant error becomes a `UserCodeError`."""
     try:
         return call(*args)
     except AutoquantError:
@@ -126,12 +127,10 @@ class Evaluator:
             raise ConfigError(
                 f"test.objective {test.objective!r} needs labels; set test.labels or use objective: agreement"
             )
-        key = hashlib.sha256(
-            f"{graph.model_hash}|{data_fingerprint}|{test.test_iterations}|{self.output_names}".encode()
-        ).hexdigest()[:24]
-        self._cache_path = Path(cache_dir) / f"fp32-{key}" if cache_dir is not None else None
-        self._reference: Sequence[np.ndarray | StoredArray] | None = None
-        self._axes: list[int] | None = None
+        folder = reference_folder(cache_dir, graph, data_fingerprint, test.test_iterations, self.output_names)
+        self._fp32_outputs = ReferenceOutputs(
+            graph, self.reader, self._batches, self.output_names, config.model.output_batch_axes, folder
+        )
         self._fp32: Objective | None = None
         self.fp32_score: float | None = config.search.fp32_score
 
@@ -163,61 +162,17 @@ class Evaluator:
         """FP32 outputs over the test set (one array per output, samples first).
 
         With a cache folder they are stored there a batch at a time and read back by slices
-        (:mod:`autoquant.evaluation`), so they never sit in memory whole.
+        (`StoredArray`), so they never sit in memory whole.
         """
-        if self._reference is not None:
-            return self._reference
-        cached = self._read_cache()
-        if cached is not None:
-            self._reference = cached
-            logger.info("FP32 reference outputs reused from the cache (%s)", self._cache_path.name)
-            return self._reference
-        session = session_or_error(self.graph.prepared_path, "FP32 model")
-        axes = self.batch_axes(session)
-
-        def batches() -> Iterator[list[np.ndarray]]:
-            for batch in self._batches():
-                yield _run(session, self.output_names, batch, axes)
-                if progress is not None:
-                    progress(len(batch.sample_ids))
-
-        if self._cache_path is None:
-            parts = list(zip(*batches(), strict=True))
-            self._reference = [np.concatenate(p) for p in parts]
-        else:
-            self._reference = write_reference(self._cache_path, batches(), axes)
-        return self._reference
+        return self._fp32_outputs.arrays(progress)
 
     def batch_axes(self, session: ort.InferenceSession | None = None) -> list[int]:
         """The batch axis of each evaluated output (``model.output_batch_axes``, else found).
 
         Raises:
-            ConfigError: An output's batch axis cannot be told (see :func:`find_batch_axes`).
+            ConfigError: An output's batch axis cannot be told (see `find_batch_axes`).
         """
-        if self._axes is None:
-            fixed = self.graph.batch_size(2) != 2
-            probe = None if fixed else next(self.reader.batches(2))
-            if probe is not None and len(probe.sample_ids) < 2:
-                probe = None
-            session = session or session_or_error(self.graph.prepared_path, "FP32 model")
-            self._axes = find_batch_axes(
-                session, self.output_names, probe, self.config.model.output_batch_axes
-            )
-        return self._axes
-
-    def _read_cache(self) -> list[StoredArray] | None:
-        """The cached FP32 outputs, or None when absent, incomplete or made for other batch axes."""
-        if self._cache_path is None:
-            return None
-        stored = read_reference(self._cache_path)
-        if stored is None or len(stored[0]) != len(self.output_names):
-            return None
-        arrays, axes = stored
-        configured = self.config.model.output_batch_axes
-        if any(configured.get(n, a) != a for n, a in zip(self.output_names, axes, strict=True)):
-            return None  # the config now names other batch axes: run again
-        self._axes = axes
-        return arrays
+        return self._fp32_outputs.batch_axes(session)
 
     def fp32_objective(self, progress: ProgressFn | None = None) -> Objective:
         """The objective replayed over the FP32 reference outputs."""
@@ -255,7 +210,7 @@ class Evaluator:
     ) -> Evaluation:
         """Score ``model`` (or a session built for it) on the test set and compare it with FP32.
 
-        With ``prune``, the decay is looked at after each tenth of the test set (:data:`LOOKS`),
+        With ``prune``, the decay is looked at after each tenth of the test set (`LOOKS`),
         and the evaluation stops when it is certainly over ``search.accept_int8_decay``; a model
         within budget is always scored on the whole test set.
 
@@ -276,7 +231,7 @@ class Evaluator:
         next_look = next(looks, None)
         for batch in self._batches():
             began = time.perf_counter()
-            outputs = _run(session, self.output_names, batch, axes)
+            outputs = run_batch(session, self.output_names, batch, axes)
             seconds += time.perf_counter() - began
             n = len(batch.sample_ids)
             ref = [r[start : start + n] for r in reference] if self._needs_reference else None
@@ -307,7 +262,7 @@ class Evaluator:
         return self.fp32_score
 
     def score(self, candidate: object, progress: ProgressFn | None = None, prune: bool = False) -> Evaluation:
-        """:meth:`evaluate` the candidate's session (see :class:`autoquant.search.Scorer`)."""
+        """`evaluate` the candidate's session (see `autoquant.search.Scorer`)."""
         return self.evaluate(candidate.session, progress, prune)  # type: ignore[attr-defined]
 
     def _resampled_decays(self, fp32: Objective, int8: Objective, samples: int, count: int) -> np.ndarray:
@@ -340,68 +295,3 @@ class Evaluator:
         decays = self._resampled_decays(fp32, int8, samples, BOOTSTRAP_RESAMPLES)
         low, high = np.percentile(decays, [2.5, 97.5])
         return float(low), float(high)
-
-
-def session_or_error(
-    model: onnx.ModelProto | bytes | Path | ort.InferenceSession, what: str, threads: int = 0
-) -> ort.InferenceSession:
-    """A session for ``model`` (or ``model`` itself) with ``threads`` intra-op threads (0: the
-    default); an onnxruntime failure is an :class:`EvaluationError`."""
-    if isinstance(model, ort.InferenceSession):
-        return model
-    try:
-        return session_for(model, session_options(threads)) if threads else session_for(model)
-    except Exception as exc:
-        raise EvaluationError(f"onnxruntime cannot load the {what} ({one_line(exc)})") from exc
-
-
-def _run(
-    session: ort.InferenceSession, names: list[str], batch: Batch, axes: list[int] | None = None
-) -> list[np.ndarray]:
-    """``session.run`` on one batch, each output's batch axis moved first (``axes``); an onnxruntime
-    failure is an :class:`EvaluationError` naming the samples."""
-    try:
-        values = session.run(names, batch.inputs)
-    except Exception as exc:
-        ids = batch.sample_ids
-        raise EvaluationError(
-            f"onnxruntime cannot run the model on test samples {ids[0]}..{ids[-1]} ({one_line(exc)})"
-        ) from exc
-    return [np.moveaxis(v, a, 0) if a else v for v, a in zip(values, axes or [0] * len(values), strict=True)]
-
-
-def find_batch_axes(
-    session: ort.InferenceSession, names: list[str], probe: Batch | None, configured: dict[str, int]
-) -> list[int]:
-    """Each output's batch axis: as configured, else the one axis whose size follows the batch.
-
-    The model runs on the first sample of ``probe`` and on its first two; an output's batch axis
-    is the one axis of size 1 then 2. Without a probe (a model whose batch size is fixed) the
-    axis is 0.
-
-    Raises:
-        ConfigError: Several axes follow the batch, or none does, and ``model.output_batch_axes``
-            does not name the axis.
-    """
-    if probe is None or all(name in configured for name in names):
-        return [configured.get(name, 0) for name in names]
-    one = {k: v[:1] for k, v in probe.inputs.items()}
-    two = {k: v[:2] for k, v in probe.inputs.items()}
-    shapes = [[np.shape(o) for o in session.run(names, feed)] for feed in (one, two)]
-    axes = []
-    for name, first, second in zip(names, *shapes, strict=True):
-        if name in configured:
-            axes.append(configured[name])
-            continue
-        moving = [i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b]
-        if len(first) == len(second) and len(moving) == 1 and (first[moving[0]], second[moving[0]]) == (1, 2):
-            axes.append(moving[0])
-            continue
-        raise ConfigError(
-            f"output {name!r}: cannot tell its batch axis (shape {tuple(first)} for 1 sample, "
-            f"{tuple(second)} for 2); set model.output_batch_axes: {{{name}: <axis>}}"
-        )
-    moved = [f"{n} (axis {a})" for n, a in zip(names, axes, strict=True) if a]
-    if moved:
-        logger.info("outputs that are not batch-first: %s", ", ".join(moved))
-    return axes

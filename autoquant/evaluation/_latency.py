@@ -5,7 +5,7 @@ machine does meanwhile (frequency, other load) slows both alike and cancels. The
 adapts: timing stops once the median ratio is known to about 2 % or the measurement's budget is
 spent, and never before a few runs. A 1 ms CNN gets dozens of runs and several sessions in a
 fraction of a second; a transformer whose run takes a second gets a few runs in one session, so
-timing costs a bounded share of a trial (:func:`trial_budget`).
+timing costs a bounded share of a trial (`trial_budget`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from autoquant.common import release_memory
 from autoquant.errors import EvaluationError, one_line
-from autoquant.evaluation._accuracy import session_or_error
+from autoquant.evaluation._sessions import session_or_error
 
 #: The thread counts latency is measured at: label -> onnxruntime's ``intra_op_num_threads``
 #: (0: its default, one thread per physical core). The selection uses the first.
@@ -64,7 +64,7 @@ def _warmup_runs(run_ms: float) -> int:
 
 
 def _settled(values: list[float]) -> bool:
-    """Whether the median of ``values`` is known to :data:`PRECISION` (a robust standard error from
+    """Whether the median of ``values`` is known to `PRECISION` (a robust standard error from
     the median absolute deviation; a median's is about 1.25 times a mean's)."""
     if len(values) < 10:
         return False
@@ -92,7 +92,7 @@ def measure_latency(
 
     Runs ``warmup`` untimed runs (None: by the first run's time), then at most ``repeats`` timed
     runs, stopping once the median is settled or ``budget_s`` is spent (after at least
-    :data:`LEAST_RUNS`, or ``repeats`` if fewer).
+    `LEAST_RUNS`, or ``repeats`` if fewer).
 
     Raises:
         EvaluationError: onnxruntime cannot load or run the model.
@@ -154,7 +154,7 @@ class LatencyTimer:
 
     @property
     def reference(self) -> ort.InferenceSession:
-        """The FP32 model's session (opened again if :meth:`release` closed it)."""
+        """The FP32 model's session (opened again if `release` closed it)."""
         if self._reference is None:
             self._reference = session_or_error(self._fp32_model, "FP32 model to time against", self.threads)
         return self._reference
@@ -191,7 +191,7 @@ class LatencyTimer:
 
     def _sessions(self, budget: float, most: int) -> int:
         """How many new sessions a comparison within ``budget`` seconds can afford: each costs its
-        creation, its warm-up and at least :data:`LEAST_RUNS` timed pairs."""
+        creation, its warm-up and at least `LEAST_RUNS` timed pairs."""
         pair_s = 2.0 * self.fp32_ms / 1000.0
         one = self.session_s + (_warmup_runs(self.fp32_ms) + LEAST_RUNS) * pair_s
         return int(max(1, min(most, budget // max(one, 1e-9))))
@@ -199,7 +199,7 @@ class LatencyTimer:
     def model_ratio(
         self, model: onnx.ModelProto | bytes | Path, sessions: int = 3, budget_s: float | None = None
     ) -> float:
-        """:meth:`ratio` of a model, the median over up to ``sessions`` new sessions of it (a
+        """`ratio` of a model, the median over up to ``sessions`` new sessions of it (a
         session's memory layout and threads make its speed differ from another's of the same
         model), as many as ``budget_s`` (None: the timer's) affords.
 
@@ -237,7 +237,7 @@ class LatencyTimer:
 def latency_timers(
     fp32_model: onnx.ModelProto | bytes | Path, feed: dict[str, np.ndarray], budget_s: float = LEAST_BUDGET_S
 ) -> dict[str, LatencyTimer]:
-    """One :class:`LatencyTimer` per thread count of :data:`THREADS`, by its label.
+    """One `LatencyTimer` per thread count of `THREADS`, by its label.
 
     Raises:
         EvaluationError: onnxruntime cannot load or run the FP32 model.
@@ -271,8 +271,8 @@ def compare_latency(
     feed: dict[str, np.ndarray],
     budget_s: float = LEAST_BUDGET_S,
 ) -> dict[str, LatencyComparison]:
-    """Both models timed the same way, in this process, at each thread count of :data:`THREADS`
-    (the way a study times its trials: :meth:`LatencyTimer.model_ratio`).
+    """Both models timed the same way, in this process, at each thread count of `THREADS`
+    (the way a study times its trials: `LatencyTimer.model_ratio`).
 
     Raises:
         EvaluationError: onnxruntime cannot load or run a model.

@@ -3,7 +3,7 @@
 mlflow takes seconds of pure Python to import and to open a store (a local store runs its
 database migrations); in a thread of the study's process that work holds the interpreter lock
 away from calibration and the trials. In a process of its own it runs on another core, and the
-study's process only waits on a pipe, in its background thread (:mod:`autoquant.tracking`).
+study's process only waits on a pipe, in its background thread (`autoquant.tracking._tracker`).
 
 The protocol: the parent writes pickled ``(method, args)`` requests to this process's stdin; each
 is answered on the original stdout with a pickled ``(ok, value, records)``: the method's result
@@ -34,7 +34,7 @@ from autoquant.names import PARETO_FILE, SUMMARY_FILE
 
 
 class MlflowLogger:
-    """The MLflow calls of a study, made with :class:`mlflow.MlflowClient` (no global active run)."""
+    """The MLflow calls of a study, made with `mlflow.MlflowClient` (no global active run)."""
 
     def __init__(self, uri: str) -> None:
         from mlflow import MlflowClient
@@ -231,7 +231,7 @@ class _Records(logging.Handler):
 
 def serve(requests: BinaryIO, answers: BinaryIO, level: int) -> None:
     """Answer the requests until ``requests`` ends: ``("open", (uri,))`` first, then the methods of
-    :class:`MlflowLogger`. mlflow is imported first; if that fails, every request fails so."""
+    `MlflowLogger`. mlflow is imported first; if that fails, every request fails so."""
     records = _Records(level)
     root = logging.getLogger()
     root.handlers[:] = [records]

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from autoquant.engine.graph._activations import MS_DOMAIN, ActivationChain, fuse_activations
+from autoquant.engine.graph._checks import check_control_flow
 from autoquant.engine.graph._describe import (
     ModelGraph,
     QuantizableNode,
@@ -20,6 +21,7 @@ from autoquant.engine.graph._describe import (
     model_inputs,
     weight_channel_ranges,
 )
+from autoquant.engine.graph._fold import WEIGHTED_OPS
 from autoquant.engine.graph._model_io import (
     EXTERNAL_DATA_BYTES,
     SourceModel,
@@ -31,13 +33,7 @@ from autoquant.engine.graph._model_io import (
     set_session_threads,
     write_model,
 )
-from autoquant.engine.graph._prepare import (
-    MIN_OPSET,
-    WEIGHTED_OPS,
-    check_control_flow,
-    prepare,
-    private_workdir,
-)
+from autoquant.engine.graph._prepare import MIN_OPSET, prepare, private_workdir
 
 #: Bumped when preparation changes, so that models prepared by an older version are redone.
 PREPARATION_VERSION = 3
@@ -50,7 +46,7 @@ def prepare_model(path: str | Path, cache_dir: str | Path, persist: bool = True)
         path: The FP32 ONNX model (its external data files beside it).
         cache_dir: Folder for the prepared model, keyed by the hash of the model's files.
         persist: Write the prepared model to the cache. Without it nothing is written (a cached
-            model is still used); the graph then describes a model that :meth:`ModelGraph.load`
+            model is still used); the graph then describes a model that `ModelGraph.load`
             cannot load unless it was cached (``autoquant check``).
 
     Returns:

@@ -5,7 +5,7 @@ session (its ``Gelu`` and ``QuickGelu`` fusions). In a QDQ model every op of the
 own Q/DQ pair, QLinearMul and QLinearAdd, and the fusion is lost: on the PP-OCR models that costs
 more than the INT8 convolutions save (bench/RESULTS.md). Left in float, the chain still is not
 fused, because onnxruntime gives each consumer of a DequantizeLinear its own copy and the fusion
-wants one input; :func:`fuse_activations` therefore writes the fused kernel itself, with the
+wants one input; `fuse_activations` therefore writes the fused kernel itself, with the
 operator onnxruntime's own fusion writes (``com.microsoft`` ``Gelu``, ``QuickGelu`` with
 ``alpha=1``), so the INT8 model runs the chain as the FP32 model does.
 """
@@ -44,7 +44,7 @@ class ActivationChain:
 
     @property
     def fused_op(self) -> str:
-        """onnxruntime's operator for the whole chain (domain :data:`MS_DOMAIN`)."""
+        """onnxruntime's operator for the whole chain (domain `MS_DOMAIN`)."""
         return {"gelu": "Gelu", "silu": "QuickGelu"}[self.kind]
 
 
@@ -168,7 +168,7 @@ def fuse_activations(
 
     Args:
         model: A QDQ model.
-        chains: The chains found in its FP32 source (:func:`find_activations`).
+        chains: The chains found in its FP32 source (`find_activations`).
         floating: Names of the nodes the quantizer left in float.
 
     Returns:

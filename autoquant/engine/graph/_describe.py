@@ -16,8 +16,9 @@ from onnx.external_data_helper import load_external_data_for_tensor, uses_extern
 from autoquant.data import InputSpec
 from autoquant.engine._ort import quantizable_op_types
 from autoquant.engine.graph._activations import ActivationChain, find_activations
+from autoquant.engine.graph._fold import WEIGHTED_OPS, constant_tensors
 from autoquant.engine.graph._model_io import load_model
-from autoquant.engine.graph._prepare import WEIGHTED_OPS, constant_tensors, opset
+from autoquant.engine.graph._prepare import opset
 from autoquant.errors import ModelError
 
 logger = logging.getLogger("autoquant.engine.graph")
@@ -75,12 +76,12 @@ class ModelGraph:
         activations: Float tensors whose ranges the quantizer needs, in topological order.
         first_layer: Name of the first Conv/Gemm/MatMul node, if any.
         norm_nodes: Quantizable nodes of decomposed normalizations (see
-            :func:`normalization_nodes`), kept in FP32 by ``quantization.norm_layers_fp32``.
+            `normalization_nodes`), kept in FP32 by ``quantization.norm_layers_fp32``.
         opset: The prepared model's ai.onnx opset.
         external_data: The model keeps its weights in external data files, and so do the models
             written from it.
         activation_chains: Its decomposed GELU and SiLU activations (see
-            :func:`~autoquant.engine.graph._activations.find_activations`), which
+            `find_activations`), which
             ``quantization.float_ops`` may leave in float as one fused kernel.
     """
 
@@ -140,51 +141,54 @@ def normalization_nodes(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
     one of 10 rounds to zero and its reciprocal explodes, and a rounded mean shifts every centred
     value. Found from each ``Sqrt`` (or ``Reciprocal``, or ``Pow`` with an exponent below 1):
     forward through single-input steps to the node that merges the scale with the input, then
-    the nodes within :data:`_NORM_DEPTH` element-wise steps back from it that descend from a
+    the nodes within `_NORM_DEPTH` element-wise steps back from it that descend from a
     reduction, and what feeds only those reductions.
     """
-    producer = {o: n for n in graph.node for o in n.output if o}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for tensor in node.input:
-            consumers.setdefault(tensor, []).append(node)
-    values = {t.name: t for t in graph.initializer}
+    walk = _NormWalk(graph, constant)
+    found: set[str] = set()
+    for root in graph.node:
+        if walk.is_root(root) and root.name not in found:
+            found |= walk.branch(root)
+    return found
 
-    def dynamic_inputs(node: onnx.NodeProto) -> list[str]:
-        return [t for t in node.input if t and t not in constant]
 
-    def is_root(node: onnx.NodeProto) -> bool:
+class _NormWalk:
+    """The lookups `normalization_nodes` walks a graph with, and the walk from one root."""
+
+    def __init__(self, graph: onnx.GraphProto, constant: set[str]) -> None:
+        self.constant = constant
+        self.producer = {o: n for n in graph.node for o in n.output if o}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for tensor in node.input:
+                self.consumers.setdefault(tensor, []).append(node)
+        self.values = {t.name: t for t in graph.initializer}
+
+    def dynamic_inputs(self, node: onnx.NodeProto) -> list[str]:
+        return [t for t in node.input if t and t not in self.constant]
+
+    def is_root(self, node: onnx.NodeProto) -> bool:
+        """Whether ``node`` is a square root: ``Sqrt``, ``Reciprocal`` or ``Pow`` below 1."""
         if node.op_type in ("Sqrt", "Reciprocal"):
             return True
-        if node.op_type == "Pow" and len(node.input) > 1 and node.input[1] in values:
-            exponent = numpy_helper.to_array(values[node.input[1]])
+        if node.op_type == "Pow" and len(node.input) > 1 and node.input[1] in self.values:
+            exponent = numpy_helper.to_array(self.values[node.input[1]])
             return exponent.size == 1 and float(exponent.reshape(-1)[0]) < 1.0
         return False
 
-    found: set[str] = set()
-    for root in graph.node:
-        if not is_root(root) or root.name in found:
-            continue
+    def branch(self, root: onnx.NodeProto) -> set[str]:
+        """The nodes of the normalization around ``root``; none when no reduction feeds it."""
         chain, merge = [root], root
-        while len(dynamic_inputs(merge)) < 2:  # forward: reciprocal, gamma, to the node applying it
-            users = [c for o in merge.output for c in consumers.get(o, [])]
+        while len(self.dynamic_inputs(merge)) < 2:  # forward: reciprocal, gamma, to the node applying it
+            users = [c for o in merge.output for c in self.consumers.get(o, [])]
             if len(users) != 1 or users[0].op_type not in _NORM_OPS:
                 break
             merge = users[0]
             chain.append(merge)
-        ancestors: dict[str, onnx.NodeProto] = {}
-        frontier = [merge]
-        for _ in range(_NORM_DEPTH + len(chain)):
-            frontier = [
-                producer[t]
-                for node in frontier
-                for t in dynamic_inputs(node)
-                if t in producer and producer[t].op_type in _NORM_OPS and producer[t].name not in ancestors
-            ]
-            ancestors.update((n.name, n) for n in frontier)
+        ancestors = self._ancestors(merge, _NORM_DEPTH + len(chain))
         reduces = [n for n in ancestors.values() if n.op_type in _NORM_REDUCES]
         if not reduces:
-            continue
+            return set()
         branch = {n.name: n for n in chain}
         stack = list(reduces)
         while stack:  # what descends from a reduction: statistics, centring, scale
@@ -193,15 +197,30 @@ def normalization_nodes(graph: onnx.GraphProto, constant: set[str]) -> set[str]:
             stack.extend(
                 c
                 for o in node.output
-                for c in consumers.get(o, [])
+                for c in self.consumers.get(o, [])
                 if c.name in ancestors and c.name not in branch
             )
         for node in ancestors.values():  # and what feeds only reductions (the square in E[x^2])
-            users = [c for o in node.output if o for c in consumers.get(o, [])]
+            users = [c for o in node.output if o for c in self.consumers.get(o, [])]
             if users and all(c.name in branch and c.op_type in _NORM_REDUCES for c in users):
                 branch[node.name] = node
-        found |= set(branch)
-    return found
+        return set(branch)
+
+    def _ancestors(self, merge: onnx.NodeProto, depth: int) -> dict[str, onnx.NodeProto]:
+        """The element-wise nodes within ``depth`` steps back from ``merge``."""
+        ancestors: dict[str, onnx.NodeProto] = {}
+        frontier = [merge]
+        for _ in range(depth):
+            frontier = [
+                self.producer[t]
+                for node in frontier
+                for t in self.dynamic_inputs(node)
+                if t in self.producer
+                and self.producer[t].op_type in _NORM_OPS
+                and self.producer[t].name not in ancestors
+            ]
+            ancestors.update((n.name, n) for n in frontier)
+        return ancestors
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -250,7 +269,7 @@ def _is_depthwise(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) ->
 def describe(
     model: onnx.ModelProto, source: Path, model_hash: str, prepared_path: Path, external_data: bool = False
 ) -> ModelGraph:
-    """Describe a prepared model (see :class:`ModelGraph`).
+    """Describe a prepared model (see `ModelGraph`).
 
     Activations are the float tensors of quantizable nodes that depend on a model input:
     initializers and tensors computed from constants only get no statistics.

@@ -96,7 +96,7 @@ def _digest(path: Path, locations: list[str]) -> str:
 
 
 def model_identity(path: str | Path) -> tuple[str, bool]:
-    """The hash a model is cached by (see :func:`read_model`) and whether it keeps its weights in
+    """The hash a model is cached by (see `read_model`) and whether it keeps its weights in
     external data files, without loading those weights.
 
     Raises:
@@ -126,7 +126,7 @@ def read_model(path: str | Path) -> SourceModel:
 
 
 def load_model(path: Path, weights: bool = True) -> onnx.ModelProto:
-    """Load a model written by :func:`write_model` (its external data too, unless ``weights`` is
+    """Load a model written by `write_model` (its external data too, unless ``weights`` is
     False)."""
     return onnx.load(path, load_external_data=weights)
 
@@ -205,7 +205,7 @@ def set_session_threads(threads: int | None) -> None:
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Session options with onnxruntime's log at error level and ``threads`` intra-op threads
-    (0: onnxruntime's default, one per physical core; None: those of :func:`set_session_threads`)."""
+    (0: onnxruntime's default, one per physical core; None: those of `set_session_threads`)."""
     options = ort.SessionOptions()
     options.log_severity_level = ORT_LOG_SEVERITY
     if threads is not None:

@@ -14,7 +14,7 @@ constant folding), use old opsets, dynamic shapes and decomposed activations. Pr
 6. infers shapes, keeping dynamic dimensions symbolic;
 7. checks the invariant: every constant weight of a Conv, ConvTranspose, Gemm or MatMul is an
    initializer, and warns once, naming each node, where that is not so;
-8. (:func:`check_control_flow`, on every load) keeps control flow in FP32: the branches of
+8. (`check_control_flow`, on every load) keeps control flow in FP32: the branches of
    ``If``, ``Loop`` and ``Scan`` nodes are not quantized, and a model whose every weighted layer
    lies in such a branch is refused.
 
@@ -27,45 +27,22 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from autoquant.engine._memory_plan import weightless_copy
+from autoquant.engine.graph._checks import check_loads, check_weights, first_line, refuse_quantized
+from autoquant.engine.graph._fold import constant_tensors, flatten_gemm_biases, fold_weights, weighted_nodes
 from autoquant.engine.graph._model_io import SourceModel, session_for, session_options
 from autoquant.errors import ModelError
 
 logger = logging.getLogger("autoquant.engine.graph")
 
 MIN_OPSET = 13
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-#: Ops whose output differs from run to run: never constant, whatever their inputs.
-_RANDOM_OPS = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-)
 #: Beyond this size a model is handed to onnxruntime as a file with external data.
 _FILE_BYTES = 64 * 2**20
-
-
-def _is_quantized_op(op_type: str) -> bool:
-    return (
-        op_type == "QuantizeLinear"
-        or op_type.endswith("Integer")
-        or op_type.startswith(("QLinear", "DynamicQuantize", "QGemm", "QAttention"))
-    )
-
-
-def refuse_quantized(model: onnx.ModelProto, path: Path) -> None:
-    """Raise :class:`ModelError` when the model already holds quantized ops."""
-    found = Counter(n.op_type for n in model.graph.node if _is_quantized_op(n.op_type))
-    if found:
-        ops = ", ".join(f"{op} x{count}" for op, count in found.most_common(4))
-        raise ModelError(f"{path}: the model is already quantized ({ops}); autoquant needs its FP32 original")
 
 
 def opset(model: onnx.ModelProto) -> int:
@@ -73,19 +50,8 @@ def opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def check_loads(source: SourceModel) -> None:
-    """Raise a one-line :class:`ModelError` when onnxruntime cannot load the user's model."""
-    options = session_options()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session_for(source.path, options)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{source.path}: onnxruntime cannot load the model: {reason}") from None
-
-
 def upgrade_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
-    """The model at opset :data:`MIN_OPSET` or above."""
+    """The model at opset `MIN_OPSET` or above."""
     current = opset(model)
     if current >= MIN_OPSET:
         return model
@@ -122,36 +88,6 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
         model.ir_version = max(model.ir_version, 4)
 
 
-def constant_tensors(graph: onnx.GraphProto) -> set[str]:
-    """Tensors computed from initializers and ``Constant`` nodes only (nodes in topological order)."""
-    constant = {t.name for t in graph.initializer}
-    for node in graph.node:
-        has_subgraph = any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
-        )
-        inputs = [t for t in node.input if t]
-        if node.op_type == "Constant" or (
-            inputs
-            and all(t in constant for t in inputs)
-            and node.op_type not in _RANDOM_OPS
-            and not has_subgraph
-        ):
-            constant.update(t for t in node.output if t)
-    return constant
-
-
-def weighted_nodes(graph: onnx.GraphProto, constant: set[str]) -> dict[str, str]:
-    """Conv/ConvTranspose/Gemm/MatMul nodes whose weight (input 1) is constant: node -> weight."""
-    return {
-        n.name: n.input[1]
-        for n in graph.node
-        if n.op_type in WEIGHTED_OPS
-        and n.domain in ("", "ai.onnx")
-        and len(n.input) > 1
-        and n.input[1] in constant
-    }
-
-
 def optimize(model: onnx.ModelProto, workdir: Path, path: Path) -> onnx.ModelProto:
     """onnxruntime's basic-level offline optimization: constant folding and standard-op fusions."""
     options = session_options()
@@ -170,8 +106,7 @@ def optimize(model: onnx.ModelProto, workdir: Path, path: Path) -> onnx.ModelPro
     try:
         session_for(workdir / "input.onnx" if large else model, options)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: onnxruntime cannot optimize the model: {reason}") from None
+        raise ModelError(f"{path}: onnxruntime cannot optimize the model: {first_line(exc)}") from None
     optimized = onnx.load(workdir / "optimized.onnx")
     _keep_used_opsets(optimized, model)
     _restore_fused_names(optimized, {n.name for n in model.graph.node})
@@ -201,102 +136,12 @@ def _keep_used_opsets(model: onnx.ModelProto, original: onnx.ModelProto) -> None
     model.opset_import.extend(kept)
 
 
-def fold_weights(model: onnx.ModelProto) -> list[str]:
-    """Turn constant weights that are still computed by nodes into initializers.
-
-    onnxruntime leaves some constant subgraphs unfolded; they are evaluated here with ONNX's
-    reference evaluator. Returns the folded weight names.
-    """
-    graph = model.graph
-    constant = constant_tensors(graph)
-    initializers = {t.name for t in graph.initializer}
-    wanted = sorted({w for w in weighted_nodes(graph, constant).values() if w not in initializers})
-    if not wanted:
-        return []
-    from onnx.reference import ReferenceEvaluator
-
-    producers = [
-        n for n in graph.node if any(o in constant for o in n.output) and n.output[0] not in initializers
-    ]
-    sub = onnx.helper.make_graph(
-        producers, "weights", [], [onnx.ValueInfoProto(name=w) for w in wanted], list(graph.initializer)
-    )
-    sub_model = onnx.helper.make_model(sub, opset_imports=list(model.opset_import))
-    try:
-        values = ReferenceEvaluator(sub_model).run(None, {})
-    except Exception as exc:  # leave them to the invariant check, which names them
-        logger.debug("cannot evaluate the constant weight subgraphs: %s", exc)
-        return []
-    graph.initializer.extend(
-        numpy_helper.from_array(np.asarray(v), w) for w, v in zip(wanted, values, strict=True)
-    )
-    _remove_dead_nodes(graph)
-    return wanted
-
-
-def flatten_gemm_biases(graph: onnx.GraphProto) -> list[str]:
-    """Reshape constant Gemm biases of shape [1, N] to [N]; returns the nodes changed.
-
-    Gemm broadcasts its C input to (M, N), so [1, N] and [N] compute the same. onnxruntime's fusion
-    of MatMul + Add writes the row; its quantizer's int32 bias check then fails on per-channel
-    weights. A bias shared with another node is copied, never changed in place.
-    """
-    initializers = {t.name: t for t in graph.initializer}
-    readers = Counter(t for n in graph.node for t in n.input)
-    changed = []
-    for node in graph.node:
-        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in initializers:
-            continue
-        bias = initializers[node.input[2]]
-        if len(bias.dims) != 2 or bias.dims[0] != 1:
-            continue
-        row = numpy_helper.to_array(bias).reshape(-1)
-        name = bias.name if readers[bias.name] == 1 else f"{bias.name}_{node.name}_1d"
-        flat = numpy_helper.from_array(row, name)
-        if name == bias.name:
-            bias.CopyFrom(flat)
-        else:
-            graph.initializer.append(flat)
-            node.input[2] = name
-        changed.append(node.name)
-    return changed
-
-
-def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
-    """Remove nodes none of whose outputs is used (the producers of folded weights)."""
-    initializers = {t.name for t in graph.initializer}
-    needed = {o.name for o in graph.output}
-    kept: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
-        outputs = [o for o in node.output if o]
-        if any(o in needed and o not in initializers for o in outputs):
-            kept.append(node)
-            needed.update(node.input)
-            for attribute in node.attribute:  # subgraphs may read outer-scope tensors
-                for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                    needed.update(_outer_names(sub))
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    used = needed | {o.name for o in graph.output}
-    unused = [t for t in graph.initializer if t.name not in used]
-    for tensor in unused:
-        graph.initializer.remove(tensor)
-
-
-def _outer_names(graph: onnx.GraphProto) -> Iterable[str]:
-    for node in graph.node:
-        yield from node.input
-        for attribute in node.attribute:
-            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                yield from _outer_names(sub)
-
-
 def infer_shapes(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     """Shapes and types of every tensor, dynamic dimensions kept symbolic.
 
     ONNX's inference runs first; onnxruntime's symbolic inference is tried only when some
     tensors are left without a type (contrib ops, shape-computing subgraphs). Both run on a
-    weightless copy of the model (:func:`weightless_copy`): they copy what they are given, and a
+    weightless copy of the model (`weightless_copy`): they copy what they are given, and a
     large model's weights would be copied twice.
     """
     del model.graph.value_info[:]
@@ -344,86 +189,11 @@ def _untyped(model: onnx.ModelProto) -> list[str]:
     return [o for n in graph.node for o in n.output if o and o not in typed]
 
 
-def check_weights(model: onnx.ModelProto, expected: dict[str, str], path: Path) -> list[str]:
-    """Check that every constant weight of a weighted node is an initializer; warn once otherwise.
-
-    Args:
-        model: The prepared model.
-        expected: Nodes of the source model whose weight was constant (node -> weight).
-        path: The user's model, for the message.
-
-    Returns:
-        One ``"node (reason)"`` string per node that breaks the invariant.
-    """
-    graph = model.graph
-    initializers = {t.name for t in graph.initializer}
-    constant = constant_tensors(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    problems = []
-    for node in graph.node:
-        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
-            continue
-        weight = node.input[1]
-        if weight in initializers or (weight not in constant and node.name not in expected):
-            continue
-        source = producer.get(weight)
-        reason = (
-            f"its weight {weight!r} is computed by {source.op_type} node {source.name!r}"
-            if source is not None
-            else f"its weight {weight!r} is not a constant of the prepared model"
-        )
-        problems.append(f"{node.name} ({reason})")
-    if problems:
-        logger.warning(
-            "%s: %d weights are not initializers after preparation and are quantized per tensor as "
-            "activations: %s",
-            path,
-            len(problems),
-            "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""),
-        )
-    return problems
-
-
-def _subgraph_ops(node: onnx.NodeProto) -> Counter[str]:
-    """Op types inside the subgraphs of ``node``, nested ones included."""
-    found: Counter[str] = Counter()
-    for attribute in node.attribute:
-        for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-            for inner in sub.node:
-                found[inner.op_type] += 1
-                found.update(_subgraph_ops(inner))
-    return found
-
-
-def check_control_flow(model: onnx.ModelProto, path: Path) -> None:
-    """Refuse a model whose weighted layers all live inside control flow; warn when some do.
-
-    Raises:
-        ModelError: The main graph holds no Conv, ConvTranspose, Gemm or MatMul, its subgraphs do.
-    """
-    inside = {n.name: _subgraph_ops(n) for n in model.graph.node if n.op_type in ("If", "Loop", "Scan")}
-    weighted = {
-        name: sum(ops[op] for op in WEIGHTED_OPS)
-        for name, ops in inside.items()
-        if any(ops[op] for op in WEIGHTED_OPS)
-    }
-    if not weighted:
-        return
-    kinds = {n.name: n.op_type for n in model.graph.node}
-    holders = ", ".join(f"{kinds[name]} {name!r} holds {count}" for name, count in list(weighted.items())[:3])
-    if not any(n.op_type in WEIGHTED_OPS for n in model.graph.node):
-        raise ModelError(
-            f"{path}: every Conv/Gemm/MatMul lies inside control flow ({holders}); autoquant quantizes "
-            "the main graph only; export the model without the If/Loop/Scan (one graph per branch)"
-        )
-    logger.warning("%s: the Conv/Gemm/MatMul layers inside control flow stay in FP32 (%s)", path, holders)
-
-
 def prepare(source: SourceModel, workdir: Path) -> onnx.ModelProto:
     """Run every preparation step on a user's model (see the module docstring).
 
     Args:
-        source: The user's model, as read by :func:`~autoquant.engine.graph.read_model`.
+        source: The user's model, as read by `read_model`.
         workdir: Folder for onnxruntime's files; the caller deletes it.
 
     Raises:
