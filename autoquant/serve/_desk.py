@@ -38,8 +38,10 @@ from autoquant.serve._wire import (
     Abandoned,
     Asked,
     AskState,
+    BestTrial,
     DeskState,
     InputInfo,
+    OutTrial,
     Reported,
     Status,
     TrialInfo,
@@ -299,13 +301,13 @@ class Desk(HandingScorer):
         now = time.monotonic()
         with self._cond:
             out = [
-                {
-                    "id": h.id,
-                    "number": h.trial.number,
-                    "fp32": h.trial.fp32,
-                    "client": h.client,
-                    "idle_s": round(now - h.seen, 3),
-                }
+                OutTrial(
+                    id=h.id,
+                    number=h.trial.number,
+                    fp32=h.trial.fp32,
+                    client=h.client,
+                    idle_s=round(now - h.seen, 3),
+                )
                 for h in self._out.values()
             ]
             state, reason, ready = self.state, self.reason, len(self._ready)
@@ -324,7 +326,7 @@ class Desk(HandingScorer):
             best=best,
         )
 
-    def _progress(self) -> tuple[str | None, int, dict | None]:
+    def _progress(self) -> tuple[str | None, int, BestTrial | None]:
         """The study's name, its completed trials and its best so far (none before it is set up)."""
         search = self.search
         if search is None:
@@ -333,8 +335,14 @@ class Desk(HandingScorer):
         best = search.storage.call(current_best, search.study)
         if best is None:
             return search.study.study_name, len(trials), None
-        fields = ("number", "key", "score", "decay", "within_budget")
-        return search.study.study_name, len(trials), {name: getattr(best, name) for name in fields}
+        entry = BestTrial(
+            number=best.number,
+            key=best.key,
+            score=best.score,
+            decay=best.decay,
+            within_budget=best.within_budget,
+        )
+        return search.study.study_name, len(trials), entry
 
 
 def _run(session: ort.InferenceSession, feeds: dict) -> bytes:

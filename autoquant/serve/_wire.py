@@ -88,6 +88,22 @@ class Abandoned(BaseModel):
     abandoned: bool
 
 
+class OutTrial(BaseModel):
+    id: str
+    number: int
+    fp32: bool
+    client: str | None
+    idle_s: float = Field(description="seconds since its client's last request")
+
+
+class BestTrial(BaseModel):
+    number: int
+    key: str
+    score: float
+    decay: float
+    within_budget: bool
+
+
 class Status(BaseModel):
     state: DeskState
     reason: str
@@ -95,7 +111,7 @@ class Status(BaseModel):
     budget: float
     fp32_score: float | None
     ready: int = Field(description="trials waiting for a client")
-    out: list[dict[str, Any]] = Field(description="trials out with clients")
+    out: list[OutTrial] = Field(description="trials out with clients")
     reported: int
     completed: int
-    best: dict[str, Any] | None
+    best: BestTrial | None
