@@ -33,11 +33,13 @@ from autoquant.cli._console import (
     setup_logging,
 )
 from autoquant.cli._run import run_study
+from autoquant.cli._stage import StageReporter
 from autoquant.config import StudyConfig, load_config
 from autoquant.errors import AutoquantError, write_fault
 from autoquant.hardware import target_isa
 from autoquant.names import VERSION as __version__
 from autoquant.names import Command
+from autoquant.search import TuneResult
 
 app = typer.Typer(
     name="autoquant",
@@ -293,7 +295,7 @@ def serve(
             raise ConfigError(f"--token-file {token_file}: {exc.strerror or exc}") from exc
     check_binding(host, token)
 
-    def run(cfg: StudyConfig, reporter: Any, stop: threading.Event) -> Any:
+    def run(cfg: StudyConfig, reporter: StageReporter, stop: threading.Event) -> TuneResult:
         desk = Desk(cfg, trial_timeout, stop)
         with HttpServer(make_app(desk, token, int(max_body_mb * 2**20)), host, port) as server:
             guard = "token required" if token else "no token: this machine only"

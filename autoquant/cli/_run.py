@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from autoquant.cli._console import console, fail, out
 from autoquant.cli._display import best_latency_line, summary_table
@@ -17,7 +16,7 @@ from autoquant.names import Command
 from autoquant.search import TuneResult
 
 #: Runs the study: ``runner(config, reporter, stop)``.
-StudyRunner = Callable[[StudyConfig, Any, threading.Event], TuneResult]
+StudyRunner = Callable[[StudyConfig, StageReporter, threading.Event], TuneResult]
 
 
 def run_study(
@@ -40,7 +39,7 @@ def run_study(
     stop = threading.Event()
     if runner is None:
 
-        def runner(cfg: StudyConfig, reporter: Any, stop: threading.Event) -> TuneResult:
+        def runner(cfg: StudyConfig, reporter: StageReporter, stop: threading.Event) -> TuneResult:
             return tune(cfg, reporter=reporter, fresh=fresh, stop=stop.is_set, command=command)
 
     result = _interruptible(cfg, reporter, stop, runner)
