@@ -4,6 +4,7 @@ they change only with a migration."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -74,6 +75,17 @@ STUDY_TIME_TO_BUDGET = "time_to_budget_s"  # from STUDY_STARTED to the first tri
 STUDY_FINGERPRINT = "fingerprint"  # hashes of the model, the data and the search settings
 STUDY_BISECT_PLAN = "bisect_plan"  # the choices and the k range of the FP32 blacklist bisection
 STUDY_MLFLOW_CLOSED = "mlflow_closed_at"  # completed trials when the MLflow parent run was last closed
+
+
+# --- the commands that serve a study (stored in each process's worker record) ----------------------
+class Command(StrEnum):
+    """How a process serves a study: ``tune`` runs (or resumes) it, ``worker`` joins a study in a
+    shared storage, ``serve`` hands its trials to remote clients. A str, as the records store it."""
+
+    TUNE = "tune"
+    WORKER = "worker"
+    SERVE = "serve"
+
 
 # --- system attributes (bookkeeping of the processes that share a study) ---------------------------
 WORKER_PREFIX = "autoquant:worker:"  # study: one per process that serves the study

@@ -402,6 +402,16 @@ def test_the_published_api_spec_is_the_servers(tmp_path: Path) -> None:
     )
 
 
+def test_python_m_autoquant_serve_prints_the_published_spec() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "autoquant.serve"], capture_output=True, text=True, check=True, timeout=120
+    )
+    printed = json.loads(result.stdout)
+    published = json.loads((ROOT / "docs" / "remote-api.json").read_text())
+    published["info"]["version"] = printed["info"]["version"]
+    assert printed == published
+
+
 def test_a_property_based_fuzzer_finds_no_server_error(tmp_path: Path) -> None:
     """schemathesis against /openapi.json: coverage, fuzzing and stateful phases (the ask
     response links a trial's id to its endpoints), bounded by --max-examples."""

@@ -10,28 +10,36 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import sys
 import threading
-import traceback
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from typer.exceptions import TyperException
 
+from autoquant.cli import _tables as tables
+from autoquant.cli._console import (
+    console,
+    end_stage,
+    fail,
+    finish,
+    is_verbose,
+    out,
+    print_cause,
+    setup_logging,
+)
+from autoquant.cli._run import run_study
+from autoquant.cli._stage import StageReporter
 from autoquant.config import StudyConfig, load_config
 from autoquant.errors import AutoquantError, write_fault
-from autoquant.hardware import describe, target_isa
-from autoquant.logs import ORT_ERROR, ORT_WARNING, LogCapture, quiet_onnxruntime
+from autoquant.hardware import target_isa
 from autoquant.names import VERSION as __version__
+from autoquant.names import Command
+from autoquant.search import TuneResult
 
 app = typer.Typer(
     name="autoquant",
@@ -40,12 +48,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Outside a terminal (logs, CI, pipes) rich would wrap at 80 columns; lines stay whole instead.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-out = Console(width=None if sys.stdout.isatty() else 200)
-
-#: The root log handler, set up by the callback: folds our warnings, counts the dependencies'.
-_capture: LogCapture | None = None
 
 ConfigArg = Annotated[Path, typer.Argument(help="The study config (YAML).", show_default=False)]
 OutputOpt = Annotated[
@@ -84,54 +86,7 @@ def _main(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show warnings and errors only.")] = False,
 ) -> None:
-    global _capture
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    if console.is_terminal:
-        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:  # logs and CI: plain lines that are never wrapped
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    # Our loggers at the chosen level; other libraries' warnings (onnxruntime's quantizer logs on
-    # the root logger) are counted and summarised at the end, and shown only with --verbose.
-    _capture = LogCapture(handler, verbose=verbose)
-    _capture.install(logging.DEBUG if verbose else logging.WARNING, level)
-    # MLflow and Optuna log through their own handlers unless told otherwise: route them to ours.
-    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
-    import optuna
-
-    quiet_onnxruntime(ORT_WARNING if verbose else ORT_ERROR)  # its C++ log goes straight to stderr
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
-    optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def end_stage() -> None:
-    """Write the warnings held during a stage, each message template once."""
-    if _capture is not None:
-        _capture.flush_stage()
-
-
-def _fail(message: str, status: int = 2) -> None:
-    for line in message.splitlines() or [message]:
-        typer.echo(f"autoquant: error: {line}", err=True)
-    raise typer.Exit(status)
-
-
-def _print_cause(exc: BaseException) -> None:
-    """With --verbose: the traceback of what caused an autoquant error (its ``__cause__`` chain)."""
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and _capture is not None and _capture.verbose:
-        typer.echo("".join(traceback.format_exception(cause)).rstrip(), err=True)
-
-
-def _finish() -> None:
-    """Flush the held warnings and summarise the dependencies' ones."""
-    if _capture is not None:
-        line = _capture.finish()
-        if line:
-            console.print(line, style="dim", highlight=False)
+    setup_logging(verbose, quiet)
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,24 +101,24 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except AutoquantError as exc:
-            _print_cause(exc)
+            print_cause(exc)
             details = getattr(exc, "details", "")
             if details:
                 typer.echo(details.rstrip(), err=True)
-            _fail(str(exc))
+            fail(str(exc))
         except KeyboardInterrupt:
-            _fail("interrupted", status=130)
+            fail("interrupted", status=130)
         except (typer.Exit, typer.Abort, TyperException):
             raise
         except Exception as exc:
             fault = write_fault(exc)  # a full disk or a read-only folder is the machine's, not a bug
-            if fault is not None and not (_capture is not None and _capture.verbose):
-                _fail(fault)
-            if _capture is not None and _capture.verbose:
+            if fault is not None and not is_verbose():
+                fail(fault)
+            if is_verbose():
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {exc} (--verbose shows the traceback)", status=1)
+            fail(f"unexpected {type(exc).__name__}: {exc} (--verbose shows the traceback)", status=1)
         finally:
-            _finish()
+            finish()
 
     return wrapper
 
@@ -208,21 +163,7 @@ def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt =
     written = write_outputs(result, cfg, cfg.output.directory)
     kernels = int8_kernels(result.model)
     end_stage()
-    table = Table(title="autoquant quantize", show_header=False)
-    q = cfg.quantization
-    table.add_row("model", str(cfg.model.path))
-    table.add_row("method", f"{q.method} ({q.bins} bins{', ratio search' if q.ratio_search else ''})")
-    table.add_row("weights", "per-channel" if q.per_channel else "per-tensor")
-    table.add_row("activations", q.activation_scheme)
-    table.add_row(
-        "reduce_range", f"{str(result.reduce_range).lower()} ({q.reduce_range}; 7-bit weights when true)"
-    )
-    table.add_row("CPU", f"{result.cpu_isa} (from {target_isa().source})")
-    table.add_row("calibration samples", str(calibrated.stats.samples))
-    table.add_row("quantized tensors", str(len(result.ranges)))
-    table.add_row("FP32 nodes", ", ".join(result.fp32_nodes) or "none")
-    table.add_row("INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if _is_int8(k)))
-    table.add_row("output", str(written.model.parent))
+    table = tables.quantize_table(cfg, result, calibrated.stats.samples, kernels, written.model.parent)
     out.print(table)
 
 
@@ -237,14 +178,13 @@ def evaluate(
 ) -> None:
     """Score the FP32 and INT8 models on the test set: decay with its 95 % interval, and latency."""
     from autoquant.evaluation import compare_latency
-    from autoquant.hardware import host_isa
     from autoquant.names import MODEL_FILE
     from autoquant.search import _pipeline as pipeline
 
     cfg = load(config, output, writes=False)
     int8_path = int8 or cfg.output.directory / MODEL_FILE
     if not int8_path.is_file():
-        _fail(f"{int8_path}: no INT8 model; run `autoquant quantize {config}` first or pass --int8")
+        fail(f"{int8_path}: no INT8 model; run `autoquant quantize {config}` first or pass --int8")
     graph = pipeline.load_graph(cfg)
     evaluator = pipeline.evaluator(cfg, graph)
     total = len(evaluator.reader)
@@ -257,23 +197,7 @@ def evaluate(
     end_stage()
     feed = pipeline.sample_feeds(cfg, graph, 1)[0]
     latency = compare_latency(graph.prepared_path, int8_path, feed)
-    budget = cfg.search.accept_int8_decay
-    table = Table(
-        title=f"autoquant evaluate ({evaluator.objective_label}, {result.samples} samples)", show_header=False
-    )
-    table.add_row("FP32 score", f"{result.fp32_score:.4f}")
-    table.add_row("INT8 score", f"{result.score:.4f}")
-    ci = f" (95 % CI {result.decay_ci[0]:+.4f} .. {result.decay_ci[1]:+.4f})" if result.decay_ci else ""
-    verdict = "within" if result.decay <= budget else "over"
-    table.add_row(f"decay ({cfg.search.decay})", f"{result.decay:+.4f}{ci}, {verdict} budget {budget}")
-    for label, t in latency.items():
-        threads = "1 thread" if label == "1" else "default threads"
-        table.add_row(
-            f"latency, batch 1, {threads}",
-            f"FP32 {t.fp32_ms:.3f} ms, INT8 {t.int8_ms:.3f} ms ({t.speedup:.2f}x)",
-        )
-    table.add_row("CPU", host_isa().label)
-    table.add_row("INT8 model", str(int8_path))
+    table = tables.evaluate_table(cfg, evaluator.objective_label, result, latency, int8_path)
     out.print(table)
 
 
@@ -295,15 +219,11 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     with progress_bar("per-layer analysis", len(graph.nodes)) as advance:
         sensitivity = pipeline.analyze_layers(cfg, calibrated, advance)
     end_stage()
-    q = cfg.quantization
-    details = {
-        "model": str(cfg.model.path),
-        "quantization": f"{q.method}, {q.bins} bins, {'per-channel' if q.per_channel else 'per-tensor'} weights, "
-        f"{q.activation_scheme} activations",
-        "samples": str(sensitivity.samples),
-        "nodes": str(len(sensitivity.layers)),
-    }
-    html = render_report(sensitivity, f"autoquant sensitivity: {cfg.model.path.name}", details)
+    html = render_report(
+        sensitivity,
+        f"autoquant sensitivity: {cfg.model.path.name}",
+        tables.sensitivity_details(cfg, sensitivity),
+    )
     paths = write_files(
         cfg.output.directory,
         {
@@ -312,101 +232,9 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
             REPORT_FILE: html.encode(),
         },
     )
-    table = Table(title=f"most sensitive layers ({sensitivity.samples} samples)")
-    for column in ("rank", "node", "op", "SNR dB", "cosine", "L2"):
-        table.add_column(column)
-    for rank, layer in enumerate(sensitivity.layers[:10], 1):
-        d = layer.isolated
-        table.add_row(
-            str(rank), layer.node, layer.op_type, f"{d.snr_db:.2f}", f"{d.cosine:.5f}", f"{d.l2:.4g}"
-        )
+    table = tables.sensitivity_table(sensitivity)
     out.print(table)
     out.print(f"report: {paths[2]}")
-
-
-StudyRunner = Callable[[StudyConfig, Any, threading.Event], Any]
-
-
-def _run_study(
-    config: Path,
-    output: Path | None,
-    fresh: bool,
-    command: str,
-    threads: int | None,
-    runner: StudyRunner | None = None,
-) -> None:
-    """``tune``, ``worker`` and ``serve``: run the study with the live display (``runner(config,
-    reporter, stop)`` runs it; default :func:`autoquant.search.tune`); Ctrl-C stops after the trial."""
-    from autoquant.cli._display import LiveReporter, best_latency_line, summary_table
-    from autoquant.engine.graph import set_session_threads
-    from autoquant.search import _study as tuning
-
-    set_session_threads(threads)
-
-    class StageReporter(LiveReporter):
-        """Writes the warnings held during a phase or trial before its line; knows whether a
-        trial has started (before that, Ctrl-C has nothing to wait for)."""
-
-        trials_started = False
-
-        def phase(self, message: str) -> None:
-            end_stage()
-            super().phase(message)
-
-        def trial_started(self, *args: Any) -> None:
-            self.trials_started = True
-            super().trial_started(*args)
-
-        def trial_finished(self, *args: Any) -> None:
-            end_stage()
-            super().trial_finished(*args)
-
-    cfg = load(config, output)
-    samples = 0 if command == "serve" else cfg.test.test_iterations or 0  # a client's samples are not seen
-    reporter = StageReporter(console, cfg.search.accept_int8_decay, samples)
-    stop = threading.Event()
-    if runner is None:
-
-        def runner(cfg: StudyConfig, reporter: Any, stop: threading.Event) -> Any:
-            return tuning.tune(cfg, reporter=reporter, fresh=fresh, stop=stop.is_set, command=command)
-
-    def on_ctrl_c(signum: int, frame: object) -> None:
-        if not reporter.trials_started:  # calibration or the FP32 reference: stop at once
-            raise KeyboardInterrupt
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts at once
-        console.print("stopping after the current trial (Ctrl-C again to abort)")
-
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
-    try:
-        with reporter:
-            result = runner(cfg, reporter, stop)
-    except KeyboardInterrupt:
-        if not reporter.trials_started:
-            raise  # handle_errors: "interrupted", exit status 130
-        stop.set()
-        result = None
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if stop.is_set():
-        if result is not None:
-            out.print(summary_table(result))
-        _fail(f"interrupted; the best model so far is in {cfg.output.directory}", status=130)
-    out.print(summary_table(result))
-    best = result.best
-    if best is None:
-        _fail("no trial completed")
-    verdict = "within" if best.within_budget else "OVER"
-    out.print(
-        f"best: trial {best.number} ({best.key}), decay {best.decay:+.4f} {verdict} the budget "
-        f"{result.budget}; FP32 nodes: {', '.join(best.fp32_nodes) or 'none'}"
-    )
-    out.print(best_latency_line(result))
-    cpu = describe(best.params.get("reduce_range", cfg.quantization.reduce_range))
-    out.print(
-        f"CPU: {cpu['cpu_isa']}; reduce_range {cpu['reduce_range']}: {str(cpu['reduce_range_resolved']).lower()}"
-    )
-    out.print(f"outputs: {result.output}")
 
 
 @app.command()
@@ -416,7 +244,7 @@ def tune(
 ) -> None:
     """Search for the best INT8 model within the budget (resumes the stored study, or joins it
     with the workers of a shared storage)."""
-    _run_study(config, output, fresh, "tune", threads)
+    run_study(load(config, output), fresh, Command.TUNE, threads)
 
 
 @app.command()
@@ -424,7 +252,7 @@ def tune(
 def worker(config: ConfigArg, output: OutputOpt = None, threads: ThreadsOpt = None) -> None:
     """Join the study at the config's shared storage (PostgreSQL, a journal file) and run its trials
     until it is done; start one on each machine."""
-    _run_study(config, output, False, "worker", threads)
+    run_study(load(config, output), False, Command.WORKER, threads)
 
 
 @app.command()
@@ -467,7 +295,7 @@ def serve(
             raise ConfigError(f"--token-file {token_file}: {exc.strerror or exc}") from exc
     check_binding(host, token)
 
-    def run(cfg: StudyConfig, reporter: Any, stop: threading.Event) -> Any:
+    def run(cfg: StudyConfig, reporter: StageReporter, stop: threading.Event) -> TuneResult:
         desk = Desk(cfg, trial_timeout, stop)
         with HttpServer(make_app(desk, token, int(max_body_mb * 2**20)), host, port) as server:
             guard = "token required" if token else "no token: this machine only"
@@ -478,7 +306,7 @@ def serve(
                 if not stop.is_set():
                     time.sleep(linger)  # clients that ask now are told the study is finished
 
-    _run_study(config, output, fresh, "serve", threads, run)
+    run_study(load(config, output), fresh, Command.SERVE, threads, run)
 
 
 @app.command()
@@ -494,33 +322,11 @@ def status(config: ConfigArg, output: OutputOpt = None) -> None:
     out.print(summary_table(result))
     out.print(f"{len(result.trials)} completed and {result.failed} failed trials in {result.storage}")
     now = time.time()
-    recent = [w for w in seen if now - float(w.get("seen", 0.0)) < RECENT_S]
+    recent = tables.recent_processes(seen, now)
     if recent:
-        table = Table(title="processes serving the study (seen in the last 10 minutes, most recent first)")
-        for column in ("host", "pid", "command", "last heartbeat", "current trial", "state"):
-            table.add_column(column)
-        for w in recent:
-            trial = f"#{w['trial']} {w.get('key') or ''}".strip() if w.get("trial") is not None else "-"
-            ago = max(0.0, now - float(w.get("seen", now)))
-            table.add_row(
-                str(w.get("host")),
-                str(w.get("pid")),
-                str(w.get("command")),
-                f"{ago:.0f} s ago",
-                trial,
-                str(w.get("state")),
-            )
-        out.print(table)
+        out.print(tables.processes_table(recent, now))
     if len(seen) > len(recent):
         out.print(f"{len(seen) - len(recent)} processes served the study earlier")
-
-
-#: How long ago a process may have been seen for ``status`` to list it.
-RECENT_S = 600.0
-
-
-def _is_int8(op_type: str) -> bool:
-    return op_type.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize"))
 
 
 @app.command()
@@ -542,23 +348,7 @@ def check(config: ConfigArg, output: OutputOpt = None) -> None:
     cfg = load(config, output, writes=False)
     counts = pipeline.check_data(cfg, pipeline.input_specs(cfg), every_sample=True)
     graph = pipeline.load_graph(cfg, persist=False)
-    table = Table(title=f"plan for {config}", show_header=False)
-    table.add_row("model", f"{cfg.model.path} (opset {graph.opset}, {len(graph.nodes)} quantizable nodes)")
-    table.add_row("inputs", ", ".join(f"{s.name} {list(s.shape)}" for s in graph.inputs))
-    table.add_row("first layer", graph.first_layer or "none")
-    table.add_row(
-        "calibration", f"{counts['calibration']} samples from {cfg.calibration.source}, each checked"
-    )
-    if "test" in counts:
-        table.add_row("test", f"{counts['test']} samples from {cfg.test.source}, each checked")
-    cpu = describe(cfg.quantization.reduce_range)
-    table.add_row(
-        "CPU",
-        f"{cpu['cpu_isa']} (from {cpu['cpu_isa_source']}); reduce_range {cpu['reduce_range']}: "
-        f"{str(cpu['reduce_range_resolved']).lower()}",
-    )
-    table.add_row("search", f"{cfg.search.mode} mode, accept_int8_decay={cfg.search.accept_int8_decay}")
-    table.add_row("output", str(cfg.output.directory))
+    table = tables.plan_table(config, cfg, graph, counts)
     out.print(table)
 
 

@@ -13,6 +13,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from autoquant.evaluation import ThreadLabel
 from autoquant.search import TrialOutcome, TuneResult, Value
 
 
@@ -88,7 +89,7 @@ class LiveReporter:
         self.console.print(
             f"  #{outcome.number:<3} {outcome.key:<28} score {outcome.score:.4f}  decay "
             f"{_decay(outcome, self.budget)}  fp32 layers {len(outcome.fp32_compute)}  "
-            f"{outcome.latency_ms:.3f} ms {_speedup(outcome.speedups.get('1'))}  ({best_text})",
+            f"{outcome.latency_ms:.3f} ms {_speedup(outcome.speedups.get(ThreadLabel.ONE))}  ({best_text})",
             highlight=False,
         )
 
@@ -97,13 +98,18 @@ def _speedup(value: float | None) -> str:
     return f"{value:.2f}x" if value else "n/a"
 
 
+def threads_text(label: str) -> str:
+    """``1 thread`` or ``default threads``, for a :class:`~autoquant.evaluation.ThreadLabel`."""
+    return "1 thread" if label == ThreadLabel.ONE else "default threads"
+
+
 def latency_line(result: TuneResult) -> str:
     """The CPU and the FP32 latency at each thread count, e.g. ``x86_64 avx2 (no VNNI); FP32 at
     batch 1: 19.4 ms at 1 thread, 12.1 ms at the default threads``."""
     from autoquant.hardware import host_isa
 
     cells = [
-        f"{ms:.3f} ms at {'1 thread' if label == '1' else 'the default threads'}"
+        f"{ms:.3f} ms at {'the ' if label == ThreadLabel.DEFAULT else ''}{threads_text(label)}"
         for label, ms in result.fp32_latency.items()
     ]
     return f"CPU {host_isa().label}; FP32 at batch 1: {', '.join(cells) or 'not measured'}"
@@ -143,8 +149,8 @@ def summary_table(result: TuneResult) -> Table:
             str(len(o.fp32_compute)),
             str(len(o.float_nodes)),
             f"{o.latency_ms:.3f}",
-            _speedup(o.speedups.get("1")),
-            _speedup(o.speedups.get("default")),
+            _speedup(o.speedups.get(ThreadLabel.ONE)),
+            _speedup(o.speedups.get(ThreadLabel.DEFAULT)),
             mark,
             style=style,
         )
@@ -160,8 +166,7 @@ def best_latency_line(result: TuneResult) -> str:
     for label, fp32_ms in result.fp32_latency.items():
         int8_ms = best.latencies.get(label) if best else None
         if int8_ms:
-            threads = "1 thread" if label == "1" else "default threads"
             cells.append(
-                f"{threads} INT8 {int8_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms ({fp32_ms / int8_ms:.2f}x)"
+                f"{threads_text(label)} INT8 {int8_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms ({fp32_ms / int8_ms:.2f}x)"
             )
     return f"latency at batch 1 on {host_isa().label}: {'; '.join(cells) or 'not measured'}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,17 @@ from autoquant.common import release_memory
 from autoquant.errors import EvaluationError, one_line
 from autoquant.evaluation._sessions import session_or_error
 
+
+class ThreadLabel(StrEnum):
+    """The label of a thread count latency is measured at, as studies store it."""
+
+    ONE = "1"
+    DEFAULT = "default"
+
+
 #: The thread counts latency is measured at: label -> onnxruntime's ``intra_op_num_threads``
 #: (0: its default, one thread per physical core). The selection uses the first.
-THREADS = {"1": 1, "default": 0}
+THREADS = {ThreadLabel.ONE.value: 1, ThreadLabel.DEFAULT.value: 0}
 SELECTION_THREADS = next(iter(THREADS))
 
 #: Timed runs (or pairs of runs) at least and at most, per measurement.

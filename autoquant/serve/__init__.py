@@ -11,21 +11,26 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autoquant.serve._desk import Desk, NotHeld, serve_study
-    from autoquant.serve._server import HttpServer, check_binding, make_app
-    from autoquant.serve._wire import InputSpec, PayloadError, decode_batch, encode_arrays
+    from autoquant.serve._arrays import InputSpec, PayloadError, decode_batch, encode_arrays
+    from autoquant.serve._desk import Desk, NotHeld
+    from autoquant.serve._drivers import serve_study
+    from autoquant.serve._server import HttpServer, api_spec, check_binding, make_app
+    from autoquant.serve._wire import AskState, DeskState
 
 _HOMES = {
     "Desk": "_desk",
     "NotHeld": "_desk",
-    "serve_study": "_desk",
+    "serve_study": "_drivers",
     "HttpServer": "_server",
+    "api_spec": "_server",
     "check_binding": "_server",
     "make_app": "_server",
-    "InputSpec": "_wire",
-    "PayloadError": "_wire",
-    "decode_batch": "_wire",
-    "encode_arrays": "_wire",
+    "InputSpec": "_arrays",
+    "PayloadError": "_arrays",
+    "decode_batch": "_arrays",
+    "encode_arrays": "_arrays",
+    "AskState": "_wire",
+    "DeskState": "_wire",
 }
 
 
@@ -36,11 +41,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AskState",
     "Desk",
+    "DeskState",
     "HttpServer",
     "InputSpec",
     "NotHeld",
     "PayloadError",
+    "api_spec",
     "check_binding",
     "decode_batch",
     "encode_arrays",

@@ -8,26 +8,20 @@ reports the score it computed. A handout whose client sends nothing for ``trial_
 seconds, or that its client abandons, is given back: an INT8 trial is failed and queued again
 (:class:`~autoquant.search._phases.TrialReturned`), the FP32 trial is handed out again.
 
-:func:`serve_study` runs the study as ``tune`` does, with ``slots`` drivers in this process so
-that as many trials can be out with clients at once. The drivers share one lock (``Desk.gate``)
-that each releases only while it waits, for a client or for another driver's trial: the search
-context is used by one driver at a time, and the clients' evaluations overlap. The first driver
-claims trials as ``tune`` does; the others claim one only when a client is waiting and no trial
-is ready or about to be (:meth:`Desk.may_claim`), so a single client is never handed trials
-prepared ahead that a finished fast-mode study would not have run.
+The study itself is run by :func:`~autoquant.serve._drivers.serve_study`, with several drivers
+that share the Desk's ``gate``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import onnxruntime as ort
@@ -36,21 +30,22 @@ from optuna.trial import TrialState
 from autoquant.common import ProgressFn
 from autoquant.config import StudyConfig
 from autoquant.engine.graph import session_for
-from autoquant.errors import SearchError, SearchStopped, TrialReturned
+from autoquant.errors import SearchStopped, TrialReturned
 from autoquant.evaluation import compute_decay
-from autoquant.search import (
-    Candidate,
-    HandingScorer,
-    OpenSearch,
-    Reporter,
-    Trial,
-    TuneResult,
-    current_best,
-    drive,
-    open_search,
-    serving,
+from autoquant.search import Candidate, HandingScorer, OpenSearch, Trial, current_best
+from autoquant.serve._arrays import InputSpec, PayloadError, decode_batch, encode_arrays
+from autoquant.serve._wire import (
+    Abandoned,
+    Asked,
+    AskState,
+    BestTrial,
+    DeskState,
+    InputInfo,
+    OutTrial,
+    Reported,
+    Status,
+    TrialInfo,
 )
-from autoquant.serve._wire import InputSpec, PayloadError, decode_batch, encode_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +75,17 @@ class Handout:
     returned: str | None = None
     woken: bool = False  # reported or abandoned: its driver is about to run again
 
-    def describe(self, timeout: float) -> dict:
-        return {
-            "id": self.id,
-            "number": self.trial.number,
-            "fp32": self.trial.fp32,
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.trial.params.items()},
-            "inputs": [i.describe() for i in self.inputs],
-            "outputs": self.outputs,
-            "timeout_s": timeout,
-        }
+    def info(self, timeout: float) -> TrialInfo:
+        """The handout as its client sees it."""
+        return TrialInfo(
+            id=self.id,
+            number=self.trial.number,
+            fp32=self.trial.fp32,
+            params={k: list(v) if isinstance(v, tuple) else v for k, v in self.trial.params.items()},
+            inputs=[InputInfo.of(i) for i in self.inputs],
+            outputs=self.outputs,
+            timeout_s=timeout,
+        )
 
 
 class Desk(HandingScorer):
@@ -106,7 +102,7 @@ class Desk(HandingScorer):
         self.trial_timeout = trial_timeout
         self.stop = stop
         self.gate = threading.Lock()
-        self.state = "preparing"  # then running, finished or stopped
+        self.state = DeskState.PREPARING
         self.reason = ""
         self.search: OpenSearch | None = None
         self.reported = 0  # scores reported
@@ -199,17 +195,17 @@ class Desk(HandingScorer):
     def opened(self, search: OpenSearch, drivers: int) -> None:
         """The study is set up: ``drivers`` drivers hand out its trials."""
         with self._cond:
-            self.search, self.state, self._drivers = search, "running", drivers
+            self.search, self.state, self._drivers = search, DeskState.RUNNING, drivers
             self._cond.notify_all()
 
-    def finish(self, state: str, reason: str) -> None:
-        """No more handouts: clients that ask are told the study is ``state``."""
+    def finish(self, state: DeskState, reason: str) -> None:
+        """No more handouts: clients that ask are told the study is ``state`` (finished or stopped)."""
         with self._cond:
             self.state, self.reason = state, reason
             self._cond.notify_all()
 
     # ---- the clients' side -------------------------------------------------------------------
-    def ask(self, client: str, wait: float) -> Handout | str:
+    def ask(self, client: str, wait: float) -> Asked:
         """The next handout, or ``wait`` (none within ``wait`` seconds), ``finished`` or ``stopped``."""
         deadline = time.monotonic() + wait
         with self._cond:
@@ -219,7 +215,7 @@ class Desk(HandingScorer):
             finally:
                 self._asking -= 1
 
-    def _take(self, client: str, deadline: float) -> Handout | str:
+    def _take(self, client: str, deadline: float) -> Asked:
         with self._cond:
             while True:
                 if self._ready:
@@ -228,12 +224,12 @@ class Desk(HandingScorer):
                     self._out[handout.id] = handout
                     what = "the FP32 model" if handout.trial.fp32 else f"trial {handout.trial.number}"
                     logger.info("%s is out with %s", what, client)
-                    return handout
-                if self.state in ("finished", "stopped"):
-                    return self.state
+                    return Asked(state=AskState.TRIAL, trial=handout.info(self.trial_timeout))
+                if self.state.over:
+                    return Asked(state=AskState(self.state), reason=self.reason)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return "wait"
+                    return Asked(state=AskState.WAIT, reason=self.reason)
                 self._cond.wait(remaining)
 
     def _held(self, handout_id: str) -> Handout:
@@ -269,7 +265,7 @@ class Desk(HandingScorer):
         inputs = [InputSpec.from_ort(i) for i in session.get_inputs()]
         return _run(session, decode_batch(body, inputs))
 
-    def report(self, handout_id: str, score: float) -> dict:
+    def report(self, handout_id: str, score: float) -> Reported:
         """Take a handout's score; its decay against the FP32 score (0 for the FP32 model itself)."""
         if not math.isfinite(score):
             raise PayloadError(f"the score must be a finite number, got {score}", 422)
@@ -281,65 +277,72 @@ class Desk(HandingScorer):
             handout.score, handout.woken = float(score), True
             self._waking += 1
             self._settle(handout, "its score was reported")
-            entry = {"number": handout.trial.number, "fp32": handout.trial.fp32, "score": handout.score}
             self.reported += 1
             self._cond.notify_all()
-        budget = self.config.search.accept_int8_decay
-        return {**entry, "decay": decay, "within_budget": bool(decay <= budget)}
+        return Reported(
+            number=handout.trial.number,
+            fp32=handout.trial.fp32,
+            score=float(score),
+            decay=decay,
+            within_budget=bool(decay <= self.config.search.accept_int8_decay),
+        )
 
-    def abandon(self, handout_id: str) -> dict:
+    def abandon(self, handout_id: str) -> Abandoned:
         """Give a handout back: it is handed out again (an INT8 trial as a new trial number)."""
         with self._cond:
             handout = self._held(handout_id)
             handout.returned, handout.woken = f"abandoned by its client {handout.client}", True
             self._waking += 1
             self._cond.notify_all()
-        return {"number": handout.trial.number, "fp32": handout.trial.fp32, "abandoned": True}
+        return Abandoned(number=handout.trial.number, fp32=handout.trial.fp32, abandoned=True)
 
-    def status(self) -> dict:
+    def status(self) -> Status:
         """The study as the clients see it."""
         now = time.monotonic()
         with self._cond:
             out = [
-                {
-                    "id": h.id,
-                    "number": h.trial.number,
-                    "fp32": h.trial.fp32,
-                    "client": h.client,
-                    "idle_s": round(now - h.seen, 3),
-                }
+                OutTrial(
+                    id=h.id,
+                    number=h.trial.number,
+                    fp32=h.trial.fp32,
+                    client=h.client,
+                    idle_s=round(now - h.seen, 3),
+                )
                 for h in self._out.values()
             ]
             state, reason, ready = self.state, self.reason, len(self._ready)
             reported = self.reported
-        summary: dict = {
-            "state": state,
-            "reason": reason,
-            "budget": self.config.search.accept_int8_decay,
-            "fp32_score": self._fp32_score,
-            "ready": ready,
-            "out": out,
-            "reported": reported,
-            "completed": 0,
-            "best": None,
-        }
-        if self.search is not None:
-            search = self.search
-            summary["study"] = search.study.study_name
-            trials = search.storage.call(
-                search.study.get_trials, deepcopy=False, states=(TrialState.COMPLETE,)
-            )
-            summary["completed"] = len(trials)
-            best = search.storage.call(current_best, search.study)
-            if best is not None:
-                summary["best"] = {
-                    "number": best.number,
-                    "key": best.key,
-                    "score": best.score,
-                    "decay": best.decay,
-                    "within_budget": best.within_budget,
-                }
-        return summary
+        study, completed, best = self._progress()
+        return Status(
+            state=state,
+            reason=reason,
+            study=study,
+            budget=self.config.search.accept_int8_decay,
+            fp32_score=self._fp32_score,
+            ready=ready,
+            out=out,
+            reported=reported,
+            completed=completed,
+            best=best,
+        )
+
+    def _progress(self) -> tuple[str | None, int, BestTrial | None]:
+        """The study's name, its completed trials and its best so far (none before it is set up)."""
+        search = self.search
+        if search is None:
+            return None, 0, None
+        trials = search.storage.call(search.study.get_trials, deepcopy=False, states=(TrialState.COMPLETE,))
+        best = search.storage.call(current_best, search.study)
+        if best is None:
+            return search.study.study_name, len(trials), None
+        entry = BestTrial(
+            number=best.number,
+            key=best.key,
+            score=best.score,
+            decay=best.decay,
+            within_budget=best.within_budget,
+        )
+        return search.study.study_name, len(trials), entry
 
 
 def _run(session: ort.InferenceSession, feeds: dict) -> bytes:
@@ -350,76 +353,3 @@ def _run(session: ort.InferenceSession, feeds: dict) -> bytes:
         ort.capi.onnxruntime_pybind11_state.Fail,
     ) as exc:
         raise PayloadError(f"the model refused the batch: {exc}", 422) from exc
-
-
-class _SharedReporter:
-    """The drivers' one reporter: a phase is shown once, whichever driver enters it first."""
-
-    def __init__(self, reporter: Reporter) -> None:
-        self._reporter, self._phase = reporter, None
-
-    def phase(self, message: str) -> None:
-        if message != self._phase:
-            self._phase = message
-            self._reporter.phase(message)
-
-    def __getattr__(self, name: str):
-        return getattr(self._reporter, name)
-
-
-def serve_study(
-    config: StudyConfig,
-    desk: Desk,
-    reporter: Reporter,
-    slots: int,
-    fresh: bool = False,
-    stop: Callable[[], bool] | None = None,
-) -> TuneResult:
-    """Run the study with ``desk`` as its scorer and ``slots`` drivers; see the module docstring.
-
-    Raises:
-        AutoquantError: As :func:`autoquant.search.tune`.
-    """
-    stopped = stop or desk.stop.is_set
-    reporter = _SharedReporter(reporter)  # type: ignore[assignment]
-    with serving(config):
-        try:
-            with desk.gate:
-                search = open_search(config, reporter, fresh, stopped, desk, "serve")
-        except SearchStopped:
-            desk.finish("stopped", "the server stopped before the first trial")
-            raise KeyboardInterrupt from None
-        desk.opened(search, slots)
-        results: list[TuneResult] = []
-        errors: list[BaseException] = []
-
-        def run(slot: int) -> None:
-            try:
-                with desk.gate:
-                    results.append(
-                        drive(search, slot, desk.released, functools.partial(desk.may_claim, slot))
-                    )
-                desk.drained()
-            except BaseException as exc:  # raised in the main thread below
-                errors.append(exc)
-                desk.stop.set()
-
-        threads = [
-            threading.Thread(target=run, args=(i,), name=f"autoquant-driver-{i}", daemon=True)
-            for i in range(slots)
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.2)
-        finally:
-            stopping = desk.stop.is_set() or stopped()
-            desk.finish("stopped" if stopping else "finished", "stopped" if stopping else "the study is done")
-    real = [e for e in errors if not isinstance(e, SearchError)]
-    if real:
-        raise real[0]
-    if not results:
-        raise errors[0] if errors else SearchError("no driver of the study finished")
-    return results[-1]

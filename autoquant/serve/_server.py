@@ -25,20 +25,20 @@ import logging
 import socket
 import threading
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
 
 from autoquant.errors import ConfigError
 from autoquant.names import VERSION as __version__
+from autoquant.serve._arrays import PayloadError
 from autoquant.serve._desk import Desk, NotHeld
-from autoquant.serve._wire import PayloadError
+from autoquant.serve._wire import Abandoned, Asked, Error, Reported, Score, Status
 
 logger = logging.getLogger(__name__)
 
@@ -47,64 +47,6 @@ KEEP_ALIVE_S = 120  # a client's connection stays open while it computes its met
 NPZ = "application/octet-stream"
 _BEARER = HTTPBearer(auto_error=False, description="the server's token (autoquant serve: AUTOQUANT_TOKEN)")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-
-
-# ---- the API's shapes (they make the OpenAPI spec) -------------------------------------------------
-class Error(BaseModel):
-    detail: str
-
-
-class InputInfo(BaseModel):
-    name: str
-    dtype: str = Field(description="numpy dtype name, e.g. float32")
-    shape: list[int | None] = Field(description="null for a dynamic axis")
-
-
-class TrialInfo(BaseModel):
-    id: str = Field(description="the handout id used in the trial's URLs")
-    number: int = Field(description="Optuna trial number; -1 for the FP32 model")
-    fp32: bool
-    params: dict[str, Any]
-    inputs: list[InputInfo]
-    outputs: list[str] = Field(description="output names, in the order of the .npz members 0, 1, ...")
-    timeout_s: float = Field(description="a trial whose client sends nothing for this long is given back")
-
-
-class Asked(BaseModel):
-    state: Literal["trial", "wait", "finished", "stopped"]
-    trial: TrialInfo | None = None
-    reason: str = ""
-
-
-class Score(BaseModel):
-    score: float = Field(description="the trial's score, higher is better; finite")
-
-
-class Reported(BaseModel):
-    number: int
-    fp32: bool
-    score: float
-    decay: float
-    within_budget: bool
-
-
-class Abandoned(BaseModel):
-    number: int
-    fp32: bool
-    abandoned: bool
-
-
-class Status(BaseModel):
-    state: Literal["preparing", "running", "finished", "stopped"]
-    reason: str
-    study: str | None = None
-    budget: float
-    fp32_score: float | None
-    ready: int = Field(description="trials waiting for a client")
-    out: list[dict[str, Any]] = Field(description="trials out with clients")
-    reported: int
-    completed: int
-    best: dict[str, Any] | None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -220,6 +162,16 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "a missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
 
+    _add_error_handlers(app)
+    for router in (_batch_routes(desk), _score_routes(desk)):
+        app.include_router(router, dependencies=[Depends(authorized)])
+    app.add_middleware(BodyLimit, limit=max_body)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"detail": "one line"}`` with its status."""
+
     @app.exception_handler(PayloadError)
     async def payload_error(request: Request, exc: PayloadError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
@@ -236,23 +188,23 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
 
-    guarded = [Depends(authorized)]
 
-    links = {
-        name: {"operationId": operation, "parameters": {"trial_id": "$response.body#/trial/id"}}
-        for name, operation in (
-            ("Run", "run_trial"),
-            ("Report", "report_trial"),
-            ("Abandon", "abandon_trial"),
-        )
-    }
+#: The ask answer's links (OpenAPI): the trial's id goes into the URLs of its endpoints.
+_LINKS = {
+    name: {"operationId": operation, "parameters": {"trial_id": "$response.body#/trial/id"}}
+    for name, operation in (("Run", "run_trial"), ("Report", "report_trial"), ("Abandon", "abandon_trial"))
+}
 
-    @app.post(
+
+def _batch_routes(desk: Desk) -> APIRouter:
+    """Ask for a trial; run batches through its model or the FP32 model."""
+    router = APIRouter()
+
+    @router.post(
         "/trials",
         response_model=Asked,
-        dependencies=guarded,
         operation_id="ask_trial",
-        responses={200: {"links": links}, **_errors(422)},
+        responses={200: {"links": _LINKS}, **_errors(422)},
     )
     def ask(
         request: Request,
@@ -261,14 +213,10 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
     ) -> Asked:
         """Ask for the next trial: the FP32 model first (unless its score is known), then INT8 trials."""
         who = client or (f"{request.client.host}:{request.client.port}" if request.client else "a client")
-        got = desk.ask(who, wait)
-        if isinstance(got, str):
-            return Asked(state=got, reason=desk.reason)  # type: ignore[arg-type]
-        return Asked(state="trial", trial=TrialInfo(**got.describe(desk.trial_timeout)))
+        return desk.ask(who, wait)
 
-    @app.post(
+    @router.post(
         "/trials/{trial_id}/run",
-        dependencies=guarded,
         operation_id="run_trial",
         response_class=Response,
         responses={**_OUTPUTS, **_errors(400, 404, 409, 422)},
@@ -279,9 +227,8 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
         body = await request.body()
         return Response(await run_in_threadpool(desk.run, trial_id, body), media_type=NPZ)
 
-    @app.post(
+    @router.post(
         "/fp32/run",
-        dependencies=guarded,
         operation_id="run_fp32",
         response_class=Response,
         responses={**_OUTPUTS, **_errors(400, 409, 422)},
@@ -292,37 +239,39 @@ def make_app(desk: Desk, token: str | None, max_body: int) -> FastAPI:
         body = await request.body()
         return Response(await run_in_threadpool(desk.run_fp32, body), media_type=NPZ)
 
-    @app.post(
+    return router
+
+
+def _score_routes(desk: Desk) -> APIRouter:
+    """The study's status; report a trial's score or abandon it."""
+    router = APIRouter()
+
+    @router.get("/status", response_model=Status, operation_id="status", responses=_errors())
+    def status() -> Status:
+        """The study: its state, the trials out with clients, the best so far."""
+        return desk.status()
+
+    @router.post(
         "/trials/{trial_id}/report",
         response_model=Reported,
-        dependencies=guarded,
         operation_id="report_trial",
         responses=_errors(400, 404, 409, 422),
     )
     def report(trial_id: str, score: Score) -> Reported:
         """Report the trial's score."""
-        return Reported(**desk.report(trial_id, score.score))
+        return desk.report(trial_id, score.score)
 
-    @app.post(
+    @router.post(
         "/trials/{trial_id}/abandon",
         response_model=Abandoned,
-        dependencies=guarded,
         operation_id="abandon_trial",
         responses=_errors(404, 409),
     )
     def abandon(trial_id: str) -> Abandoned:
         """Give the trial back without a score: it is handed out again."""
-        return Abandoned(**desk.abandon(trial_id))
+        return desk.abandon(trial_id)
 
-    @app.get(
-        "/status", response_model=Status, dependencies=guarded, operation_id="status", responses=_errors()
-    )
-    def status() -> Status:
-        """The study: its state, the trials out with clients, the best so far."""
-        return Status(**desk.status())
-
-    app.add_middleware(BodyLimit, limit=max_body)
-    return app
+    return router
 
 
 def check_binding(host: str, token: str | None) -> None:
@@ -398,7 +347,3 @@ class HttpServer:
 def api_spec() -> dict:
     """The OpenAPI spec of the API (``python -m autoquant.serve`` prints it: docs/remote-api.json)."""
     return make_app(None, "-" * MIN_TOKEN_LENGTH, 1).openapi()  # type: ignore[arg-type]
-
-
-if __name__ == "__main__":
-    print(json.dumps(api_spec(), indent=2))
