@@ -61,8 +61,10 @@ def cwd(tmp_path: Path) -> Iterator[Path]:
     assert sorted(folder.iterdir()) == []
 
 
-def run(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_COLOR": "1"}
+def run(
+    cwd: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_COLOR": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "autoquant", *args],
         capture_output=True,
@@ -242,9 +244,14 @@ def test_failures_leave_nothing_behind(tmp_path: Path, cwd: Path) -> None:
 
 def test_a_successful_tune_writes_only_into_its_output_and_cache_folders(tmp_path: Path, cwd: Path) -> None:
     config = _study(tmp_path, calibration={"cache_dir": str(tmp_path / "cache")})
-    result = run(cwd, "tune", str(config))
+    temp = tmp_path / "tmp"  # the system's temporary folder, for the study and MLflow's process
+    temp.mkdir()
+    result = run(cwd, "tune", str(config), env={"TMPDIR": str(temp)})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cwd", "out", "study.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cwd", "out", "study.yaml", "tmp"]
+    # Nothing of autoquant's or MLflow's is left there (MLflow's db_init_lock file was). Only
+    # onnxruntime's own telemetry stamp, written by `import onnxruntime` in any program, may be.
+    assert [p.name for p in temp.iterdir() if p.name != ".ses"] == []
     listing = _listing(tmp_path / "out")
     assert "mlflow.db" in listing and any(name.startswith("mlartifacts/") for name in listing)
 
