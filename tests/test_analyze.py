@@ -110,7 +110,7 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:
 def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
     calibrated_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoquant.search import _study as study
+    from autoquant.search import _ranking as study
 
     config, calibrated = calibrated_digits
     config = config.replace(
@@ -124,13 +124,13 @@ def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
         return analyze_layers(cfg, cal, progress)
 
     monkeypatch.setattr(pipeline, "analyze_layers", counting)
-    first = study._ranking_writer(config, calibrated, "a")(config.quantization)
-    again = study._ranking_writer(config, calibrated, "b")(
+    first = study.ranking_writer(config, calibrated, "a")(config.quantization)
+    again = study.ranking_writer(config, calibrated, "b")(
         config.quantization.model_copy(update={"fp32_layers": 3})
     )
     assert again.ranking() == first.ranking() and runs == [False]  # a blacklist does not change the ranking
     other = config.quantization.model_copy(update={"per_channel": True})
-    study._ranking_writer(config, calibrated, "c")(other)
+    study.ranking_writer(config, calibrated, "c")(other)
     assert runs == [False, True] and len(list((tmp_path / "cache").glob("sensitivity-*.json"))) == 2
     assert (tmp_path / "out" / "sensitivity.json").is_file()
 
@@ -139,7 +139,7 @@ def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -
     """A study's deadline is polled after each layer: a long analysis ends the search, and leaves
     no ranking in the cache nor in the output folder."""
     from autoquant.errors import SearchStopped
-    from autoquant.search import _study as study
+    from autoquant.search import _ranking as study
 
     config, calibrated = calibrated_digits
     config = config.replace(
@@ -152,6 +152,6 @@ def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -
         return len(polls) > 2
 
     with pytest.raises(SearchStopped):
-        study._ranking_writer(config, calibrated, "a")(config.quantization, late)
+        study.ranking_writer(config, calibrated, "a")(config.quantization, late)
     assert len(polls) == 3 < len(calibrated.graph.nodes)
     assert not list((tmp_path / "cache").glob("sensitivity-*.json")) and not (tmp_path / "out").exists()

@@ -20,8 +20,7 @@ from optuna.trial import TrialState
 import autoquant
 from autoquant.config import QuantizationConfig, load_config
 from autoquant.errors import ConfigError, SearchError
-from autoquant.search import TrialOutcome, best_outcome, load_space, ranked
-from autoquant.search._study import storage_url, study_name
+from autoquant.search import TrialOutcome, best_outcome, load_space, ranked, storage_url, study_name
 from tests.helpers import ROOT, digits_study, digits_variant, top1
 
 # ---------------------------------------------------------------- spaces
@@ -420,7 +419,7 @@ def test_an_ask_and_tell_study_resumes_without_rerunning_what_finished(
 
 def test_timeout_ends_the_study_between_trials(digits_config: Path, tmp_path: Path) -> None:
     config = load_config(_study_config(tmp_path, {"mode": "full", "accept_int8_decay": 0.0, "timeout": 0.01}))
-    with _captured("autoquant.search._study") as logged:
+    with _captured("autoquant.search._open") as logged:
         result = autoquant.tune(config)
     # The deadline passes before the first trial, which still runs (a study never ends with nothing).
     assert len(result.trials) == 1 and (config.output.directory / "study_summary.json").is_file()
@@ -471,7 +470,7 @@ def test_identical_and_resumed_full_studies_agree(tmp_path: Path) -> None:
 
 def _trials(source, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list:
     """The trials of a study in ``states`` (completed), from its config or its result."""
-    from autoquant.search._study import storage_url, study_name
+    from autoquant.search import storage_url, study_name
 
     if isinstance(source, autoquant.StudyConfig):
         url, name = storage_url(source), study_name(source)

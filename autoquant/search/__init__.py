@@ -5,6 +5,8 @@ and the ask-and-tell API.
 
 from autoquant.search._ask_tell import HandingScorer, Trial, Tuner
 from autoquant.search._driver import Driver
+from autoquant.search._naming import serving, storage_url, study_name
+from autoquant.search._open import OpenSearch, open_search
 from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, search_scales
 from autoquant.search._pipeline import Calibrated, quantize
 from autoquant.search._report import render_report, render_study_report, sensitivity_csv
@@ -17,7 +19,8 @@ from autoquant.search._sharing import (
     open_study,
 )
 from autoquant.search._space import SearchSpace, Value, load_space
-from autoquant.search._study import OpenSearch, TuneResult, drive, open_search, serving, stored_result, tune
+from autoquant.search._study import drive, tune
+from autoquant.search._summary import TuneResult, stored_result, stored_status
 from autoquant.search._trial import (
     DEFAULT_SAMPLED_TRIALS,
     SCALE_CANDIDATES,
@@ -82,6 +85,9 @@ __all__ = [
     "search_scales",
     "sensitivity_csv",
     "serving",
+    "storage_url",
     "stored_result",
+    "stored_status",
+    "study_name",
     "tune",
 ]

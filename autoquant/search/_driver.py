@@ -8,8 +8,8 @@ first heartbeat and its owner before the lock is released. The trial then runs w
 its heartbeat recorded from a thread. Its result is stored and told to Optuna; then, under the
 lock again, the best-so-far outputs are written if it is the new best and the output folder
 holds an older one (``best_trial.json`` says which trial the folder holds: a compare-and-set).
-Every storage step is retried while the database does not answer
-(:meth:`autoquant.storage.StudyStorage.call`).
+Each storage step (a method marked :func:`autoquant.storage.retried`) runs again while the
+database does not answer; a step called inside another runs once, within the outer one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -46,7 +45,7 @@ from autoquant.names import (
 from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, search_scales
 from autoquant.search._pipeline import quantize
 from autoquant.search._trial import Pruned, SearchContext, TrialOutcome, current_best, log_trial, run_choice
-from autoquant.storage import Heartbeat, StudyStorage, WorkerRecord, is_outage
+from autoquant.storage import Heartbeat, StudyStorage, WorkerRecord, is_outage, retried
 
 logger = logging.getLogger(__name__)
 
@@ -121,18 +120,18 @@ class Driver:
             if not self.may_claim():
                 self._pause()
                 continue
-            step = self.storage.call(self._claim)
+            step = self._claim()
             if isinstance(step, Done):
                 close_bar()
                 # "done" only once its summary is written: until then the others count it as serving
                 # (of the processes that finish together, exactly one is the last out).
-                self.storage.call(self.worker.update, trial=None, key=None, state="finishing")
+                self.worker.update(trial=None, key=None, state="finishing")
                 return step.reason
             if isinstance(step, Wait):
                 if waiting != step.reason:
                     logger.info("waiting: %s in other processes", step.reason)
                     waiting = step.reason
-                self.storage.call(self.worker.update, trial=None, key=None, state=f"waiting: {step.reason}")
+                self.worker.update(trial=None, key=None, state=f"waiting: {step.reason}")
                 self._pause()
                 continue
             waiting = None
@@ -153,6 +152,7 @@ class Driver:
                 time.sleep(0.05)
 
     # --- claiming --------------------------------------------------------------------------------
+    @retried
     def _claim(self) -> Claimed | Wait | Done:
         ctx, study = self.ctx, self.study
         with self.lock():
@@ -175,7 +175,7 @@ class Driver:
             if key is None:  # a new trial, for the sampler
                 trial.set_user_attr(TRIAL_KEY, step.key)
                 key = step.key
-            self.storage.claim(trial._trial_id)
+            self.storage.claim(trial)
             prune = any(t.state == TrialState.COMPLETE for t in trials)
             self.worker.update(trial=trial.number, key=key, state="running")
         return Claimed(trial, key, step.phase, prune, phase_progress(ctx, trials, key))
@@ -214,47 +214,56 @@ class Driver:
         ctx.reporter.trial_started(trial.number, key, params)
         scales = trial.user_attrs.get(TRIAL_SCALES)
         if key == TrialKey.SCALES and scales is None:
-            saved = self.storage.call(lambda: self.study.user_attrs.get(STUDY_SCALES_PROGRESS))
-
-            def save(progress: dict) -> None:
-                self.storage.call(self.study.set_user_attr, STUDY_SCALES_PROGRESS, progress)
-
-            scales = search_scales(ctx, params, saved, save)
-            self.storage.call(trial.set_user_attr, TRIAL_SCALES, scales)
+            scales = search_scales(ctx, params, self._scales_progress(), self._save_scales_progress)
+            self._set_trial_attr(trial, TRIAL_SCALES, scales)
         if scales:
             quantization = quantization.model_copy(update={"layer_scales": scales})
         outcome, result = run_choice(ctx, quantization, trial.number, key, params, claimed.prune)
         return outcome, result, quantization
 
+    @retried
+    def _scales_progress(self) -> dict | None:
+        """The scale search's saved progress (a resumed trial goes on from it)."""
+        return self.study.user_attrs.get(STUDY_SCALES_PROGRESS)
+
+    @retried
+    def _save_scales_progress(self, progress: dict) -> None:
+        self.study.set_user_attr(STUDY_SCALES_PROGRESS, progress)
+
+    @retried
+    def _set_trial_attr(self, trial: optuna.Trial, key: str, value: object) -> None:
+        trial.set_user_attr(key, value)
+
     def _run(self, claimed: Claimed) -> None:
         trial = claimed.trial
-        with Heartbeat(self.storage, self.worker, trial._trial_id):
+        with Heartbeat(self.storage, self.worker, trial):
             try:
                 made = self._body(claimed)
             except Pruned as pruned:
-                self.storage.call(self._record_pruned, trial, pruned)
+                self._record_pruned(trial, pruned)
                 return
             except TrialReturned as returned:
                 logger.info("trial %d: %s; it runs again", trial.number, returned)
-                self.storage.call(self._interrupted, trial, str(returned))
+                self._interrupted(trial, str(returned))
                 self.ctx.reporter.trial_finished(None, str(returned), current_best(self.study))
                 return
             except AutoquantError as exc:
-                self.storage.call(self._record_failure, trial, exc)
+                self._record_failure(trial, exc)
                 return
             except (SearchStopped, KeyboardInterrupt):
-                self.storage.call(self._interrupted, trial, "stopped before its end")
+                self._interrupted(trial, "stopped before its end")
                 raise
             except Exception as exc:
                 if self.storage.shared and is_outage(exc):
                     logger.warning("trial %d: the storage connection was lost; it runs again", trial.number)
-                    self.storage.call(self._interrupted, trial, "the storage connection was lost")
+                    self._interrupted(trial, "the storage connection was lost")
                     return
-                self.storage.call(self._interrupted, trial, f"{type(exc).__name__}: {exc}", again=False)
+                self._interrupted(trial, f"{type(exc).__name__}: {exc}", again=False)
                 raise
-            self.storage.call(self._record, trial, *made)
-        self.storage.call(self.worker.update, trial=None, key=None, state="idle")
+            self._record(trial, *made)
+        self.worker.update(trial=None, key=None, state="idle")
 
+    @retried
     def _interrupted(self, trial: optuna.Trial, reason: str, again: bool = True) -> None:
         """Fail a trial that did not finish, and queue it again (unless ``again`` is False)."""
         trial.set_user_attr(TRIAL_FAIL_REASON, reason)
@@ -268,6 +277,7 @@ class Driver:
         key = frozen.user_attrs.get(TRIAL_KEY)
         return Keys(self.study.get_trials(deepcopy=False)).busy(key) if key else True
 
+    @retried
     def _record_pruned(self, trial: optuna.Trial, pruned: Pruned) -> None:
         e = pruned.evaluation
         for name, value in {"score": e.score, "decay": e.decay, "samples": e.samples}.items():
@@ -280,6 +290,7 @@ class Driver:
     def _intermediate_steps(self, trial: optuna.Trial) -> set[int]:
         return set(self.study.get_trials(deepcopy=False)[trial.number].intermediate_values)
 
+    @retried
     def _record_failure(self, trial: optuna.Trial, exc: AutoquantError) -> None:
         ctx = self.ctx
         details = getattr(exc, "details", "")
@@ -292,6 +303,7 @@ class Driver:
         ctx.tracker.log_failure(trial.number, trial.params, str(exc))
         ctx.reporter.trial_finished(None, str(exc), current_best(self.study))
 
+    @retried
     def _record(
         self,
         trial: optuna.Trial,
@@ -363,6 +375,7 @@ class Driver:
             self.ctx.config.output.directory, {BEST_TRIAL_FILE: json.dumps(marker, indent=2).encode()}
         )
 
+    @retried
     def sync_outputs(self) -> None:
         """Make the output folder hold the study's best trial, whichever process found it: the
         model is rebuilt from the trial's choices (quantization is deterministic)."""
@@ -378,11 +391,3 @@ class Driver:
             result = quantize(ctx.calibrated, quantization, ranking, requantizer=ctx.requantizer)
             logger.info("writing the outputs of trial %d, the best of the study", best.number)
             self._publish(best, result, quantization)
-
-
-def output_holds(directory: Path) -> dict:
-    """The ``best_trial.json`` of an output folder, or an empty dict."""
-    try:
-        return json.loads((directory / BEST_TRIAL_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}

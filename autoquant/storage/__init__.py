@@ -2,18 +2,10 @@
 worker records, heartbeats and the output-folder lock.
 """
 
+from autoquant.storage._kinds import display_url, is_outage, preload, storage_kind
 from autoquant.storage._locking import output_lock, process_alive
-from autoquant.storage._storage import (
-    Heartbeat,
-    StudyStorage,
-    WorkerRecord,
-    display_url,
-    is_outage,
-    open_storage,
-    preload,
-    storage_kind,
-    workers,
-)
+from autoquant.storage._storage import StudyStorage, open_storage, retried
+from autoquant.storage._workers import Heartbeat, WorkerRecord, workers
 
 __all__ = [
     "Heartbeat",
@@ -25,6 +17,7 @@ __all__ = [
     "output_lock",
     "preload",
     "process_alive",
+    "retried",
     "storage_kind",
     "workers",
 ]

@@ -1,0 +1,83 @@
+"""What a study leaves in its output folder: the best trial's model, tables and
+``best_config.yaml`` (rewritten after every improving trial), and at its end the study summary
+``study_summary.json`` with its HTML report (and the MLflow parent run's last logs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from autoquant.config import QuantizationConfig, StudyConfig
+from autoquant.engine import QuantizedModel, Sensitivity, write_files, write_outputs
+from autoquant.names import BEST_CONFIG_FILE, MODEL_FILE, REPORT_FILE, SENSITIVITY_FILE, SUMMARY_FILE
+from autoquant.search._report import render_study_report
+from autoquant.search._summary import TuneResult, summary
+from autoquant.search._trial import TrialOutcome
+from autoquant.tracking import MlflowTracker, NullTracker
+
+logger = logging.getLogger(__name__)
+
+
+def best_config(
+    config: StudyConfig, quantization: QuantizationConfig, fp32_nodes: tuple[str, ...]
+) -> StudyConfig:
+    """A config that ``autoquant quantize`` turns into the same model: the FP32 nodes are listed by name."""
+    fixed = quantization.model_copy(
+        update={
+            "nodes_to_exclude": list(fp32_nodes),
+            "first_layer_fp32": False,
+            "norm_layers_fp32": False,
+            "fp32_layers": 0,
+        }
+    )
+    return config.replace(quantization=fixed)
+
+
+def best_writer(config: StudyConfig) -> Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]:
+    """A callback that writes a new best trial's model, tables and ``best_config.yaml``."""
+    out = config.output.directory
+
+    def on_best(outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig) -> None:
+        built = quantization.model_copy(update={"reduce_range": result.reduce_range})  # not auto
+        chosen = best_config(config, built, result.fp32_nodes)
+        write_outputs(result, chosen, out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})  # all or none
+        logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
+
+    return on_best
+
+
+def finish(
+    config: StudyConfig, result: TuneResult, tracker: NullTracker | MlflowTracker, close_parent: bool
+) -> None:
+    """Write the study summary and its report (the Pareto front, and the sensitivity ranking the
+    folder holds); the last process out closes the MLflow parent run."""
+    out = config.output.directory
+    summarised = summary(result, config.quantization.reduce_range)
+    details = {
+        "model": str(config.model.path),
+        "budget": str(result.budget),
+        "CPU": summarised["latency"]["cpu_isa"],
+    }
+    report = render_study_report(
+        summarised, f"autoquant study: {result.study_name}", details, _sensitivity(out)
+    )
+    write_files(out, {SUMMARY_FILE: json.dumps(summarised, indent=2).encode(), REPORT_FILE: report.encode()})
+    tracker.finish(summarised, out / MODEL_FILE, out / REPORT_FILE, close_parent=close_parent)
+    if config.tracking.enabled:
+        logger.info(
+            "MLflow: the study waited %.2f s before its first trial and %.2f s at its end; logging "
+            "took %.2f s in the background",
+            tracker.attach_seconds,
+            tracker.finish_seconds,
+            tracker.busy_seconds,
+        )
+
+
+def _sensitivity(out: Path) -> Sensitivity | None:
+    """The sensitivity ranking in the output folder, if there is one that reads."""
+    try:
+        return Sensitivity.from_json((out / SENSITIVITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
