@@ -110,7 +110,8 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:
 def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
     calibrated_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoquant.search import _ranking as study
+    from autoquant.search import _ranking
+    from autoquant.search._outputs import write_sensitivity
 
     config, calibrated = calibrated_digits
     config = config.replace(
@@ -124,22 +125,22 @@ def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
         return analyze_layers(cfg, cal, progress)
 
     monkeypatch.setattr(pipeline, "analyze_layers", counting)
-    first = study.ranking_writer(config, calibrated, "a")(config.quantization)
-    again = study.ranking_writer(config, calibrated, "b")(
-        config.quantization.model_copy(update={"fp32_layers": 3})
-    )
+    first = _ranking.analyse(config, calibrated, config.quantization)
+    again = _ranking.analyse(config, calibrated, config.quantization.model_copy(update={"fp32_layers": 3}))
     assert again.ranking() == first.ranking() and runs == [False]  # a blacklist does not change the ranking
     other = config.quantization.model_copy(update={"per_channel": True})
-    study.ranking_writer(config, calibrated, "c")(other)
+    _ranking.analyse(config, calibrated, other)
     assert runs == [False, True] and len(list((tmp_path / "cache").glob("sensitivity-*.json"))) == 2
-    assert (tmp_path / "out" / "sensitivity.json").is_file()
+    assert not (tmp_path / "out").exists()  # the output folder is the outputs stage's
+    write_sensitivity(config, first, "a")
+    assert (tmp_path / "out" / "sensitivity.json").is_file() and (tmp_path / "out" / "report.html").is_file()
 
 
 def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -> None:
     """A study's deadline is polled after each layer: a long analysis ends the search, and leaves
     no ranking in the cache nor in the output folder."""
     from autoquant.errors import SearchStopped
-    from autoquant.search import _ranking as study
+    from autoquant.search import _ranking
 
     config, calibrated = calibrated_digits
     config = config.replace(
@@ -152,6 +153,6 @@ def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -
         return len(polls) > 2
 
     with pytest.raises(SearchStopped):
-        study.ranking_writer(config, calibrated, "a")(config.quantization, late)
+        _ranking.analyse(config, calibrated, config.quantization, late)
     assert len(polls) == 3 < len(calibrated.graph.nodes)
     assert not list((tmp_path / "cache").glob("sensitivity-*.json")) and not (tmp_path / "out").exists()

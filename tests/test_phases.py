@@ -17,7 +17,7 @@ def _ctx(mode: str, n_trials: int | None = None) -> SimpleNamespace:
     config = SimpleNamespace(
         search=SearchConfig(mode=mode, n_trials=n_trials), quantization=QuantizationConfig()
     )
-    return SimpleNamespace(config=config, space=load_space(mode))
+    return SimpleNamespace(inputs=SimpleNamespace(config=config, space=load_space(mode)))
 
 
 def _trial(number: int, key: str, state: TrialState, within: bool | None = None) -> optuna.trial.FrozenTrial:

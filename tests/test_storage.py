@@ -128,9 +128,9 @@ def test_of_the_processes_that_finish_together_exactly_one_is_the_last_out(tmp_p
         def _claim(self):
             return Done("every phase has run")
 
-    ctx = SimpleNamespace(should_stop=lambda: False, reporter=NullReporter())
+    ctx = SimpleNamespace(observers=SimpleNamespace(should_stop=lambda: False, reporter=NullReporter()))
     for worker in (first, second):  # both leave their loop before either writes its summary
-        Finished(ctx, study, storage, worker, None).drive()  # type: ignore[arg-type]
+        Finished(ctx, study, storage, worker).drive()  # type: ignore[arg-type]
     assert [w.leave() for w in (first, second)] == [False, True]
 
 
@@ -198,11 +198,10 @@ def test_the_optuna_private_attributes_we_use_are_there(tmp_path: Path) -> None:
 
 def test_the_sampler_reseeds_its_private_generators() -> None:
     """The resumable sampler seeds Optuna's private generators of TPE and of its start-up sampler."""
+    import numpy as np
     import optuna
 
     from autoquant.search._sharing import sampler
-
-    import numpy as np
 
     tpe = sampler(7)
     assert isinstance(tpe._rng.rng, np.random.RandomState)

@@ -7,10 +7,11 @@ from autoquant.search._ask_tell import HandingScorer, Trial, Tuner
 from autoquant.search._driver import Driver
 from autoquant.search._naming import serving, storage_url, study_name
 from autoquant.search._open import OpenSearch, open_search
-from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, search_scales
+from autoquant.search._outcome import TrialOutcome, current_best, outcomes
+from autoquant.search._phases import Analyse, Done, Keys, Run, Wait, next_step, phase_progress, search_scales
 from autoquant.search._pipeline import Calibrated, quantize
 from autoquant.search._report import render_report, render_study_report, sensitivity_csv
-from autoquant.search._selection import pareto_front
+from autoquant.search._selection import best_outcome, pareto_front, ranked
 from autoquant.search._sharing import (
     check_fingerprint,
     fingerprint_inputs,
@@ -26,22 +27,21 @@ from autoquant.search._trial import (
     SCALE_CANDIDATES,
     Candidate,
     NullReporter,
+    Observers,
+    ProcessCaches,
     Pruned,
     Reporter,
     Scorer,
     SearchContext,
-    TrialOutcome,
-    best_outcome,
-    current_best,
+    SearchInputs,
     log_trial,
-    outcomes,
-    ranked,
     run_choice,
 )
 
 __all__ = [
     "DEFAULT_SAMPLED_TRIALS",
     "SCALE_CANDIDATES",
+    "Analyse",
     "Calibrated",
     "Candidate",
     "Done",
@@ -49,12 +49,15 @@ __all__ = [
     "HandingScorer",
     "Keys",
     "NullReporter",
+    "Observers",
     "OpenSearch",
+    "ProcessCaches",
     "Pruned",
     "Reporter",
     "Run",
     "Scorer",
     "SearchContext",
+    "SearchInputs",
     "SearchSpace",
     "Trial",
     "TrialOutcome",

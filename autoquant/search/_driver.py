@@ -15,7 +15,6 @@ database does not answer; a step called inside another runs once, within the out
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import warnings
@@ -27,10 +26,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.config import QuantizationConfig
-from autoquant.engine import QuantizedModel, write_files
-from autoquant.errors import AutoquantError, SearchStopped, TrialReturned
+from autoquant.engine import QuantizedModel
+from autoquant.errors import AutoquantError, EvaluationError, SearchStopped, TrialReturned
 from autoquant.names import (
-    BEST_TRIAL_FILE,
     STUDY_LATENCIES,
     STUDY_LATENCY_TOLERANCE,
     STUDY_SCALES_PROGRESS,
@@ -42,16 +40,17 @@ from autoquant.names import (
     TRIAL_SCALES,
     TrialKey,
 )
-from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, search_scales
+from autoquant.search._outcome import TrialOutcome, current_best
+from autoquant.search._outputs import holds_best, publish_best, write_sensitivity
+from autoquant.search._phases import Analyse, Done, Keys, Run, Wait, next_step, phase_progress, search_scales
 from autoquant.search._pipeline import quantize
-from autoquant.search._trial import Pruned, SearchContext, TrialOutcome, current_best, log_trial, run_choice
+from autoquant.search._ranking import analyse
+from autoquant.search._trial import Pruned, SearchContext, log_trial, ranking_key, run_choice, stage
 from autoquant.storage import Heartbeat, StudyStorage, WorkerRecord, is_outage, retried
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # how often a process with nothing to claim looks at the study again
-
-OnBest = Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,6 @@ class Driver:
         study: The Optuna study.
         storage: Its storage, with the study lock and the retries.
         worker: This process's record in the study.
-        on_best: Writes a new best trial's outputs into the output folder.
         idle: Entered while the driver waits for other processes' trials (the server's drivers
             release their shared lock there, :mod:`autoquant.serve`).
         may_claim: Asked before each claim; while it says no, the driver waits (the server's
@@ -86,11 +84,10 @@ class Driver:
         study: optuna.Study,
         storage: StudyStorage,
         worker: WorkerRecord,
-        on_best: OnBest,
         idle: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
-        self.ctx, self.study, self.storage, self.worker, self.on_best = ctx, study, storage, worker, on_best
+        self.ctx, self.study, self.storage, self.worker = ctx, study, storage, worker
         self.idle, self.may_claim = idle, may_claim
 
     def lock(self):
@@ -111,16 +108,19 @@ class Driver:
 
         def close_bar() -> None:
             if bar is not None:
-                self.ctx.reporter.step(bar[1], bar[1], bar[2])
+                self.ctx.observers.reporter.step(bar[1], bar[1], bar[2])
 
         while True:
-            if self.ctx.should_stop():
+            if self.ctx.observers.should_stop():
                 close_bar()
                 raise SearchStopped
             if not self.may_claim():
                 self._pause()
                 continue
             step = self._claim()
+            if isinstance(step, Analyse):
+                self._ranking(step.quantization)
+                continue
             if isinstance(step, Done):
                 close_bar()
                 # "done" only once its summary is written: until then the others count it as serving
@@ -138,29 +138,31 @@ class Driver:
             if step.phase != shown:
                 close_bar()
                 bar = None
-                self.ctx.reporter.phase(step.phase)
+                self.ctx.observers.reporter.phase(step.phase)
                 shown = step.phase
             if step.progress is not None:
                 bar = step.progress
-                self.ctx.reporter.step(*bar)
+                self.ctx.observers.reporter.step(*bar)
             self._run(step)
 
     def _pause(self) -> None:
         until = time.monotonic() + POLL_SECONDS
         with self.idle():
-            while time.monotonic() < until and not self.ctx.should_stop():
+            while time.monotonic() < until and not self.ctx.observers.should_stop():
                 time.sleep(0.05)
 
     # --- claiming --------------------------------------------------------------------------------
     @retried
-    def _claim(self) -> Claimed | Wait | Done:
+    def _claim(self) -> Claimed | Wait | Done | Analyse:
         ctx, study = self.ctx, self.study
         with self.lock():
             self.storage.fail_dead_trials(study)
             self._fail_broken_claims(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             trials = study.get_trials(deepcopy=False)
             attrs = study.user_attrs
-            ctx.latencies.update(attrs.get(STUDY_LATENCIES, {}))  # the first measurement of a graph wins
+            ctx.caches.latencies.update(
+                attrs.get(STUDY_LATENCIES, {})
+            )  # the first measurement of a graph wins
             tolerance = float(attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
             step = next_step(ctx, trials, attrs, study.set_user_attr, tolerance)
             if not isinstance(step, Run):
@@ -204,21 +206,40 @@ class Driver:
             trial.set_user_attr(TRIAL_FAIL_REASON, f"not run: trial {done.number} settled its key")
             self.study.tell(trial, state=TrialState.FAIL)
 
+    # --- the sensitivity analysis ------------------------------------------------------------
+    def _ranking(self, quantization: QuantizationConfig) -> list[str]:
+        """The sensitivity ranking of these choices: this process's, or the analysis run now (outside
+        the study lock; its result is cached and written by the outputs stage)."""
+        caches = self.ctx.caches
+        known = caches.ranking(quantization)
+        if known is not None:
+            return known
+        inputs = self.ctx.inputs
+        sensitivity = analyse(inputs.config, inputs.calibrated, quantization, self.ctx.observers.should_stop)
+        write_sensitivity(inputs.config, sensitivity, self.study.study_name)
+        caches.rankings[ranking_key(quantization)] = sensitivity.ranking()
+        caches.new_sensitivity = sensitivity.to_json()
+        return caches.rankings[ranking_key(quantization)]
+
     # --- running ---------------------------------------------------------------------------------
     def _body(self, claimed: Claimed) -> tuple[TrialOutcome, QuantizedModel, QuantizationConfig]:
         """Suggest, quantize, evaluate and measure (the scale trial searches its scales first)."""
         ctx, trial, key = self.ctx, claimed.trial, claimed.key
-        base = ctx.config.quantization
-        params = ctx.space.suggest(trial, base, ctx.nodes, bisect=key.startswith(TrialKey.BISECT))
-        quantization = ctx.space.apply(params, base)
-        ctx.reporter.trial_started(trial.number, key, params)
+        base = ctx.inputs.config.quantization
+        params = ctx.inputs.space.suggest(
+            trial, base, ctx.inputs.nodes, bisect=key.startswith(TrialKey.BISECT)
+        )
+        quantization = ctx.inputs.space.apply(params, base)
+        ctx.observers.reporter.trial_started(trial.number, key, params)
+        with stage("the sensitivity analysis for fp32_layers", EvaluationError):
+            ranking = self._ranking(quantization) if quantization.fp32_layers else []
         scales = trial.user_attrs.get(TRIAL_SCALES)
         if key == TrialKey.SCALES and scales is None:
-            scales = search_scales(ctx, params, self._scales_progress(), self._save_scales_progress)
+            scales = search_scales(ctx, params, ranking, self._scales_progress(), self._save_scales_progress)
             self._set_trial_attr(trial, TRIAL_SCALES, scales)
         if scales:
             quantization = quantization.model_copy(update={"layer_scales": scales})
-        outcome, result = run_choice(ctx, quantization, trial.number, key, params, claimed.prune)
+        outcome, result = run_choice(ctx, quantization, ranking, trial.number, key, params, claimed.prune)
         return outcome, result, quantization
 
     @retried
@@ -245,7 +266,7 @@ class Driver:
             except TrialReturned as returned:
                 logger.info("trial %d: %s; it runs again", trial.number, returned)
                 self._interrupted(trial, str(returned))
-                self.ctx.reporter.trial_finished(None, str(returned), current_best(self.study))
+                self.ctx.observers.reporter.trial_finished(None, str(returned), current_best(self.study))
                 return
             except AutoquantError as exc:
                 self._record_failure(trial, exc)
@@ -285,7 +306,7 @@ class Driver:
         if e.samples not in self._intermediate_steps(trial):
             trial.report(e.decay, step=e.samples)
         self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        self.ctx.reporter.trial_finished(None, str(pruned), current_best(self.study))
+        self.ctx.observers.reporter.trial_finished(None, str(pruned), current_best(self.study))
 
     def _intermediate_steps(self, trial: optuna.Trial) -> set[int]:
         return set(self.study.get_trials(deepcopy=False)[trial.number].intermediate_values)
@@ -294,14 +315,14 @@ class Driver:
     def _record_failure(self, trial: optuna.Trial, exc: AutoquantError) -> None:
         ctx = self.ctx
         details = getattr(exc, "details", "")
-        if details and details not in ctx.shown_tracebacks:  # user code: its traceback, once
-            ctx.shown_tracebacks.add(details)
+        if details and details not in ctx.caches.shown_tracebacks:  # user code: its traceback, once
+            ctx.caches.shown_tracebacks.add(details)
             logger.error("trial %d failed in user code:\n%s", trial.number, details.rstrip())
         logger.debug("trial %d failed", trial.number, exc_info=exc)  # the cause chain, with --verbose
         trial.set_user_attr(TRIAL_FAIL_REASON, str(exc))
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        ctx.tracker.log_failure(trial.number, trial.params, str(exc))
-        ctx.reporter.trial_finished(None, str(exc), current_best(self.study))
+        ctx.observers.tracker.log_failure(trial.number, trial.params, str(exc))
+        ctx.observers.reporter.trial_finished(None, str(exc), current_best(self.study))
 
     @retried
     def _record(
@@ -320,19 +341,19 @@ class Driver:
             if frozen.state != TrialState.COMPLETE:  # failed by another process that thought us dead
                 self._rescue(frozen, outcome)
             attrs = study.user_attrs
-            latencies = {**ctx.latencies, **attrs.get(STUDY_LATENCIES, {})}
+            latencies = {**ctx.caches.latencies, **attrs.get(STUDY_LATENCIES, {})}
             if latencies != attrs.get(STUDY_LATENCIES):
                 study.set_user_attr(STUDY_LATENCIES, latencies)
-            ctx.latencies.update(latencies)
+            ctx.caches.latencies.update(latencies)
             if outcome.within_budget and STUDY_TIME_TO_BUDGET not in attrs:
                 started = float(attrs.get(STUDY_STARTED, time.time()))
                 study.set_user_attr(STUDY_TIME_TO_BUDGET, time.time() - started)
             best = current_best(study)
             if best is not None and best.number == outcome.number:
-                self._publish(outcome, result, quantization)
-        ctx.stages.setdefault("to_first_trial_s", time.time() - ctx.began)
+                publish_best(self.ctx.inputs.config, study.study_name, outcome, result, quantization)
+        ctx.caches.stages.setdefault("to_first_trial_s", time.time() - ctx.inputs.began)
         log_trial(ctx, outcome, result)
-        ctx.reporter.trial_finished(outcome, None, best)
+        ctx.observers.reporter.trial_finished(outcome, None, best)
 
     def _rescue(self, frozen: FrozenTrial, outcome: TrialOutcome) -> None:
         """Keep a completed result whose trial another process failed meanwhile: as a new trial."""
@@ -347,34 +368,6 @@ class Driver:
         )
 
     # --- the best-so-far outputs --------------------------------------------------------------
-    def _marker(self) -> dict:
-        path = self.ctx.config.output.directory / BEST_TRIAL_FILE
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-
-    def _holds(self, number: int) -> bool:
-        marker = self._marker()
-        return marker.get("study") == self.study.study_name and marker.get("trial") == number
-
-    def _publish(
-        self, outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig
-    ) -> None:
-        """Write a best trial's outputs unless the folder holds them already (call under the lock)."""
-        if self._holds(outcome.number):
-            return
-        self.on_best(outcome, result, quantization)
-        marker = {
-            "study": self.study.study_name,
-            "trial": outcome.number,
-            "key": outcome.key,
-            "decay": outcome.decay,
-        }
-        write_files(
-            self.ctx.config.output.directory, {BEST_TRIAL_FILE: json.dumps(marker, indent=2).encode()}
-        )
-
     @retried
     def sync_outputs(self) -> None:
         """Make the output folder hold the study's best trial, whichever process found it: the
@@ -382,12 +375,14 @@ class Driver:
         ctx = self.ctx
         with self.lock():
             best = current_best(self.study)
-            if best is None or self._holds(best.number):
+            if best is None or holds_best(self.ctx.inputs.config, self.study.study_name, best.number):
                 return
-            quantization = ctx.space.apply(best.params, ctx.config.quantization)
+            quantization = ctx.inputs.space.apply(best.params, ctx.inputs.config.quantization)
             if best.layer_scales:
                 quantization = quantization.model_copy(update={"layer_scales": best.layer_scales})
-            ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
-            result = quantize(ctx.calibrated, quantization, ranking, requantizer=ctx.requantizer)
+            ranking = self._ranking(quantization) if quantization.fp32_layers else ()
+            result = quantize(
+                ctx.inputs.calibrated, quantization, ranking, requantizer=ctx.caches.requantizer
+            )
             logger.info("writing the outputs of trial %d, the best of the study", best.number)
-            self._publish(best, result, quantization)
+            publish_best(self.ctx.inputs.config, self.study.study_name, best, result, quantization)

@@ -29,11 +29,18 @@ from autoquant.names import (
 )
 from autoquant.search import _pipeline as pipeline
 from autoquant.search._naming import existing_study, storage_url, study_name
-from autoquant.search._outputs import best_writer
-from autoquant.search._ranking import ranking_writer
 from autoquant.search._sharing import check_fingerprint, fingerprint_inputs, fingerprint_results, open_study
 from autoquant.search._space import load_space
-from autoquant.search._trial import DEFAULT_SAMPLED_TRIALS, Candidate, Reporter, Scorer, SearchContext
+from autoquant.search._trial import (
+    DEFAULT_SAMPLED_TRIALS,
+    Candidate,
+    Observers,
+    ProcessCaches,
+    Reporter,
+    Scorer,
+    SearchContext,
+    SearchInputs,
+)
 from autoquant.storage import StudyStorage, open_storage, preload
 from autoquant.tracking import make_tracker
 
@@ -180,25 +187,23 @@ def open_search(
     stages["setup_s"] = time.time() - began
     _check_timeout(config, stages, ref.timers, pipeline.scored_samples(config, graph), len(space.strategies))
     requested = stop or (lambda: False)
-    ctx = SearchContext(
+    inputs = SearchInputs(
         config=config,
         calibrated=ref.calibrated,
         scorer=ref.scorer,
         space=space,
         timers=ref.timers,
-        fp32_latency=dict(study.user_attrs[STUDY_FP32_LATENCIES]),
-        latencies=dict(study.user_attrs.get(STUDY_LATENCIES, {})),
-        requantizer=Requantizer(graph),
         analysis_feeds=pipeline.sample_feeds(config, graph, config.search.data_limit),
-        ranking_fn=ranking_writer(config, ref.calibrated, study_name(config)),
-        on_best=best_writer(config),
-        reporter=reporter,
-        tracker=tracker,
-        should_stop=_stopper(config, storage, study, requested, stopper_clock),
-        user_stopped=requested,
-        stages=stages,
+        fp32_latency=dict(study.user_attrs[STUDY_FP32_LATENCIES]),
         began=began,
     )
+    caches = ProcessCaches(
+        requantizer=Requantizer(graph),
+        latencies=dict(study.user_attrs.get(STUDY_LATENCIES, {})),
+        stages=stages,
+    )
+    should_stop = _stopper(config, storage, study, requested, stopper_clock)
+    ctx = SearchContext(inputs, caches, Observers(reporter, tracker, should_stop, requested))
     return OpenSearch(ctx, study, storage, command, ref.fp32_score)
 
 

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.engine import QuantizedModel, Sensitivity, write_files, write_outputs
-from autoquant.names import BEST_CONFIG_FILE, MODEL_FILE, REPORT_FILE, SENSITIVITY_FILE, SUMMARY_FILE
-from autoquant.search._report import render_study_report
+from autoquant.names import (
+    BEST_CONFIG_FILE,
+    BEST_TRIAL_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
+    SENSITIVITY_FILE,
+    SUMMARY_FILE,
+)
+from autoquant.search._outcome import TrialOutcome
+from autoquant.search._report import render_report, render_study_report
 from autoquant.search._summary import TuneResult, summary
-from autoquant.search._trial import TrialOutcome
 from autoquant.tracking import MlflowTracker, NullTracker
 
 logger = logging.getLogger(__name__)
@@ -35,17 +41,47 @@ def best_config(
     return config.replace(quantization=fixed)
 
 
-def best_writer(config: StudyConfig) -> Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]:
-    """A callback that writes a new best trial's model, tables and ``best_config.yaml``."""
+def write_best(
+    config: StudyConfig, outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig
+) -> None:
+    """Write a new best trial's model, tables and ``best_config.yaml`` (all or none)."""
     out = config.output.directory
+    built = quantization.model_copy(update={"reduce_range": result.reduce_range})  # not auto
+    chosen = best_config(config, built, result.fp32_nodes)
+    write_outputs(result, chosen, out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})
+    logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
 
-    def on_best(outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig) -> None:
-        built = quantization.model_copy(update={"reduce_range": result.reduce_range})  # not auto
-        chosen = best_config(config, built, result.fp32_nodes)
-        write_outputs(result, chosen, out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})  # all or none
-        logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
 
-    return on_best
+def holds_best(config: StudyConfig, study_name: str, number: int) -> bool:
+    """Whether the output folder holds trial ``number`` of the study (``best_trial.json`` says)."""
+    try:
+        marker = json.loads((config.output.directory / BEST_TRIAL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return marker.get("study") == study_name and marker.get("trial") == number
+
+
+def publish_best(
+    config: StudyConfig,
+    study_name: str,
+    outcome: TrialOutcome,
+    result: QuantizedModel,
+    quantization: QuantizationConfig,
+) -> None:
+    """Write a best trial's outputs unless the folder holds them already, then ``best_trial.json``
+    (call under the study lock: a compare-and-set between the processes)."""
+    if holds_best(config, study_name, outcome.number):
+        return
+    write_best(config, outcome, result, quantization)
+    marker = {"study": study_name, "trial": outcome.number, "key": outcome.key, "decay": outcome.decay}
+    write_files(config.output.directory, {BEST_TRIAL_FILE: json.dumps(marker, indent=2).encode()})
+
+
+def write_sensitivity(config: StudyConfig, sensitivity: Sensitivity, name: str) -> None:
+    """Write a sensitivity ranking into the output folder, as JSON and as an HTML report."""
+    report = render_report(sensitivity, f"autoquant sensitivity: {name}", {"model": str(config.model.path)})
+    files = {SENSITIVITY_FILE: sensitivity.to_json().encode(), REPORT_FILE: report.encode()}
+    write_files(config.output.directory, files)
 
 
 def finish(

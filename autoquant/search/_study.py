@@ -104,11 +104,9 @@ def drive(
         search.command,
         search.fp32_score,
     )
-    config = ctx.config
+    config = ctx.inputs.config
     worker = WorkerRecord(storage, study, command, slot=slot)
-    driver = Driver(
-        ctx, study, storage, worker, ctx.on_best, idle or contextlib.nullcontext, may_claim or (lambda: True)
-    )
+    driver = Driver(ctx, study, storage, worker, idle or contextlib.nullcontext, may_claim or (lambda: True))
     try:
         reason = driver.drive()
         logger.log(
@@ -120,12 +118,14 @@ def drive(
         raise  # the database is gone: nothing more can be read or written
     finally:
         if sys.exc_info()[0] is not StorageError:
-            result = replace(storage.call(study_result, config, study, fp32_score), timings=dict(ctx.stages))
+            result = replace(
+                storage.call(study_result, config, study, fp32_score), timings=dict(ctx.caches.stages)
+            )
             if result.trials:
                 with Heartbeat(storage, worker, None):  # seen alive while it waits for the lock
                     driver.sync_outputs()
                     last = worker.leave()
-                finish(config, result, ctx.tracker, last)
+                finish(config, result, ctx.observers.tracker, last)
     if not result.trials:
         failures = [
             t.user_attrs.get(TRIAL_FAIL_REASON, "") for t in study.trials if t.state == TrialState.FAIL

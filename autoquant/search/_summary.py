@@ -21,8 +21,8 @@ from autoquant.names import (
     STUDY_TIME_TO_BUDGET,
 )
 from autoquant.search._naming import existing_study, storage_url, study_name
-from autoquant.search._selection import pareto_front
-from autoquant.search._trial import TrialOutcome, best_outcome, outcomes
+from autoquant.search._outcome import TrialOutcome, outcomes
+from autoquant.search._selection import best_outcome, pareto_front
 from autoquant.storage import display_url, workers
 
 
