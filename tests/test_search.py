@@ -504,3 +504,15 @@ def test_a_trial_certainly_over_budget_is_pruned_and_not_rerun(tmp_path: Path) -
     count = len(study.trials)
     autoquant.tune(config)
     assert len(optuna.load_study(study_name=result.study_name, storage=result.storage).trials) == count
+
+
+def test_outcome_attribute_names_stay_as_stored_studies_have_them() -> None:
+    """A stored study resumes only while the trials' user-attribute names stay the same."""
+    from autoquant.search._outcome import OutcomeAttr
+
+    outcome = TrialOutcome(1, "strategy:a", {}, 0.9, 0.01, None, (), 1.0, True)
+    assert list(outcome.attrs()) == [
+        "key", "score", "decay", "decay_ci", "fp32_nodes", "fp32_compute_layers", "float_nodes",
+        "latency_ms", "latency_by_threads", "speedup_by_threads", "within_budget", "timings", "layer_scales",
+    ]  # fmt: skip
+    assert OutcomeAttr.within_budget == "within_budget" and OutcomeAttr.samples == "samples"

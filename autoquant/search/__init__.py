@@ -8,7 +8,7 @@ from autoquant.search._driver import Driver
 from autoquant.search._naming import serving, storage_url, study_name
 from autoquant.search._open import OpenSearch, open_search
 from autoquant.search._outcome import TrialOutcome, current_best, outcomes
-from autoquant.search._phases import Analyse, Done, Keys, Run, Wait, next_step, phase_progress, search_scales
+from autoquant.search._phases import Analyse, Done, Phase, Run, Wait
 from autoquant.search._pipeline import Calibrated, quantize
 from autoquant.search._report import render_report, render_study_report, sensitivity_csv
 from autoquant.search._selection import best_outcome, pareto_front, ranked
@@ -21,7 +21,7 @@ from autoquant.search._sharing import (
 )
 from autoquant.search._space import SearchSpace, Value, load_space
 from autoquant.search._study import drive, tune
-from autoquant.search._summary import TuneResult, stored_result, stored_status
+from autoquant.search._summary import StudySummary, TuneResult, stored_result, stored_status, summary
 from autoquant.search._trial import (
     DEFAULT_SAMPLED_TRIALS,
     SCALE_CANDIDATES,
@@ -47,10 +47,10 @@ __all__ = [
     "Done",
     "Driver",
     "HandingScorer",
-    "Keys",
     "NullReporter",
     "Observers",
     "OpenSearch",
+    "Phase",
     "ProcessCaches",
     "Pruned",
     "Reporter",
@@ -59,6 +59,7 @@ __all__ = [
     "SearchContext",
     "SearchInputs",
     "SearchSpace",
+    "StudySummary",
     "Trial",
     "TrialOutcome",
     "TuneResult",
@@ -74,23 +75,21 @@ __all__ = [
     "load_existing",
     "load_space",
     "log_trial",
-    "next_step",
     "open_search",
     "open_study",
     "outcomes",
     "pareto_front",
-    "phase_progress",
     "quantize",
     "ranked",
     "render_report",
     "render_study_report",
     "run_choice",
-    "search_scales",
     "sensitivity_csv",
     "serving",
     "storage_url",
     "stored_result",
     "stored_status",
     "study_name",
+    "summary",
     "tune",
 ]

@@ -2,7 +2,7 @@
 Tuner): :meth:`Driver.drive`.
 
 Each turn, under the study lock, it fails the trials of dead processes (the heartbeat), asks
-:func:`autoquant.search.next_step` what comes next and claims it: the trial is queued with its
+``_phases.next_step`` what comes next and claims it: the trial is queued with its
 fixed choices if it is not queued already, taken with :meth:`optuna.Study.ask`, and given its
 first heartbeat and its owner before the lock is released. The trial then runs without the lock,
 its heartbeat recorded from a thread. Its result is stored and told to Optuna; then, under the
@@ -40,13 +40,23 @@ from autoquant.names import (
     TRIAL_SCALES,
     TrialKey,
 )
-from autoquant.search._outcome import TrialOutcome, current_best
+from autoquant.search._outcome import OutcomeAttr, TrialOutcome, current_best
 from autoquant.search._outputs import holds_best, publish_best, write_sensitivity
-from autoquant.search._phases import Analyse, Done, Keys, Run, Wait, next_step, phase_progress, search_scales
+from autoquant.search._phases import (
+    Analyse,
+    Done,
+    Keys,
+    Phase,
+    Run,
+    Wait,
+    next_step,
+    phase_progress,
+    search_scales,
+)
 from autoquant.search._pipeline import quantize
 from autoquant.search._ranking import analyse
 from autoquant.search._trial import Pruned, SearchContext, log_trial, ranking_key, run_choice, stage
-from autoquant.storage import Heartbeat, StudyStorage, WorkerRecord, is_outage, retried
+from autoquant.storage import Heartbeat, StudyStorage, WorkerRecord, WorkerState, is_outage, retried
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +69,7 @@ class Claimed:
 
     trial: optuna.Trial
     key: str
-    phase: str
+    phase: Phase
     prune: bool  # a completed trial exists: evaluations certainly over budget may stop early
     progress: tuple[int, int, str] | None = None  # the phase's (finished, total, unit), for its bar
 
@@ -102,7 +112,7 @@ class Driver:
             SearchStopped: A stop request or the deadline ended the search first.
             StorageError: The database stayed unreachable.
         """
-        shown: str | None = None
+        shown: Phase | None = None
         waiting: str | None = None
         bar: tuple[int, int, str] | None = None  # the phase bar shown
 
@@ -125,20 +135,20 @@ class Driver:
                 close_bar()
                 # "done" only once its summary is written: until then the others count it as serving
                 # (of the processes that finish together, exactly one is the last out).
-                self.worker.update(trial=None, key=None, state="finishing")
+                self.worker.update(WorkerState.FINISHING)
                 return step.reason
             if isinstance(step, Wait):
                 if waiting != step.reason:
                     logger.info("waiting: %s in other processes", step.reason)
                     waiting = step.reason
-                self.worker.update(trial=None, key=None, state=f"waiting: {step.reason}")
+                self.worker.update(WorkerState.WAITING, reason=step.reason)
                 self._pause()
                 continue
             waiting = None
             if step.phase != shown:
                 close_bar()
                 bar = None
-                self.ctx.observers.reporter.phase(step.phase)
+                self.ctx.observers.reporter.phase(step.phase.title(self.ctx))
                 shown = step.phase
             if step.progress is not None:
                 bar = step.progress
@@ -160,9 +170,8 @@ class Driver:
             self._fail_broken_claims(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             trials = study.get_trials(deepcopy=False)
             attrs = study.user_attrs
-            ctx.caches.latencies.update(
-                attrs.get(STUDY_LATENCIES, {})
-            )  # the first measurement of a graph wins
+            # the first measurement of a graph wins
+            ctx.caches.latencies.update(attrs.get(STUDY_LATENCIES, {}))
             tolerance = float(attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
             step = next_step(ctx, trials, attrs, study.set_user_attr, tolerance)
             if not isinstance(step, Run):
@@ -179,7 +188,7 @@ class Driver:
                 key = step.key
             self.storage.claim(trial)
             prune = any(t.state == TrialState.COMPLETE for t in trials)
-            self.worker.update(trial=trial.number, key=key, state="running")
+            self.worker.update(WorkerState.RUNNING, trial.number, key)
         return Claimed(trial, key, step.phase, prune, phase_progress(ctx, trials, key))
 
     def _fail_broken_claims(self, running: list[FrozenTrial]) -> None:
@@ -282,7 +291,7 @@ class Driver:
                 self._interrupted(trial, f"{type(exc).__name__}: {exc}", again=False)
                 raise
             self._record(trial, *made)
-        self.worker.update(trial=None, key=None, state="idle")
+        self.worker.update(WorkerState.IDLE)
 
     @retried
     def _interrupted(self, trial: optuna.Trial, reason: str, again: bool = True) -> None:
@@ -301,8 +310,8 @@ class Driver:
     @retried
     def _record_pruned(self, trial: optuna.Trial, pruned: Pruned) -> None:
         e = pruned.evaluation
-        for name, value in {"score": e.score, "decay": e.decay, "samples": e.samples}.items():
-            trial.set_user_attr(name, value)
+        for name in (OutcomeAttr.score, OutcomeAttr.decay, OutcomeAttr.samples):
+            trial.set_user_attr(name.value, getattr(e, name.value))
         if e.samples not in self._intermediate_steps(trial):
             trial.report(e.decay, step=e.samples)
         self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)

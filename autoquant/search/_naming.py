@@ -11,7 +11,7 @@ import optuna
 from autoquant.config import StudyConfig
 from autoquant.names import STUDY_DB_FILE
 from autoquant.search._sharing import load_existing
-from autoquant.storage import StudyStorage, open_storage, output_lock, storage_kind
+from autoquant.storage import StorageKind, StudyStorage, open_storage, output_lock, storage_kind
 
 
 def storage_url(config: StudyConfig) -> str:
@@ -30,7 +30,7 @@ def existing_study(config: StudyConfig) -> tuple[StudyStorage | None, optuna.Stu
     url, name = storage_url(config), study_name(config)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         return None, None
-    if storage_kind(url) == "journal" and not Path(url).is_file():
+    if storage_kind(url) == StorageKind.JOURNAL and not Path(url).is_file():
         return None, None
     storage = open_storage(url, config.storage)
     return storage, storage.call(load_existing, storage, name)
@@ -39,6 +39,6 @@ def existing_study(config: StudyConfig) -> tuple[StudyStorage | None, optuna.Stu
 def serving(config: StudyConfig) -> contextlib.AbstractContextManager[object]:
     """Held while this process serves the study: the output folder's lock for the embedded SQLite
     storage, which one process serves (the shared storages have the study lock)."""
-    if storage_kind(storage_url(config)) == "sqlite":
+    if storage_kind(storage_url(config)) == StorageKind.SQLITE:
         return output_lock(config.output.directory, f"study {study_name(config)!r}")
     return contextlib.nullcontext()

@@ -5,6 +5,7 @@ so that a stored study resumes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import optuna
@@ -14,6 +15,26 @@ from autoquant.evaluation import SELECTION_THREADS
 from autoquant.names import STUDY_LATENCY_TOLERANCE, TRIAL_KEY
 from autoquant.search._selection import best_outcome
 from autoquant.search._space import Value
+
+
+class OutcomeAttr(StrEnum):
+    """The user-attribute names a trial's outcome is stored under: written by earlier versions
+    too, so a stored study resumes only while they stay as they are."""
+
+    key = TRIAL_KEY
+    score = "score"
+    decay = "decay"
+    decay_ci = "decay_ci"
+    fp32_nodes = "fp32_nodes"
+    fp32_compute_layers = "fp32_compute_layers"
+    float_nodes = "float_nodes"
+    latency_ms = "latency_ms"
+    latency_by_threads = "latency_by_threads"
+    speedup_by_threads = "speedup_by_threads"
+    within_budget = "within_budget"
+    timings = "timings"
+    layer_scales = "layer_scales"
+    samples = "samples"
 
 
 @dataclass(frozen=True)
@@ -37,47 +58,50 @@ class TrialOutcome:
     speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
 
     def attrs(self) -> dict[str, Any]:
-        """User attributes for Optuna storage (JSON-serialisable)."""
-        return {
-            TRIAL_KEY: self.key,
-            "score": self.score,
-            "decay": self.decay,
-            "decay_ci": list(self.decay_ci) if self.decay_ci else None,
-            "fp32_nodes": list(self.fp32_nodes),
-            "fp32_compute_layers": list(self.fp32_compute),
-            "float_nodes": list(self.float_nodes),
-            "latency_ms": self.latency_ms,
-            "latency_by_threads": self.latencies,
-            "speedup_by_threads": self.speedups,
-            "within_budget": self.within_budget,
-            "timings": self.timings,
-            "layer_scales": self.layer_scales,
+        """User attributes for Optuna storage (JSON-serialisable, plain string keys)."""
+        attrs = {
+            OutcomeAttr.key: self.key,
+            OutcomeAttr.score: self.score,
+            OutcomeAttr.decay: self.decay,
+            OutcomeAttr.decay_ci: list(self.decay_ci) if self.decay_ci else None,
+            OutcomeAttr.fp32_nodes: list(self.fp32_nodes),
+            OutcomeAttr.fp32_compute_layers: list(self.fp32_compute),
+            OutcomeAttr.float_nodes: list(self.float_nodes),
+            OutcomeAttr.latency_ms: self.latency_ms,
+            OutcomeAttr.latency_by_threads: self.latencies,
+            OutcomeAttr.speedup_by_threads: self.speedups,
+            OutcomeAttr.within_budget: self.within_budget,
+            OutcomeAttr.timings: self.timings,
+            OutcomeAttr.layer_scales: self.layer_scales,
         }
+        return {name.value: value for name, value in attrs.items()}
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialOutcome | None:
         """Rebuild the outcome of a completed trial, or None for one that did not complete."""
         a = trial.user_attrs
-        if trial.state != TrialState.COMPLETE or "decay" not in a:
+        if trial.state != TrialState.COMPLETE or OutcomeAttr.decay not in a:
             return None
-        ci = a.get("decay_ci")
+        ci = a.get(OutcomeAttr.decay_ci)
         return cls(
             number=trial.number,
-            key=a.get(TRIAL_KEY, ""),
+            key=a.get(OutcomeAttr.key, ""),
             params=dict(trial.params),
-            score=a["score"],
-            decay=a["decay"],
+            score=a[OutcomeAttr.score],
+            decay=a[OutcomeAttr.decay],
             decay_ci=tuple(ci) if ci else None,
-            fp32_nodes=tuple(a["fp32_nodes"]),
-            latency_ms=a["latency_ms"],
-            within_budget=a["within_budget"],
-            timings=a.get("timings", {}),
-            layer_scales=a.get("layer_scales", {}),
+            fp32_nodes=tuple(a[OutcomeAttr.fp32_nodes]),
+            latency_ms=a[OutcomeAttr.latency_ms],
+            within_budget=a[OutcomeAttr.within_budget],
+            timings=a.get(OutcomeAttr.timings, {}),
+            layer_scales=a.get(OutcomeAttr.layer_scales, {}),
             # a trial stored by an older version counts all its FP32 nodes (the safe side)
-            fp32_compute=tuple(a.get("fp32_compute_layers", a["fp32_nodes"])),
-            float_nodes=tuple(a.get("float_nodes", ())),
-            latencies=dict(a.get("latency_by_threads", {SELECTION_THREADS: a["latency_ms"]})),
-            speedups=dict(a.get("speedup_by_threads", {})),
+            fp32_compute=tuple(a.get(OutcomeAttr.fp32_compute_layers, a[OutcomeAttr.fp32_nodes])),
+            float_nodes=tuple(a.get(OutcomeAttr.float_nodes, ())),
+            latencies=dict(
+                a.get(OutcomeAttr.latency_by_threads, {SELECTION_THREADS: a[OutcomeAttr.latency_ms]})
+            ),
+            speedups=dict(a.get(OutcomeAttr.speedup_by_threads, {})),
         )
 
 

@@ -91,16 +91,15 @@ def finish(
     folder holds); the last process out closes the MLflow parent run."""
     out = config.output.directory
     summarised = summary(result, config.quantization.reduce_range)
+    data = summarised.to_dict()  # the edges: the JSON file, the HTML report, MLflow
     details = {
         "model": str(config.model.path),
         "budget": str(result.budget),
-        "CPU": summarised["latency"]["cpu_isa"],
+        "CPU": summarised.latency["cpu_isa"],
     }
-    report = render_study_report(
-        summarised, f"autoquant study: {result.study_name}", details, _sensitivity(out)
-    )
-    write_files(out, {SUMMARY_FILE: json.dumps(summarised, indent=2).encode(), REPORT_FILE: report.encode()})
-    tracker.finish(summarised, out / MODEL_FILE, out / REPORT_FILE, close_parent=close_parent)
+    report = render_study_report(data, f"autoquant study: {result.study_name}", details, _sensitivity(out))
+    write_files(out, {SUMMARY_FILE: json.dumps(data, indent=2).encode(), REPORT_FILE: report.encode()})
+    tracker.finish(data, out / MODEL_FILE, out / REPORT_FILE, close_parent=close_parent)
     if config.tracking.enabled:
         logger.info(
             "MLflow: the study waited %.2f s before its first trial and %.2f s at its end; logging "

@@ -23,6 +23,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -31,7 +32,7 @@ from autoquant.config import QuantizationConfig
 from autoquant.engine import compute_layers, difference, fp32_nodes, run_outputs
 from autoquant.errors import SearchStopped
 from autoquant.names import STUDY_BISECT_PLAN, TRIAL_KEY, TrialKey
-from autoquant.search._outcome import TrialOutcome
+from autoquant.search._outcome import OutcomeAttr, TrialOutcome
 from autoquant.search._pipeline import quantize
 from autoquant.search._selection import best_outcome
 from autoquant.search._space import Value
@@ -39,8 +40,24 @@ from autoquant.search._trial import DEFAULT_SAMPLED_TRIALS, SCALE_CANDIDATES, Se
 
 logger = logging.getLogger(__name__)
 
-BISECT_PHASE = "binary search over the FP32 blacklist"
-SCALES_PHASE = "per-layer threshold scales"
+
+class Phase(Enum):
+    """The phases of a study, in order (fast mode runs the first only)."""
+
+    STRATEGIES = "strategies"
+    SAMPLED = "sampled"
+    BISECT = "bisect"
+    SCALES = "scales"
+
+    def title(self, ctx: SearchContext) -> str:
+        """What a display shows for the phase."""
+        if self is Phase.STRATEGIES:
+            return f"{len(ctx.inputs.space.strategies)} known-good strategies"
+        if self is Phase.SAMPLED:
+            return f"{ctx.inputs.config.search.n_trials or DEFAULT_SAMPLED_TRIALS} sampled trials"
+        if self is Phase.BISECT:
+            return "binary search over the FP32 blacklist"
+        return "per-layer threshold scales"
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,7 @@ class Run:
 
     key: str
     params: dict[str, Value] | None
-    phase: str
+    phase: Phase
     queued: bool = False
 
 
@@ -81,7 +98,7 @@ Step = Run | Wait | Done | Analyse
 
 def within_budget(trial: FrozenTrial) -> bool:
     """Whether a finished trial met the budget."""
-    return bool(trial.state == TrialState.COMPLETE and trial.user_attrs.get("within_budget"))
+    return bool(trial.state == TrialState.COMPLETE and trial.user_attrs.get(OutcomeAttr.within_budget))
 
 
 @dataclass
@@ -158,11 +175,11 @@ def next_step(
         return Done(f"trial {passed[0].number} is within the budget")
     for trial in keys.queued():
         key = trial.user_attrs[TRIAL_KEY]
-        return Run(key, None, _phase(ctx, key), queued=True)
+        return Run(key, None, _phase(key), queued=True)
     known = strategies(ctx)
     for key, params in known:
         if key not in keys.by_key:
-            return Run(key, params, f"{len(known)} known-good strategies")
+            return Run(key, params, Phase.STRATEGIES)
     if fast:
         busy = any(keys.busy(k) for k, _ in known)
         return Wait("strategies are running") if busy else Done("every strategy has run")
@@ -172,7 +189,7 @@ def next_step(
         slot = next(
             n for n in range(len(sampled), len(sampled) + count + 1) if TrialKey.sampled(n) not in sampled
         )
-        return Run(TrialKey.sampled(slot), None, f"{count} sampled trials")
+        return Run(TrialKey.sampled(slot), None, Phase.SAMPLED)
     if any(keys.busy(k) for k in [*(k for k, _ in known), *sampled]):
         return Wait("sampled trials are running")
     if STUDY_BISECT_PLAN not in attrs:
@@ -191,15 +208,15 @@ def next_step(
     base = min(_outcomes(trials), key=lambda o: (o.decay, len(o.fp32_compute)), default=None)
     if base is None:
         return Done("no trial completed")
-    return Run(TrialKey.SCALES, dict(base.params), SCALES_PHASE)
+    return Run(TrialKey.SCALES, dict(base.params), Phase.SCALES)
 
 
-def _phase(ctx: SearchContext, key: str) -> str:
+def _phase(key: str) -> Phase:
     if key.startswith(TrialKey.STRATEGY):
-        return f"{len(ctx.inputs.space.strategies)} known-good strategies"
+        return Phase.STRATEGIES
     if key.startswith(TrialKey.SAMPLED):
-        return f"{ctx.inputs.config.search.n_trials or DEFAULT_SAMPLED_TRIALS} sampled trials"
-    return BISECT_PHASE if key.startswith(TrialKey.BISECT) else SCALES_PHASE
+        return Phase.SAMPLED
+    return Phase.BISECT if key.startswith(TrialKey.BISECT) else Phase.SCALES
 
 
 def phase_progress(
@@ -285,7 +302,7 @@ def _bisect_step(keys: Keys, plan: dict[str, Any]) -> Step | None:
         if done is None:
             if keys.busy(key):
                 return Wait(f"bisection step k={k} is running")
-            return Run(key, {**plan["params"], "fp32_layers": k}, BISECT_PHASE)
+            return Run(key, {**plan["params"], "fp32_layers": k}, Phase.BISECT)
         low, high = (low, k) if within_budget(done) else (k, high)
     return None
 

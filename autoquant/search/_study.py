@@ -30,7 +30,7 @@ from autoquant.search._open import OpenSearch, open_search
 from autoquant.search._outputs import finish
 from autoquant.search._summary import TuneResult, stored_status, study_result
 from autoquant.search._trial import NullReporter, Reporter, Scorer
-from autoquant.storage import Heartbeat, WorkerRecord, display_url, storage_kind
+from autoquant.storage import Heartbeat, StorageKind, WorkerRecord, display_url, storage_kind
 
 __all__ = ["OpenSearch", "TuneResult", "drive", "open_search", "serving", "stored_status", "tune"]
 
@@ -71,7 +71,7 @@ def tune(
     """
     url = storage_url(config)
     kind = storage_kind(url)
-    if kind == "sqlite" and command == "worker":
+    if kind == StorageKind.SQLITE and command == "worker":
         raise ConfigError(
             f"storage.url {display_url(url)}: `autoquant worker` needs a storage that several processes "
             "share: set storage.url to postgresql+psycopg://user:password@host/db or to a journal file on "

@@ -3,8 +3,9 @@ written to ``study_summary.json``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -51,11 +52,38 @@ class TuneResult:
         return bool(self.best and self.best.within_budget)
 
 
-def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
-    """The study summary written to ``study_summary.json`` (``reduce_range``: the config's value,
-    for trials whose parameters do not set it)."""
-    isa = target_isa()
+@dataclass(frozen=True)
+class StudySummary:
+    """The study summary: what ``study_summary.json``, the study's HTML report and the MLflow
+    parent run show. :meth:`to_dict` is its one serialised form (the JSON file's keys, in order)."""
 
+    study_name: str
+    storage: str
+    fp32_score: float
+    accept_int8_decay: float
+    cpu_isa: str
+    cpu_isa_source: str
+    within_budget: bool
+    latency_tolerance: float
+    time_to_budget_s: float | None
+    compute_layers: int | None
+    timings: dict[str, float]
+    latency: dict[str, Any]  # how latency was measured, and the figures per thread count
+    best: dict[str, Any] | None  # the best trial's row
+    pareto_front: list[int]
+    completed_trials: int
+    failed_trials: int
+    trials: list[dict[str, Any]]  # a row per completed trial: its stored attributes and more
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data, for the edges (the JSON file, MLflow, the HTML report)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> StudySummary:
+    """The study summary of ``result`` (``reduce_range``: the config's value, for trials whose
+    parameters do not set it)."""
+    isa = target_isa()
     front = {o.number for o in result.pareto}
 
     def row(o: TrialOutcome) -> dict:
@@ -63,25 +91,25 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> dict:
         attrs = {**o.attrs(), "params": o.params, "reduce_range": resolved, "pareto": o.number in front}
         return {"number": o.number, "key": o.key, **attrs}
 
-    return {
-        "study_name": result.study_name,
-        "storage": result.storage,
-        "fp32_score": result.fp32_score,
-        "accept_int8_decay": result.budget,
-        "cpu_isa": isa.label,
-        "cpu_isa_source": isa.source,
-        "within_budget": result.within_budget,
-        "latency_tolerance": result.latency_tolerance,
-        "time_to_budget_s": result.time_to_budget_s,
-        "compute_layers": result.compute_layers,
-        "timings": result.timings,
-        "latency": latency_summary(result),
-        "best": row(result.best) if result.best else None,
-        "pareto_front": [o.number for o in result.pareto],
-        "completed_trials": len(result.trials),
-        "failed_trials": result.failed,
-        "trials": [row(o) for o in result.trials],
-    }
+    return StudySummary(
+        study_name=result.study_name,
+        storage=result.storage,
+        fp32_score=result.fp32_score,
+        accept_int8_decay=result.budget,
+        cpu_isa=isa.label,
+        cpu_isa_source=isa.source,
+        within_budget=result.within_budget,
+        latency_tolerance=result.latency_tolerance,
+        time_to_budget_s=result.time_to_budget_s,
+        compute_layers=result.compute_layers,
+        timings=result.timings,
+        latency=latency_summary(result),
+        best=row(result.best) if result.best else None,
+        pareto_front=[o.number for o in result.pareto],
+        completed_trials=len(result.trials),
+        failed_trials=result.failed,
+        trials=[row(o) for o in result.trials],
+    )
 
 
 def latency_summary(result: TuneResult) -> dict:

@@ -54,11 +54,9 @@ from autoquant.names import (
     FP32_NODES_FILE,
     SENSITIVITY_FILE,
     TABLE_FILE,
-    TRIAL_KEY,
 )
-from autoquant.search._outcome import TrialOutcome, current_best, latency_tolerance, outcomes  # noqa: F401
+from autoquant.search._outcome import OutcomeAttr, TrialOutcome
 from autoquant.search._pipeline import Calibrated, quantize
-from autoquant.search._selection import best_outcome, ranked  # noqa: F401  (re-exported)
 from autoquant.search._space import SearchSpace, Value
 from autoquant.tracking import MlflowTracker, NullTracker
 
@@ -320,5 +318,5 @@ def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel)
     }
     if ctx.caches.new_sensitivity is not None:
         artifacts[SENSITIVITY_FILE], ctx.caches.new_sensitivity = ctx.caches.new_sensitivity, None
-    tags = {TRIAL_KEY: outcome.key, "within_budget": outcome.within_budget}
+    tags = {OutcomeAttr.key.value: outcome.key, OutcomeAttr.within_budget.value: outcome.within_budget}
     ctx.observers.tracker.log_trial(outcome.number, outcome.params, metrics, tags, artifacts)

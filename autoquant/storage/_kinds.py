@@ -5,12 +5,25 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from enum import StrEnum
 
 from autoquant.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED, POSTGRESQL, JOURNAL = "sqlite", "postgresql", "journal"
+
+class StorageKind(StrEnum):
+    """The kinds of storage a study can live in."""
+
+    SQLITE = "sqlite"  # embedded, one process (the output folder's lock)
+    POSTGRESQL = "postgresql"  # shared by any number of processes
+    JOURNAL = "journal"  # an Optuna journal file on a filesystem the machines share
+
+    @property
+    def shared(self) -> bool:
+        """Whether several processes may serve a study stored here."""
+        return self is not StorageKind.SQLITE
+
 
 _NETWORK_ERRNOS = {
     errno.EIO,
@@ -25,7 +38,7 @@ _NETWORK_ERRNOS = {
 def preload(url: str) -> None:
     """Import a database storage's modules (SQLAlchemy, Alembic, Optuna's models: two seconds or
     more) on a daemon thread, while the study's set-up computes in the main one."""
-    if storage_kind(url) == JOURNAL:
+    if storage_kind(url) == StorageKind.JOURNAL:
         return
 
     def load() -> None:
@@ -51,19 +64,19 @@ def wait_for_preload() -> None:
         _PRELOAD.join()
 
 
-def storage_kind(url: str) -> str:
-    """``sqlite``, ``postgresql`` or ``journal`` for a storage URL or path.
+def storage_kind(url: str) -> StorageKind:
+    """The kind of storage a URL or path names.
 
     Raises:
         ConfigError: Another kind of database.
     """
     if "://" not in url and url.endswith((".log", ".journal")):
-        return JOURNAL
+        return StorageKind.JOURNAL
     scheme = url.partition(":")[0].partition("+")[0].lower()
     if scheme == "sqlite":
-        return EMBEDDED
+        return StorageKind.SQLITE
     if scheme in ("postgresql", "postgres"):
-        return POSTGRESQL
+        return StorageKind.POSTGRESQL
     raise ConfigError(
         f"storage.url {display_url(url)!r}: use postgresql+psycopg://user:password@host/db or a journal "
         "file (/shared/folder/study.log) for several workers, or sqlite:///study.db for one process"

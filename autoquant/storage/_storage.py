@@ -39,9 +39,7 @@ from autoquant.config import StorageConfig
 from autoquant.errors import ConfigError, StorageError
 from autoquant.names import TRIAL_OWNER
 from autoquant.storage._kinds import (
-    EMBEDDED,
-    JOURNAL,
-    POSTGRESQL,
+    StorageKind,
     display_url,
     is_outage,
     outage_reason,
@@ -88,13 +86,13 @@ class StudyStorage:
 
     Attributes:
         url: The storage URL or journal path.
-        kind: ``sqlite`` (one process), ``postgresql`` or ``journal``.
+        kind: SQLite (one process), PostgreSQL or a journal file.
         backend: The Optuna storage.
         settings: ``storage`` of the config (heartbeat, grace period, retries).
     """
 
     url: str
-    kind: str
+    kind: StorageKind
     backend: optuna.storages.BaseStorage
     settings: StorageConfig
     _guard: threading.RLock = field(default_factory=threading.RLock)
@@ -102,17 +100,20 @@ class StudyStorage:
     _ids: dict[str, int] = field(default_factory=dict)
     _steps: threading.local = field(default_factory=threading.local)  # this thread's running steps
 
+    def __post_init__(self) -> None:
+        self.kind = StorageKind(self.kind)
+
     @property
     def shared(self) -> bool:
         """Whether several processes may serve the study (not the embedded SQLite)."""
-        return self.kind != EMBEDDED
+        return self.kind.shared
 
     @property
     def heartbeat_interval(self) -> int | None:
         """Seconds between heartbeats, None where the storage has none (journal files)."""
-        if self.kind == JOURNAL:
+        if self.kind == StorageKind.JOURNAL:
             return None
-        return EMBEDDED_HEARTBEAT[0] if self.kind == EMBEDDED else self.settings.heartbeat_interval
+        return EMBEDDED_HEARTBEAT[0] if self.kind == StorageKind.SQLITE else self.settings.heartbeat_interval
 
     # --- the study lock ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -135,7 +136,7 @@ class StudyStorage:
 
     @contextlib.contextmanager
     def _process_lock(self, study_name: str) -> Iterator[None]:
-        if self.kind == POSTGRESQL:
+        if self.kind == StorageKind.POSTGRESQL:
             import sqlalchemy
 
             key = int.from_bytes(
@@ -146,7 +147,7 @@ class StudyStorage:
                 connection.execute(sqlalchemy.text("SET LOCAL lock_timeout = '120s'"))
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
                 yield  # released when the transaction ends, or when the connection dies
-        elif self.kind == JOURNAL:
+        elif self.kind == StorageKind.JOURNAL:
             from optuna.storages.journal import JournalFileOpenLock
 
             with warnings.catch_warnings():
@@ -263,9 +264,9 @@ class StudyStorage:
         return self._ids[study.study_name]
 
 
-def _connect_rdb(url: str, kind: str, settings: StorageConfig) -> optuna.storages.RDBStorage:
+def _connect_rdb(url: str, kind: StorageKind, settings: StorageConfig) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url`` with its heartbeat (PostgreSQL: under the schema lock)."""
-    if kind == EMBEDDED:
+    if kind == StorageKind.SQLITE:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         interval, grace = EMBEDDED_HEARTBEAT
     else:
@@ -276,13 +277,13 @@ def _connect_rdb(url: str, kind: str, settings: StorageConfig) -> optuna.storage
             warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
             return optuna.storages.RDBStorage(
                 url,
-                engine_kwargs={"pool_pre_ping": True} if kind == POSTGRESQL else None,
+                engine_kwargs={"pool_pre_ping": True} if kind == StorageKind.POSTGRESQL else None,
                 heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=retry_callback(settings.max_retry),
             )
 
-    if kind != POSTGRESQL:
+    if kind != StorageKind.POSTGRESQL:
         return create()
     import sqlalchemy
 
@@ -306,7 +307,7 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
     """
     wait_for_preload()
     kind = storage_kind(url)
-    if kind == JOURNAL:
+    if kind == StorageKind.JOURNAL:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)

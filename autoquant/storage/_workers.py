@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import optuna
@@ -16,6 +17,21 @@ from autoquant.names import WORKER_PREFIX
 from autoquant.storage._storage import StudyStorage
 
 logger = logging.getLogger(__name__)
+
+
+class WorkerState(StrEnum):
+    """What a process serving the study is doing, as its record says."""
+
+    STARTING = "starting"
+    RUNNING = "running"  # a trial (the record names it)
+    IDLE = "idle"  # between two trials
+    WAITING = "waiting"  # for other processes' trials (stored with the reason: "waiting: ...")
+    FINISHING = "finishing"  # out of its loop, writing the summary: still counted as serving
+    DONE = "done"
+
+
+def _stored_state(state: WorkerState, reason: str | None) -> str:
+    return f"{state}: {reason}" if reason else str(state)
 
 
 @dataclass
@@ -32,7 +48,8 @@ class WorkerRecord:
     slot: int = 0  # the server's drivers share a process: one record each
     trial: int | None = None
     key: str | None = None
-    state: str = "starting"
+    state: WorkerState = WorkerState.STARTING
+    reason: str | None = None  # why it waits
 
     @property
     def attr(self) -> str:
@@ -44,11 +61,12 @@ class WorkerRecord:
         """What tells this record from the others of the study."""
         return (self.host, self.pid, self.started, self.slot)
 
-    def update(self, **changes: Any) -> None:
-        """Change ``trial``, ``key`` or ``state`` and store the record with the time now (retried
-        while a shared storage does not answer)."""
-        for name, value in changes.items():
-            setattr(self, name, value)
+    def update(
+        self, state: WorkerState, trial: int | None = None, key: str | None = None, reason: str | None = None
+    ) -> None:
+        """Set what this process does and store the record with the time now (retried while a
+        shared storage does not answer)."""
+        self.state, self.trial, self.key, self.reason = state, trial, key, reason
         self.storage.call(self.store)
 
     def store(self) -> None:
@@ -62,7 +80,7 @@ class WorkerRecord:
             "seen": time.time(),
             "trial": self.trial,
             "key": self.key,
-            "state": self.state,
+            "state": _stored_state(self.state, self.reason),
         }
         self.storage.set_system_attr(self.study, self.attr, value)
 
@@ -73,13 +91,13 @@ class WorkerRecord:
 
     def _leave(self) -> bool:
         with self.storage.lock(self.study.study_name):
-            self.update(trial=None, key=None, state="done")
+            self.update(WorkerState.DONE)
             now, grace = time.time(), self.storage.settings.grace_period
             others = [
                 w
                 for w in workers(self.storage, self.study)
                 if (w.get("host"), w.get("pid"), w.get("started"), w.get("slot", 0)) != self.identity
-                and w.get("state") != "done"
+                and w.get("state") != WorkerState.DONE
                 and now - float(w.get("seen", 0.0)) < grace
             ]
             return not others
