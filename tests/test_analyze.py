@@ -156,3 +156,25 @@ def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -
         _ranking.analyse(config, calibrated, config.quantization, late)
     assert len(polls) == 3 < len(calibrated.graph.nodes)
     assert not list((tmp_path / "cache").glob("sensitivity-*.json")) and not (tmp_path / "out").exists()
+
+
+def test_the_bisection_asks_the_driver_for_a_ranking_it_lacks(calibrated_digits) -> None:
+    """Planning the bisection needs a sensitivity ranking: without one in this process, the plan is
+    an Analyse step for the driver to run (outside the study lock); with it, the plan itself."""
+    from types import SimpleNamespace
+
+    from autoquant.search import load_space
+    from autoquant.search._outcome import TrialOutcome
+    from autoquant.search._phases import Analyse, bisect_plan
+    from autoquant.search._trial import ProcessCaches, ranking_key
+
+    config, calibrated = calibrated_digits
+    nodes = tuple(n.name for n in calibrated.graph.nodes)
+    inputs = SimpleNamespace(config=config, space=load_space("full"), calibrated=calibrated, nodes=len(nodes))
+    ctx = SimpleNamespace(inputs=inputs, caches=ProcessCaches())
+    best = TrialOutcome(0, "strategy:a", {}, 0.9, 0.001, None, nodes, 1.0, True, fp32_compute=nodes)
+    step = bisect_plan(ctx, [best], 0.0)  # type: ignore[arg-type]
+    assert isinstance(step, Analyse) and step.quantization.fp32_layers == 0
+    ctx.caches.rankings[ranking_key(step.quantization)] = list(nodes)
+    plan = bisect_plan(ctx, [best], 0.0)  # type: ignore[arg-type]
+    assert isinstance(plan, dict) and not isinstance(plan, Analyse)
