@@ -74,7 +74,6 @@ STUDY_STARTED = "started_at"  # epoch seconds when the study's first run began
 STUDY_TIME_TO_BUDGET = "time_to_budget_s"  # from STUDY_STARTED to the first trial within budget
 STUDY_FINGERPRINT = "fingerprint"  # hashes of the model, the data and the search settings
 STUDY_BISECT_PLAN = "bisect_plan"  # the choices and the k range of the FP32 blacklist bisection
-STUDY_MLFLOW_CLOSED = "mlflow_closed_at"  # completed trials when the MLflow parent run was last closed
 
 
 # --- the commands that serve a study (stored in each process's worker record) ----------------------

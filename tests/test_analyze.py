@@ -110,7 +110,8 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:
 def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
     calibrated_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoquant.search import _study as study
+    from autoquant.search import _ranking
+    from autoquant.search._outputs import write_sensitivity
 
     config, calibrated = calibrated_digits
     config = config.replace(
@@ -124,22 +125,22 @@ def test_a_ranking_is_cached_for_resumed_studies_and_other_workers(
         return analyze_layers(cfg, cal, progress)
 
     monkeypatch.setattr(pipeline, "analyze_layers", counting)
-    first = study._ranking_writer(config, calibrated, "a")(config.quantization)
-    again = study._ranking_writer(config, calibrated, "b")(
-        config.quantization.model_copy(update={"fp32_layers": 3})
-    )
+    first = _ranking.analyse(config, calibrated, config.quantization)
+    again = _ranking.analyse(config, calibrated, config.quantization.model_copy(update={"fp32_layers": 3}))
     assert again.ranking() == first.ranking() and runs == [False]  # a blacklist does not change the ranking
     other = config.quantization.model_copy(update={"per_channel": True})
-    study._ranking_writer(config, calibrated, "c")(other)
+    _ranking.analyse(config, calibrated, other)
     assert runs == [False, True] and len(list((tmp_path / "cache").glob("sensitivity-*.json"))) == 2
-    assert (tmp_path / "out" / "sensitivity.json").is_file()
+    assert not (tmp_path / "out").exists()  # the output folder is the outputs stage's
+    write_sensitivity(config, first, "a")
+    assert (tmp_path / "out" / "sensitivity.json").is_file() and (tmp_path / "out" / "report.html").is_file()
 
 
 def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -> None:
     """A study's deadline is polled after each layer: a long analysis ends the search, and leaves
     no ranking in the cache nor in the output folder."""
     from autoquant.errors import SearchStopped
-    from autoquant.search import _study as study
+    from autoquant.search import _ranking
 
     config, calibrated = calibrated_digits
     config = config.replace(
@@ -152,6 +153,28 @@ def test_the_analysis_stops_at_the_deadline(calibrated_digits, tmp_path: Path) -
         return len(polls) > 2
 
     with pytest.raises(SearchStopped):
-        study._ranking_writer(config, calibrated, "a")(config.quantization, late)
+        _ranking.analyse(config, calibrated, config.quantization, late)
     assert len(polls) == 3 < len(calibrated.graph.nodes)
     assert not list((tmp_path / "cache").glob("sensitivity-*.json")) and not (tmp_path / "out").exists()
+
+
+def test_the_bisection_asks_the_driver_for_a_ranking_it_lacks(calibrated_digits) -> None:
+    """Planning the bisection needs a sensitivity ranking: without one in this process, the plan is
+    an Analyse step for the driver to run (outside the study lock); with it, the plan itself."""
+    from types import SimpleNamespace
+
+    from autoquant.search import load_space
+    from autoquant.search._outcome import TrialOutcome
+    from autoquant.search._phases import Analyse, bisect_plan
+    from autoquant.search._trial import ProcessCaches, ranking_key
+
+    config, calibrated = calibrated_digits
+    nodes = tuple(n.name for n in calibrated.graph.nodes)
+    inputs = SimpleNamespace(config=config, space=load_space("full"), calibrated=calibrated, nodes=len(nodes))
+    ctx = SimpleNamespace(inputs=inputs, caches=ProcessCaches())
+    best = TrialOutcome(0, "strategy:a", {}, 0.9, 0.001, None, nodes, 1.0, True, fp32_compute=nodes)
+    step = bisect_plan(ctx, [best], 0.0)  # type: ignore[arg-type]
+    assert isinstance(step, Analyse) and step.quantization.fp32_layers == 0
+    ctx.caches.rankings[ranking_key(step.quantization)] = list(nodes)
+    plan = bisect_plan(ctx, [best], 0.0)  # type: ignore[arg-type]
+    assert isinstance(plan, dict) and not isinstance(plan, Analyse)

@@ -386,7 +386,7 @@ def test_a_timeout_inside_the_scale_phase_keeps_and_confirms_its_work(
 
     from autoquant.cli import _display as display
     from autoquant.cli._app import app
-    from autoquant.search import _study as study
+    from autoquant.search import _open as study
 
     clock = {"now": 0.0}
     monkeypatch.setattr(study.time, "monotonic", lambda: clock["now"])

@@ -10,14 +10,14 @@ from optuna.trial import TrialState
 
 from autoquant.config import QuantizationConfig, SearchConfig
 from autoquant.search import load_space
-from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, strategies
+from autoquant.search._phases import Done, Keys, Phase, Run, Wait, next_step, phase_progress, strategies
 
 
 def _ctx(mode: str, n_trials: int | None = None) -> SimpleNamespace:
     config = SimpleNamespace(
         search=SearchConfig(mode=mode, n_trials=n_trials), quantization=QuantizationConfig()
     )
-    return SimpleNamespace(config=config, space=load_space(mode))
+    return SimpleNamespace(inputs=SimpleNamespace(config=config, space=load_space(mode)))
 
 
 def _trial(number: int, key: str, state: TrialState, within: bool | None = None) -> optuna.trial.FrozenTrial:
@@ -42,7 +42,7 @@ def test_fast_mode_claims_the_strategies_in_order_each_once() -> None:
     ctx = _ctx("fast")
     keys = [key for key, _ in strategies(ctx)]
     assert len(keys) == len(set(keys)) == 6
-    assert _next(ctx, []) == Run(keys[0], strategies(ctx)[0][1], "6 known-good strategies")
+    assert _next(ctx, []) == Run(keys[0], strategies(ctx)[0][1], Phase.STRATEGIES)
     running = [_trial(0, keys[0], TrialState.RUNNING)]
     step = _next(ctx, running)
     assert isinstance(step, Run) and step.key == keys[1]  # the next one, not the one running
@@ -68,7 +68,7 @@ def test_a_trial_queued_again_runs_first() -> None:
         _trial(1, keys[1], TrialState.RUNNING),
         _trial(2, keys[0], TrialState.WAITING),  # ... and it was queued again
     ]
-    assert _next(ctx, trials) == Run(keys[0], None, "6 known-good strategies", queued=True)
+    assert _next(ctx, trials) == Run(keys[0], None, Phase.STRATEGIES, queued=True)
     assert not Keys(trials).done(keys[0]) and Keys(trials).busy(keys[0])
     failed_for_good = [_trial(0, keys[0], TrialState.FAIL)]
     assert Keys(failed_for_good).done(keys[0]).number == 0
@@ -77,7 +77,7 @@ def test_a_trial_queued_again_runs_first() -> None:
 def test_sampled_trials_are_numbered_slots_up_to_the_budget() -> None:
     ctx = _ctx("full", n_trials=3)
     done = [_trial(i, k, TrialState.COMPLETE, within=False) for i, (k, _) in enumerate(strategies(ctx))]
-    assert _next(ctx, done) == Run("sampled:0", None, "3 sampled trials")
+    assert _next(ctx, done) == Run("sampled:0", None, Phase.SAMPLED)
     # A study from before workers keyed sampled trials by number: slots never collide with them.
     old = [*done, _trial(6, "sampled:1", TrialState.COMPLETE, within=False)]
     assert _next(ctx, old).key == "sampled:2"
@@ -98,3 +98,13 @@ def test_phase_progress_counts_the_finished_trials_of_the_phase() -> None:
     assert phase_progress(ctx, trials, keys[3]) == (2, 6, "strategies")
     assert phase_progress(ctx, trials, "sampled:1") == (1, 4, "sampled trials")
     assert phase_progress(ctx, trials, "bisect:3") is None
+
+
+def test_each_phase_has_its_title() -> None:
+    ctx = _ctx("full", n_trials=3)
+    titles = {phase: phase.title(ctx) for phase in Phase}
+    assert (
+        titles[Phase.STRATEGIES] == "6 known-good strategies" and titles[Phase.SAMPLED] == "3 sampled trials"
+    )
+    assert titles[Phase.BISECT] == "binary search over the FP32 blacklist"
+    assert titles[Phase.SCALES] == "per-layer threshold scales"

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from autoquant.config import load_config
 from autoquant.names import STUDY_FP32_SCORE, TRIAL_FAIL_REASON
-from autoquant.search._study import storage_url, study_name
+from autoquant.search import storage_url, study_name
 from tests.helpers import DIGITS, ROOT, digits_study, top1
 
 TOKEN = "test-token-0123456789abcdef"

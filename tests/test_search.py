@@ -20,8 +20,7 @@ from optuna.trial import TrialState
 import autoquant
 from autoquant.config import QuantizationConfig, load_config
 from autoquant.errors import ConfigError, SearchError
-from autoquant.search import TrialOutcome, best_outcome, load_space, ranked
-from autoquant.search._study import storage_url, study_name
+from autoquant.search import TrialOutcome, best_outcome, load_space, ranked, storage_url, study_name
 from tests.helpers import ROOT, digits_study, digits_variant, top1
 
 # ---------------------------------------------------------------- spaces
@@ -420,7 +419,7 @@ def test_an_ask_and_tell_study_resumes_without_rerunning_what_finished(
 
 def test_timeout_ends_the_study_between_trials(digits_config: Path, tmp_path: Path) -> None:
     config = load_config(_study_config(tmp_path, {"mode": "full", "accept_int8_decay": 0.0, "timeout": 0.01}))
-    with _captured("autoquant.search._study") as logged:
+    with _captured("autoquant.search._open") as logged:
         result = autoquant.tune(config)
     # The deadline passes before the first trial, which still runs (a study never ends with nothing).
     assert len(result.trials) == 1 and (config.output.directory / "study_summary.json").is_file()
@@ -471,7 +470,7 @@ def test_identical_and_resumed_full_studies_agree(tmp_path: Path) -> None:
 
 def _trials(source, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list:
     """The trials of a study in ``states`` (completed), from its config or its result."""
-    from autoquant.search._study import storage_url, study_name
+    from autoquant.search import storage_url, study_name
 
     if isinstance(source, autoquant.StudyConfig):
         url, name = storage_url(source), study_name(source)
@@ -505,3 +504,15 @@ def test_a_trial_certainly_over_budget_is_pruned_and_not_rerun(tmp_path: Path) -
     count = len(study.trials)
     autoquant.tune(config)
     assert len(optuna.load_study(study_name=result.study_name, storage=result.storage).trials) == count
+
+
+def test_outcome_attribute_names_stay_as_stored_studies_have_them() -> None:
+    """A stored study resumes only while the trials' user-attribute names stay the same."""
+    from autoquant.search._outcome import OutcomeAttr
+
+    outcome = TrialOutcome(1, "strategy:a", {}, 0.9, 0.01, None, (), 1.0, True)
+    assert list(outcome.attrs()) == [
+        "key", "score", "decay", "decay_ci", "fp32_nodes", "fp32_compute_layers", "float_nodes",
+        "latency_ms", "latency_by_threads", "speedup_by_threads", "within_budget", "timings", "layer_scales",
+    ]  # fmt: skip
+    assert OutcomeAttr.within_budget == "within_budget" and OutcomeAttr.samples == "samples"

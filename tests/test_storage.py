@@ -112,13 +112,12 @@ def test_sqlite_is_not_retried(tmp_path: Path) -> None:
 
 
 def test_of_the_processes_that_finish_together_exactly_one_is_the_last_out(tmp_path: Path) -> None:
-    """Each process leaves its driver loop as "finishing" and becomes "done" only in ``_last_out``,
+    """Each process leaves its driver loop as "finishing" and becomes "done" only in ``WorkerRecord.leave``,
     under the study lock: two processes that both ended their loop before either got there used to
     both close MLflow's parent run (and collide on its tags)."""
     import optuna
 
     from autoquant.search import Done, Driver, NullReporter
-    from autoquant.search._study import _last_out
     from autoquant.storage import WorkerRecord
 
     storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", StorageConfig())
@@ -129,7 +128,86 @@ def test_of_the_processes_that_finish_together_exactly_one_is_the_last_out(tmp_p
         def _claim(self):
             return Done("every phase has run")
 
-    ctx = SimpleNamespace(should_stop=lambda: False, reporter=NullReporter())
+    ctx = SimpleNamespace(observers=SimpleNamespace(should_stop=lambda: False, reporter=NullReporter()))
     for worker in (first, second):  # both leave their loop before either writes its summary
-        Finished(ctx, study, storage, worker, None).drive()  # type: ignore[arg-type]
-    assert [_last_out(storage, study, w) for w in (first, second)] == [False, True]
+        Finished(ctx, study, storage, worker).drive()  # type: ignore[arg-type]
+    assert [w.leave() for w in (first, second)] == [False, True]
+
+
+def test_a_step_inside_a_step_is_retried_whole() -> None:
+    """An outage inside a nested step ends the outer step, which runs again from its start (a lost
+    connection also loses the study lock the outer step may hold)."""
+    storage = _shared(30)
+    outer, inner = [], []
+
+    def inner_step() -> None:
+        inner.append(1)
+        if len(inner) == 1:
+            raise _outage()
+
+    def outer_step() -> str:
+        outer.append(1)
+        storage.call(inner_step)
+        return "done"
+
+    assert storage.call(outer_step) == "done" and len(outer) == 2 and len(inner) == 2
+
+
+def test_a_retried_method_is_one_storage_step() -> None:
+    from autoquant.storage import retried
+
+    class Steps:
+        def __init__(self) -> None:
+            self.storage, self.calls = _shared(30), 0
+
+        @retried
+        def read(self, value: str) -> str:
+            self.calls += 1
+            if self.calls == 1:
+                raise _outage()
+            return value
+
+    steps = Steps()
+    assert steps.read("stored") == "stored" and steps.calls == 2
+
+
+def test_the_optuna_private_attributes_we_use_are_there(tmp_path: Path) -> None:
+    """Each private Optuna name autoquant relies on, against the installed Optuna."""
+    import optuna
+
+    from autoquant.storage import _optuna
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", StorageConfig())
+    study = optuna.create_study(storage=storage.backend, study_name="private")
+    trial = study.ask()
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert (
+        _optuna.trial_id(trial)
+        == _optuna.trial_id(frozen)
+        == storage.backend.get_trial_id_from_study_id_trial_number(
+            storage.backend.get_study_id_from_name("private"), trial.number
+        )
+    )
+    assert isinstance(_optuna.rdb_engine(storage.backend), sqlalchemy.engine.Engine)
+    callback = _optuna.retry_callback(None)
+    storage.claim(trial)  # the owner and a first heartbeat, by the trial's id
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    callback(study, study.get_trials(deepcopy=False)[0])
+    assert [t.state for t in study.get_trials(deepcopy=False)][-1] == optuna.trial.TrialState.WAITING
+
+
+def test_the_sampler_reseeds_its_private_generators() -> None:
+    """The resumable sampler seeds Optuna's private generators of TPE and of its start-up sampler."""
+    import numpy as np
+    import optuna
+
+    from autoquant.search._sharing import sampler
+
+    tpe = sampler(7)
+    assert isinstance(tpe._rng.rng, np.random.RandomState)
+    assert isinstance(tpe._random_sampler._rng.rng, np.random.RandomState)
+    draws = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=sampler(7))
+        draws.append([study.ask().suggest_float("x", 0, 1) for _ in range(3)])
+    assert draws[0] == draws[1]

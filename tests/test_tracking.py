@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 import autoquant
 from autoquant.config import load_config
 from autoquant.names import STUDY_MLFLOW_PARENT
-from autoquant.search._study import storage_url, study_name
+from autoquant.search import storage_url, study_name
 from autoquant.tracking._uri import global_tracking_uri, tracking_uri, uri_origin
 from tests.helpers import digits_study
 

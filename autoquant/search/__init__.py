@@ -5,10 +5,13 @@ and the ask-and-tell API.
 
 from autoquant.search._ask_tell import HandingScorer, Trial, Tuner
 from autoquant.search._driver import Driver
-from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, search_scales
+from autoquant.search._naming import serving, storage_url, study_name
+from autoquant.search._open import OpenSearch, open_search
+from autoquant.search._outcome import TrialOutcome, current_best, outcomes
+from autoquant.search._phases import Analyse, Done, Phase, Run, Wait
 from autoquant.search._pipeline import Calibrated, quantize
 from autoquant.search._report import render_report, render_study_report, sensitivity_csv
-from autoquant.search._selection import pareto_front
+from autoquant.search._selection import best_outcome, pareto_front, ranked
 from autoquant.search._sharing import (
     check_fingerprint,
     fingerprint_inputs,
@@ -17,42 +20,46 @@ from autoquant.search._sharing import (
     open_study,
 )
 from autoquant.search._space import SearchSpace, Value, load_space
-from autoquant.search._study import OpenSearch, TuneResult, drive, open_search, serving, stored_result, tune
+from autoquant.search._study import drive, tune
+from autoquant.search._summary import StudySummary, TuneResult, stored_result, stored_status, summary
 from autoquant.search._trial import (
     DEFAULT_SAMPLED_TRIALS,
     SCALE_CANDIDATES,
     Candidate,
     NullReporter,
+    Observers,
+    ProcessCaches,
     Pruned,
     Reporter,
     Scorer,
     SearchContext,
-    TrialOutcome,
-    best_outcome,
-    current_best,
+    SearchInputs,
     log_trial,
-    outcomes,
-    ranked,
     run_choice,
 )
 
 __all__ = [
     "DEFAULT_SAMPLED_TRIALS",
     "SCALE_CANDIDATES",
+    "Analyse",
     "Calibrated",
     "Candidate",
     "Done",
     "Driver",
     "HandingScorer",
-    "Keys",
     "NullReporter",
+    "Observers",
     "OpenSearch",
+    "Phase",
+    "ProcessCaches",
     "Pruned",
     "Reporter",
     "Run",
     "Scorer",
     "SearchContext",
+    "SearchInputs",
     "SearchSpace",
+    "StudySummary",
     "Trial",
     "TrialOutcome",
     "TuneResult",
@@ -68,20 +75,21 @@ __all__ = [
     "load_existing",
     "load_space",
     "log_trial",
-    "next_step",
     "open_search",
     "open_study",
     "outcomes",
     "pareto_front",
-    "phase_progress",
     "quantize",
     "ranked",
     "render_report",
     "render_study_report",
     "run_choice",
-    "search_scales",
     "sensitivity_csv",
     "serving",
+    "storage_url",
     "stored_result",
+    "stored_status",
+    "study_name",
+    "summary",
     "tune",
 ]

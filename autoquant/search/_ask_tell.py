@@ -37,7 +37,7 @@ from autoquant.engine.graph import session_for
 from autoquant.errors import DataError, TrialReturned
 from autoquant.evaluation import Evaluation, compute_decay
 from autoquant.search._space import Value
-from autoquant.search._study import TuneResult, stored_result
+from autoquant.search._summary import TuneResult, stored_result
 from autoquant.search._trial import Candidate
 
 logger = logging.getLogger(__name__)

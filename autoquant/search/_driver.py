@@ -2,36 +2,33 @@
 Tuner): :meth:`Driver.drive`.
 
 Each turn, under the study lock, it fails the trials of dead processes (the heartbeat), asks
-:func:`autoquant.search.next_step` what comes next and claims it: the trial is queued with its
+``_phases.next_step`` what comes next and claims it: the trial is queued with its
 fixed choices if it is not queued already, taken with :meth:`optuna.Study.ask`, and given its
 first heartbeat and its owner before the lock is released. The trial then runs without the lock,
 its heartbeat recorded from a thread. Its result is stored and told to Optuna; then, under the
 lock again, the best-so-far outputs are written if it is the new best and the output folder
 holds an older one (``best_trial.json`` says which trial the folder holds: a compare-and-set).
-Every storage step is retried while the database does not answer
-(:meth:`autoquant.storage.StudyStorage.call`).
+Each storage step (a method marked :func:`autoquant.storage.retried`) runs again while the
+database does not answer; a step called inside another runs once, within the outer one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.config import QuantizationConfig
-from autoquant.engine import QuantizedModel, write_files
-from autoquant.errors import AutoquantError, SearchStopped, TrialReturned
+from autoquant.engine import QuantizedModel
+from autoquant.errors import AutoquantError, EvaluationError, SearchStopped, TrialReturned
 from autoquant.names import (
-    BEST_TRIAL_FILE,
     STUDY_LATENCIES,
     STUDY_LATENCY_TOLERANCE,
     STUDY_SCALES_PROGRESS,
@@ -43,16 +40,27 @@ from autoquant.names import (
     TRIAL_SCALES,
     TrialKey,
 )
-from autoquant.search._phases import Done, Keys, Run, Wait, next_step, phase_progress, search_scales
+from autoquant.search._outcome import OutcomeAttr, TrialOutcome, current_best
+from autoquant.search._outputs import holds_best, publish_best, write_sensitivity
+from autoquant.search._phases import (
+    Analyse,
+    Done,
+    Keys,
+    Phase,
+    Run,
+    Wait,
+    next_step,
+    phase_progress,
+    search_scales,
+)
 from autoquant.search._pipeline import quantize
-from autoquant.search._trial import Pruned, SearchContext, TrialOutcome, current_best, log_trial, run_choice
-from autoquant.storage import Heartbeat, StudyStorage, WorkerRecord, is_outage
+from autoquant.search._ranking import analyse
+from autoquant.search._trial import Pruned, SearchContext, log_trial, ranking_key, run_choice, stage
+from autoquant.storage import Heartbeat, StudyStorage, WorkerRecord, WorkerState, is_outage, retried
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # how often a process with nothing to claim looks at the study again
-
-OnBest = Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class Claimed:
 
     trial: optuna.Trial
     key: str
-    phase: str
+    phase: Phase
     prune: bool  # a completed trial exists: evaluations certainly over budget may stop early
     progress: tuple[int, int, str] | None = None  # the phase's (finished, total, unit), for its bar
 
@@ -74,7 +82,6 @@ class Driver:
         study: The Optuna study.
         storage: Its storage, with the study lock and the retries.
         worker: This process's record in the study.
-        on_best: Writes a new best trial's outputs into the output folder.
         idle: Entered while the driver waits for other processes' trials (the server's drivers
             release their shared lock there, :mod:`autoquant.serve`).
         may_claim: Asked before each claim; while it says no, the driver waits (the server's
@@ -87,11 +94,10 @@ class Driver:
         study: optuna.Study,
         storage: StudyStorage,
         worker: WorkerRecord,
-        on_best: OnBest,
         idle: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
-        self.ctx, self.study, self.storage, self.worker, self.on_best = ctx, study, storage, worker, on_best
+        self.ctx, self.study, self.storage, self.worker = ctx, study, storage, worker
         self.idle, self.may_claim = idle, may_claim
 
     def lock(self):
@@ -106,61 +112,66 @@ class Driver:
             SearchStopped: A stop request or the deadline ended the search first.
             StorageError: The database stayed unreachable.
         """
-        shown: str | None = None
+        shown: Phase | None = None
         waiting: str | None = None
         bar: tuple[int, int, str] | None = None  # the phase bar shown
 
         def close_bar() -> None:
             if bar is not None:
-                self.ctx.reporter.step(bar[1], bar[1], bar[2])
+                self.ctx.observers.reporter.step(bar[1], bar[1], bar[2])
 
         while True:
-            if self.ctx.should_stop():
+            if self.ctx.observers.should_stop():
                 close_bar()
                 raise SearchStopped
             if not self.may_claim():
                 self._pause()
                 continue
-            step = self.storage.call(self._claim)
+            step = self._claim()
+            if isinstance(step, Analyse):
+                self._ranking(step.quantization)
+                continue
             if isinstance(step, Done):
                 close_bar()
                 # "done" only once its summary is written: until then the others count it as serving
                 # (of the processes that finish together, exactly one is the last out).
-                self.storage.call(self.worker.update, trial=None, key=None, state="finishing")
+                self.worker.update(WorkerState.FINISHING)
                 return step.reason
             if isinstance(step, Wait):
                 if waiting != step.reason:
                     logger.info("waiting: %s in other processes", step.reason)
                     waiting = step.reason
-                self.storage.call(self.worker.update, trial=None, key=None, state=f"waiting: {step.reason}")
+                self.worker.update(WorkerState.WAITING, reason=step.reason)
                 self._pause()
                 continue
             waiting = None
             if step.phase != shown:
                 close_bar()
                 bar = None
-                self.ctx.reporter.phase(step.phase)
+                self.ctx.observers.reporter.phase(step.phase.title(self.ctx))
                 shown = step.phase
             if step.progress is not None:
                 bar = step.progress
-                self.ctx.reporter.step(*bar)
+                self.ctx.observers.reporter.step(*bar)
             self._run(step)
 
     def _pause(self) -> None:
         until = time.monotonic() + POLL_SECONDS
         with self.idle():
-            while time.monotonic() < until and not self.ctx.should_stop():
+            while time.monotonic() < until and not self.ctx.observers.should_stop():
                 time.sleep(0.05)
 
     # --- claiming --------------------------------------------------------------------------------
-    def _claim(self) -> Claimed | Wait | Done:
+    @retried
+    def _claim(self) -> Claimed | Wait | Done | Analyse:
         ctx, study = self.ctx, self.study
         with self.lock():
             self.storage.fail_dead_trials(study)
             self._fail_broken_claims(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             trials = study.get_trials(deepcopy=False)
             attrs = study.user_attrs
-            ctx.latencies.update(attrs.get(STUDY_LATENCIES, {}))  # the first measurement of a graph wins
+            # the first measurement of a graph wins
+            ctx.caches.latencies.update(attrs.get(STUDY_LATENCIES, {}))
             tolerance = float(attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
             step = next_step(ctx, trials, attrs, study.set_user_attr, tolerance)
             if not isinstance(step, Run):
@@ -175,9 +186,9 @@ class Driver:
             if key is None:  # a new trial, for the sampler
                 trial.set_user_attr(TRIAL_KEY, step.key)
                 key = step.key
-            self.storage.claim(trial._trial_id)
+            self.storage.claim(trial)
             prune = any(t.state == TrialState.COMPLETE for t in trials)
-            self.worker.update(trial=trial.number, key=key, state="running")
+            self.worker.update(WorkerState.RUNNING, trial.number, key)
         return Claimed(trial, key, step.phase, prune, phase_progress(ctx, trials, key))
 
     def _fail_broken_claims(self, running: list[FrozenTrial]) -> None:
@@ -204,57 +215,85 @@ class Driver:
             trial.set_user_attr(TRIAL_FAIL_REASON, f"not run: trial {done.number} settled its key")
             self.study.tell(trial, state=TrialState.FAIL)
 
+    # --- the sensitivity analysis ------------------------------------------------------------
+    def _ranking(self, quantization: QuantizationConfig) -> list[str]:
+        """The sensitivity ranking of these choices: this process's, or the analysis run now (outside
+        the study lock; its result is cached and written by the outputs stage)."""
+        caches = self.ctx.caches
+        known = caches.ranking(quantization)
+        if known is not None:
+            return known
+        inputs = self.ctx.inputs
+        sensitivity = analyse(inputs.config, inputs.calibrated, quantization, self.ctx.observers.should_stop)
+        write_sensitivity(inputs.config, sensitivity, self.study.study_name)
+        caches.rankings[ranking_key(quantization)] = sensitivity.ranking()
+        caches.new_sensitivity = sensitivity.to_json()
+        return caches.rankings[ranking_key(quantization)]
+
     # --- running ---------------------------------------------------------------------------------
     def _body(self, claimed: Claimed) -> tuple[TrialOutcome, QuantizedModel, QuantizationConfig]:
         """Suggest, quantize, evaluate and measure (the scale trial searches its scales first)."""
         ctx, trial, key = self.ctx, claimed.trial, claimed.key
-        base = ctx.config.quantization
-        params = ctx.space.suggest(trial, base, ctx.nodes, bisect=key.startswith(TrialKey.BISECT))
-        quantization = ctx.space.apply(params, base)
-        ctx.reporter.trial_started(trial.number, key, params)
+        base = ctx.inputs.config.quantization
+        params = ctx.inputs.space.suggest(
+            trial, base, ctx.inputs.nodes, bisect=key.startswith(TrialKey.BISECT)
+        )
+        quantization = ctx.inputs.space.apply(params, base)
+        ctx.observers.reporter.trial_started(trial.number, key, params)
+        with stage("the sensitivity analysis for fp32_layers", EvaluationError):
+            ranking = self._ranking(quantization) if quantization.fp32_layers else []
         scales = trial.user_attrs.get(TRIAL_SCALES)
         if key == TrialKey.SCALES and scales is None:
-            saved = self.storage.call(lambda: self.study.user_attrs.get(STUDY_SCALES_PROGRESS))
-
-            def save(progress: dict) -> None:
-                self.storage.call(self.study.set_user_attr, STUDY_SCALES_PROGRESS, progress)
-
-            scales = search_scales(ctx, params, saved, save)
-            self.storage.call(trial.set_user_attr, TRIAL_SCALES, scales)
+            scales = search_scales(ctx, params, ranking, self._scales_progress(), self._save_scales_progress)
+            self._set_trial_attr(trial, TRIAL_SCALES, scales)
         if scales:
             quantization = quantization.model_copy(update={"layer_scales": scales})
-        outcome, result = run_choice(ctx, quantization, trial.number, key, params, claimed.prune)
+        outcome, result = run_choice(ctx, quantization, ranking, trial.number, key, params, claimed.prune)
         return outcome, result, quantization
+
+    @retried
+    def _scales_progress(self) -> dict | None:
+        """The scale search's saved progress (a resumed trial goes on from it)."""
+        return self.study.user_attrs.get(STUDY_SCALES_PROGRESS)
+
+    @retried
+    def _save_scales_progress(self, progress: dict) -> None:
+        self.study.set_user_attr(STUDY_SCALES_PROGRESS, progress)
+
+    @retried
+    def _set_trial_attr(self, trial: optuna.Trial, key: str, value: object) -> None:
+        trial.set_user_attr(key, value)
 
     def _run(self, claimed: Claimed) -> None:
         trial = claimed.trial
-        with Heartbeat(self.storage, self.worker, trial._trial_id):
+        with Heartbeat(self.storage, self.worker, trial):
             try:
                 made = self._body(claimed)
             except Pruned as pruned:
-                self.storage.call(self._record_pruned, trial, pruned)
+                self._record_pruned(trial, pruned)
                 return
             except TrialReturned as returned:
                 logger.info("trial %d: %s; it runs again", trial.number, returned)
-                self.storage.call(self._interrupted, trial, str(returned))
-                self.ctx.reporter.trial_finished(None, str(returned), current_best(self.study))
+                self._interrupted(trial, str(returned))
+                self.ctx.observers.reporter.trial_finished(None, str(returned), current_best(self.study))
                 return
             except AutoquantError as exc:
-                self.storage.call(self._record_failure, trial, exc)
+                self._record_failure(trial, exc)
                 return
             except (SearchStopped, KeyboardInterrupt):
-                self.storage.call(self._interrupted, trial, "stopped before its end")
+                self._interrupted(trial, "stopped before its end")
                 raise
             except Exception as exc:
                 if self.storage.shared and is_outage(exc):
                     logger.warning("trial %d: the storage connection was lost; it runs again", trial.number)
-                    self.storage.call(self._interrupted, trial, "the storage connection was lost")
+                    self._interrupted(trial, "the storage connection was lost")
                     return
-                self.storage.call(self._interrupted, trial, f"{type(exc).__name__}: {exc}", again=False)
+                self._interrupted(trial, f"{type(exc).__name__}: {exc}", again=False)
                 raise
-            self.storage.call(self._record, trial, *made)
-        self.storage.call(self.worker.update, trial=None, key=None, state="idle")
+            self._record(trial, *made)
+        self.worker.update(WorkerState.IDLE)
 
+    @retried
     def _interrupted(self, trial: optuna.Trial, reason: str, again: bool = True) -> None:
         """Fail a trial that did not finish, and queue it again (unless ``again`` is False)."""
         trial.set_user_attr(TRIAL_FAIL_REASON, reason)
@@ -268,30 +307,33 @@ class Driver:
         key = frozen.user_attrs.get(TRIAL_KEY)
         return Keys(self.study.get_trials(deepcopy=False)).busy(key) if key else True
 
+    @retried
     def _record_pruned(self, trial: optuna.Trial, pruned: Pruned) -> None:
         e = pruned.evaluation
-        for name, value in {"score": e.score, "decay": e.decay, "samples": e.samples}.items():
-            trial.set_user_attr(name, value)
+        for name in (OutcomeAttr.score, OutcomeAttr.decay, OutcomeAttr.samples):
+            trial.set_user_attr(name.value, getattr(e, name.value))
         if e.samples not in self._intermediate_steps(trial):
             trial.report(e.decay, step=e.samples)
         self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        self.ctx.reporter.trial_finished(None, str(pruned), current_best(self.study))
+        self.ctx.observers.reporter.trial_finished(None, str(pruned), current_best(self.study))
 
     def _intermediate_steps(self, trial: optuna.Trial) -> set[int]:
         return set(self.study.get_trials(deepcopy=False)[trial.number].intermediate_values)
 
+    @retried
     def _record_failure(self, trial: optuna.Trial, exc: AutoquantError) -> None:
         ctx = self.ctx
         details = getattr(exc, "details", "")
-        if details and details not in ctx.shown_tracebacks:  # user code: its traceback, once
-            ctx.shown_tracebacks.add(details)
+        if details and details not in ctx.caches.shown_tracebacks:  # user code: its traceback, once
+            ctx.caches.shown_tracebacks.add(details)
             logger.error("trial %d failed in user code:\n%s", trial.number, details.rstrip())
         logger.debug("trial %d failed", trial.number, exc_info=exc)  # the cause chain, with --verbose
         trial.set_user_attr(TRIAL_FAIL_REASON, str(exc))
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        ctx.tracker.log_failure(trial.number, trial.params, str(exc))
-        ctx.reporter.trial_finished(None, str(exc), current_best(self.study))
+        ctx.observers.tracker.log_failure(trial.number, trial.params, str(exc))
+        ctx.observers.reporter.trial_finished(None, str(exc), current_best(self.study))
 
+    @retried
     def _record(
         self,
         trial: optuna.Trial,
@@ -308,19 +350,19 @@ class Driver:
             if frozen.state != TrialState.COMPLETE:  # failed by another process that thought us dead
                 self._rescue(frozen, outcome)
             attrs = study.user_attrs
-            latencies = {**ctx.latencies, **attrs.get(STUDY_LATENCIES, {})}
+            latencies = {**ctx.caches.latencies, **attrs.get(STUDY_LATENCIES, {})}
             if latencies != attrs.get(STUDY_LATENCIES):
                 study.set_user_attr(STUDY_LATENCIES, latencies)
-            ctx.latencies.update(latencies)
+            ctx.caches.latencies.update(latencies)
             if outcome.within_budget and STUDY_TIME_TO_BUDGET not in attrs:
                 started = float(attrs.get(STUDY_STARTED, time.time()))
                 study.set_user_attr(STUDY_TIME_TO_BUDGET, time.time() - started)
             best = current_best(study)
             if best is not None and best.number == outcome.number:
-                self._publish(outcome, result, quantization)
-        ctx.stages.setdefault("to_first_trial_s", time.time() - ctx.began)
+                publish_best(self.ctx.inputs.config, study.study_name, outcome, result, quantization)
+        ctx.caches.stages.setdefault("to_first_trial_s", time.time() - ctx.inputs.began)
         log_trial(ctx, outcome, result)
-        ctx.reporter.trial_finished(outcome, None, best)
+        ctx.observers.reporter.trial_finished(outcome, None, best)
 
     def _rescue(self, frozen: FrozenTrial, outcome: TrialOutcome) -> None:
         """Keep a completed result whose trial another process failed meanwhile: as a new trial."""
@@ -335,54 +377,21 @@ class Driver:
         )
 
     # --- the best-so-far outputs --------------------------------------------------------------
-    def _marker(self) -> dict:
-        path = self.ctx.config.output.directory / BEST_TRIAL_FILE
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-
-    def _holds(self, number: int) -> bool:
-        marker = self._marker()
-        return marker.get("study") == self.study.study_name and marker.get("trial") == number
-
-    def _publish(
-        self, outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig
-    ) -> None:
-        """Write a best trial's outputs unless the folder holds them already (call under the lock)."""
-        if self._holds(outcome.number):
-            return
-        self.on_best(outcome, result, quantization)
-        marker = {
-            "study": self.study.study_name,
-            "trial": outcome.number,
-            "key": outcome.key,
-            "decay": outcome.decay,
-        }
-        write_files(
-            self.ctx.config.output.directory, {BEST_TRIAL_FILE: json.dumps(marker, indent=2).encode()}
-        )
-
+    @retried
     def sync_outputs(self) -> None:
         """Make the output folder hold the study's best trial, whichever process found it: the
         model is rebuilt from the trial's choices (quantization is deterministic)."""
         ctx = self.ctx
         with self.lock():
             best = current_best(self.study)
-            if best is None or self._holds(best.number):
+            if best is None or holds_best(self.ctx.inputs.config, self.study.study_name, best.number):
                 return
-            quantization = ctx.space.apply(best.params, ctx.config.quantization)
+            quantization = ctx.inputs.space.apply(best.params, ctx.inputs.config.quantization)
             if best.layer_scales:
                 quantization = quantization.model_copy(update={"layer_scales": best.layer_scales})
-            ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
-            result = quantize(ctx.calibrated, quantization, ranking, requantizer=ctx.requantizer)
+            ranking = self._ranking(quantization) if quantization.fp32_layers else ()
+            result = quantize(
+                ctx.inputs.calibrated, quantization, ranking, requantizer=ctx.caches.requantizer
+            )
             logger.info("writing the outputs of trial %d, the best of the study", best.number)
-            self._publish(best, result, quantization)
-
-
-def output_holds(directory: Path) -> dict:
-    """The ``best_trial.json`` of an output folder, or an empty dict."""
-    try:
-        return json.loads((directory / BEST_TRIAL_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+            publish_best(self.ctx.inputs.config, self.study.study_name, best, result, quantization)

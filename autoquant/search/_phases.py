@@ -23,6 +23,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -31,20 +32,32 @@ from autoquant.config import QuantizationConfig
 from autoquant.engine import compute_layers, difference, fp32_nodes, run_outputs
 from autoquant.errors import SearchStopped
 from autoquant.names import STUDY_BISECT_PLAN, TRIAL_KEY, TrialKey
+from autoquant.search._outcome import OutcomeAttr, TrialOutcome
 from autoquant.search._pipeline import quantize
+from autoquant.search._selection import best_outcome
 from autoquant.search._space import Value
-from autoquant.search._trial import (
-    DEFAULT_SAMPLED_TRIALS,
-    SCALE_CANDIDATES,
-    SearchContext,
-    TrialOutcome,
-    best_outcome,
-)
+from autoquant.search._trial import DEFAULT_SAMPLED_TRIALS, SCALE_CANDIDATES, SearchContext
 
 logger = logging.getLogger(__name__)
 
-BISECT_PHASE = "binary search over the FP32 blacklist"
-SCALES_PHASE = "per-layer threshold scales"
+
+class Phase(Enum):
+    """The phases of a study, in order (fast mode runs the first only)."""
+
+    STRATEGIES = "strategies"
+    SAMPLED = "sampled"
+    BISECT = "bisect"
+    SCALES = "scales"
+
+    def title(self, ctx: SearchContext) -> str:
+        """What a display shows for the phase."""
+        if self is Phase.STRATEGIES:
+            return f"{len(ctx.inputs.space.strategies)} known-good strategies"
+        if self is Phase.SAMPLED:
+            return f"{ctx.inputs.config.search.n_trials or DEFAULT_SAMPLED_TRIALS} sampled trials"
+        if self is Phase.BISECT:
+            return "binary search over the FP32 blacklist"
+        return "per-layer threshold scales"
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ class Run:
 
     key: str
     params: dict[str, Value] | None
-    phase: str
+    phase: Phase
     queued: bool = False
 
 
@@ -72,12 +85,20 @@ class Done:
     reason: str
 
 
-Step = Run | Wait | Done
+@dataclass(frozen=True)
+class Analyse:
+    """Run the sensitivity analysis of these choices first (the bisection plans with its ranking);
+    the driver runs it outside the study lock, then asks again."""
+
+    quantization: QuantizationConfig
+
+
+Step = Run | Wait | Done | Analyse
 
 
 def within_budget(trial: FrozenTrial) -> bool:
     """Whether a finished trial met the budget."""
-    return bool(trial.state == TrialState.COMPLETE and trial.user_attrs.get("within_budget"))
+    return bool(trial.state == TrialState.COMPLETE and trial.user_attrs.get(OutcomeAttr.within_budget))
 
 
 @dataclass
@@ -122,12 +143,12 @@ def _outcomes(trials: Sequence[FrozenTrial]) -> list[TrialOutcome]:
 
 def strategies(ctx: SearchContext) -> list[tuple[str, dict[str, Value]]]:
     """The keys and complete choices of the known-good strategies, in order."""
-    base = ctx.config.quantization
+    base = ctx.inputs.config.quantization
     found = []
-    for strategy in ctx.space.strategies:
-        name = str(strategy.get("name", len(ctx.space.strategies)))
+    for strategy in ctx.inputs.space.strategies:
+        name = str(strategy.get("name", len(ctx.inputs.space.strategies)))
         partial = {k: v for k, v in strategy.items() if k != "name"}
-        found.append((TrialKey.strategy(name), ctx.space.complete(partial, base)))
+        found.append((TrialKey.strategy(name), ctx.inputs.space.complete(partial, base)))
     return found
 
 
@@ -148,32 +169,35 @@ def next_step(
         tolerance: The study's latency tolerance, for the best trial.
     """
     keys = Keys(trials)
-    fast = ctx.config.search.mode == "fast"
+    fast = ctx.inputs.config.search.mode == "fast"
     passed = [t for t in trials if within_budget(t)]
     if fast and passed:
         return Done(f"trial {passed[0].number} is within the budget")
     for trial in keys.queued():
         key = trial.user_attrs[TRIAL_KEY]
-        return Run(key, None, _phase(ctx, key), queued=True)
+        return Run(key, None, _phase(key), queued=True)
     known = strategies(ctx)
     for key, params in known:
         if key not in keys.by_key:
-            return Run(key, params, f"{len(known)} known-good strategies")
+            return Run(key, params, Phase.STRATEGIES)
     if fast:
         busy = any(keys.busy(k) for k, _ in known)
         return Wait("strategies are running") if busy else Done("every strategy has run")
-    count = ctx.config.search.n_trials or DEFAULT_SAMPLED_TRIALS
+    count = ctx.inputs.config.search.n_trials or DEFAULT_SAMPLED_TRIALS
     sampled = keys.sampled()
     if len(sampled) < count:
         slot = next(
             n for n in range(len(sampled), len(sampled) + count + 1) if TrialKey.sampled(n) not in sampled
         )
-        return Run(TrialKey.sampled(slot), None, f"{count} sampled trials")
+        return Run(TrialKey.sampled(slot), None, Phase.SAMPLED)
     if any(keys.busy(k) for k in [*(k for k, _ in known), *sampled]):
         return Wait("sampled trials are running")
     if STUDY_BISECT_PLAN not in attrs:
-        attrs = {**attrs, STUDY_BISECT_PLAN: bisect_plan(ctx, _outcomes(trials), tolerance)}
-        save(STUDY_BISECT_PLAN, attrs[STUDY_BISECT_PLAN])
+        plan = bisect_plan(ctx, _outcomes(trials), tolerance)
+        if isinstance(plan, Analyse):
+            return plan
+        attrs = {**attrs, STUDY_BISECT_PLAN: plan}
+        save(STUDY_BISECT_PLAN, plan)
     step = _bisect_step(keys, attrs[STUDY_BISECT_PLAN])
     if step is not None:
         return step
@@ -184,15 +208,15 @@ def next_step(
     base = min(_outcomes(trials), key=lambda o: (o.decay, len(o.fp32_compute)), default=None)
     if base is None:
         return Done("no trial completed")
-    return Run(TrialKey.SCALES, dict(base.params), SCALES_PHASE)
+    return Run(TrialKey.SCALES, dict(base.params), Phase.SCALES)
 
 
-def _phase(ctx: SearchContext, key: str) -> str:
+def _phase(key: str) -> Phase:
     if key.startswith(TrialKey.STRATEGY):
-        return f"{len(ctx.space.strategies)} known-good strategies"
+        return Phase.STRATEGIES
     if key.startswith(TrialKey.SAMPLED):
-        return f"{ctx.config.search.n_trials or DEFAULT_SAMPLED_TRIALS} sampled trials"
-    return BISECT_PHASE if key.startswith(TrialKey.BISECT) else SCALES_PHASE
+        return Phase.SAMPLED
+    return Phase.BISECT if key.startswith(TrialKey.BISECT) else Phase.SCALES
 
 
 def phase_progress(
@@ -204,10 +228,10 @@ def phase_progress(
         t.user_attrs.get(TRIAL_KEY, "") for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
     ]
     if key.startswith(TrialKey.STRATEGY):
-        total, prefix, unit = len(ctx.space.strategies), TrialKey.STRATEGY, "strategies"
+        total, prefix, unit = len(ctx.inputs.space.strategies), TrialKey.STRATEGY, "strategies"
     elif key.startswith(TrialKey.SAMPLED):
         total, prefix, unit = (
-            ctx.config.search.n_trials or DEFAULT_SAMPLED_TRIALS,
+            ctx.inputs.config.search.n_trials or DEFAULT_SAMPLED_TRIALS,
             TrialKey.SAMPLED,
             "sampled trials",
         )
@@ -216,7 +240,9 @@ def phase_progress(
     return min(sum(k.startswith(prefix) for k in finished), total), total, unit
 
 
-def bisect_plan(ctx: SearchContext, outcomes: Sequence[TrialOutcome], tolerance: float) -> dict[str, Any]:
+def bisect_plan(
+    ctx: SearchContext, outcomes: Sequence[TrialOutcome], tolerance: float
+) -> dict[str, Any] | Analyse:
     """The bisection's choices and range: search the smallest k such that keeping the k most
     sensitive nodes in FP32 meets the budget, with the choices of the trial of smallest decay.
 
@@ -225,16 +251,19 @@ def bisect_plan(ctx: SearchContext, outcomes: Sequence[TrialOutcome], tolerance:
     searched: the selection counts the compute layers left in FP32, and a blacklist of the k most
     sensitive nodes keeps those among them and those its choices keep anyway; when the best within
     budget keeps no compute layer in FP32, or no k >= 1 can keep fewer, the phase is skipped.
+    :class:`Analyse` when that needs a sensitivity ranking this process does not have yet.
     """
     base = min(outcomes, key=lambda o: o.decay, default=None)
     if base is None or (base.within_budget and not base.fp32_compute):
         return {"skipped": "a trial with no FP32 compute layer is within the budget"}
     params = {k: v for k, v in base.params.items() if k != "fp32_layers"}
-    quantization = ctx.space.apply(params, ctx.config.quantization)
+    quantization = ctx.inputs.space.apply(params, ctx.inputs.config.quantization)
     best = best_outcome(outcomes, tolerance)
-    high = ctx.nodes
+    high = ctx.inputs.nodes
     if best is not None and best.within_budget:
         high = _beatable_ks(ctx, quantization, len(best.fp32_compute))
+        if isinstance(high, Analyse):
+            return high
         if high <= 1:
             logger.info(
                 "FP32 blacklist bisection skipped: no k >= 1 can beat trial %d's %d FP32 compute layers",
@@ -245,18 +274,20 @@ def bisect_plan(ctx: SearchContext, outcomes: Sequence[TrialOutcome], tolerance:
     return {"params": params, "low": 0, "high": high}
 
 
-def _beatable_ks(ctx: SearchContext, quantization: QuantizationConfig, best_compute: int) -> int:
+def _beatable_ks(ctx: SearchContext, quantization: QuantizationConfig, best_compute: int) -> int | Analyse:
     """The smallest k whose blacklist keeps at least ``best_compute`` compute layers in FP32 (so
     only the ks below it can win), at most the number of nodes."""
-    graph = ctx.calibrated.graph
+    graph = ctx.inputs.calibrated.graph
     fixed = fp32_nodes(graph, quantization.model_copy(update={"fp32_layers": 0}))
     if len(compute_layers(graph, fixed)) >= best_compute:
         return 0
-    ranking = ctx.ranking(quantization)
+    ranking = ctx.caches.ranking(quantization)
+    if ranking is None:
+        return Analyse(quantization)
     for k in range(1, len(ranking) + 1):
         if len(compute_layers(graph, list(dict.fromkeys([*fixed, *ranking[:k]])))) >= best_compute:
             return k
-    return ctx.nodes
+    return ctx.inputs.nodes
 
 
 def _bisect_step(keys: Keys, plan: dict[str, Any]) -> Step | None:
@@ -271,7 +302,7 @@ def _bisect_step(keys: Keys, plan: dict[str, Any]) -> Step | None:
         if done is None:
             if keys.busy(key):
                 return Wait(f"bisection step k={k} is running")
-            return Run(key, {**plan["params"], "fp32_layers": k}, BISECT_PHASE)
+            return Run(key, {**plan["params"], "fp32_layers": k}, Phase.BISECT)
         low, high = (low, k) if within_budget(done) else (k, high)
     return None
 
@@ -279,6 +310,7 @@ def _bisect_step(keys: Keys, plan: dict[str, Any]) -> Step | None:
 def search_scales(
     ctx: SearchContext,
     params: dict[str, Value],
+    ranking: Sequence[str],
     saved: dict[str, Any] | None,
     save: Callable[[dict], None],
 ) -> dict[str, float]:
@@ -290,7 +322,7 @@ def search_scales(
     Raises:
         SearchStopped: The user asked to stop.
     """
-    quantization = ctx.space.apply(params, ctx.config.quantization)
+    quantization = ctx.inputs.space.apply(params, ctx.inputs.config.quantization)
     progress = (
         saved if saved and saved.get("params") == params else {"params": params, "next": 0, "scales": {}}
     )
@@ -300,9 +332,9 @@ def search_scales(
         last.update(state)
         save(state)
 
-    scales, finished = greedy_scales(ctx, quantization, progress, keep)
+    scales, finished = greedy_scales(ctx, quantization, ranking, progress, keep)
     if not finished:
-        if ctx.user_stopped():
+        if ctx.observers.user_stopped():
             logger.info("per-layer scales: stopped after %d tensors; a resumed study goes on", last["next"])
             raise SearchStopped
         logger.info(
@@ -314,6 +346,7 @@ def search_scales(
 def greedy_scales(
     ctx: SearchContext,
     quantization: QuantizationConfig,
+    ranking: Sequence[str],
     progress: dict[str, Any],
     save: Callable[[dict], None],
 ) -> tuple[dict[str, float], bool]:
@@ -324,39 +357,39 @@ def greedy_scales(
     lowers the squared distance between the INT8 and FP32 model outputs on ``data_limit`` samples.
 
     Args:
-        ctx: The search context; ``ctx.should_stop`` is polled between evaluations.
+        ctx: The search context; ``ctx.observers.should_stop`` is polled between evaluations.
         quantization: The choices the scales refine.
+        ranking: Their sensitivity ranking (for ``fp32_layers``; empty without).
         progress: ``{"next": tensor index, "scales": {...}}`` to start from (a resumed search).
         save: Called with the progress after each tensor.
 
     Returns:
         The scales found and whether every tensor was tried.
     """
-    graph = ctx.calibrated.graph
-    names = list(ctx.config.model.outputs) or list(graph.outputs)
-    reference = run_outputs(str(graph.prepared_path), ctx.analysis_feeds, names)
-    ignored = set(ctx.config.search.ignore_layer_list)
+    graph = ctx.inputs.calibrated.graph
+    names = list(ctx.inputs.config.model.outputs) or list(graph.outputs)
+    reference = run_outputs(str(graph.prepared_path), ctx.inputs.analysis_feeds, names)
+    ignored = set(ctx.inputs.config.search.ignore_layer_list)
     skip = {t for n in graph.nodes if n.name in ignored for t in (*n.inputs, *n.outputs)}
-    ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
     tensors = [t for t in graph.activations if t not in skip]
     scales: dict[str, float] = dict(progress.get("scales", {}))
 
     def error(candidate: dict[str, float]) -> float:
         choices = quantization.model_copy(update={"layer_scales": candidate})
-        model = quantize(ctx.calibrated, choices, ranking, requantizer=ctx.requantizer).model
-        return difference(reference, run_outputs(model, ctx.analysis_feeds, names)).l2
+        model = quantize(ctx.inputs.calibrated, choices, ranking, requantizer=ctx.caches.requantizer).model
+        return difference(reference, run_outputs(model, ctx.inputs.analysis_feeds, names)).l2
 
     best = error(scales)
     for index in range(int(progress.get("next", 0)), len(tensors)):
         tensor = tensors[index]
-        ctx.reporter.step(index, len(tensors), "tensors")
+        ctx.observers.reporter.step(index, len(tensors), "tensors")
         for scale in SCALE_CANDIDATES:
-            if ctx.should_stop():
+            if ctx.observers.should_stop():
                 return scales, False
             value = error({**scales, tensor: scale})
             if value < best:
                 best, scales = value, {**scales, tensor: scale}
         progress = {**progress, "next": index + 1, "scales": scales}
         save(progress)
-    ctx.reporter.step(len(tensors), len(tensors), "tensors")
+    ctx.observers.reporter.step(len(tensors), len(tensors), "tensors")
     return scales, True

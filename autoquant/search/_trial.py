@@ -27,21 +27,19 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.common import ProgressFn
 from autoquant.config import QuantizationConfig, StudyConfig
-from autoquant.engine import QuantizedModel, Requantizer, Sensitivity, compute_layers
+from autoquant.engine import QuantizedModel, Requantizer, compute_layers
 from autoquant.engine.graph import session_for
 from autoquant.errors import (
     AutoquantError,
@@ -55,12 +53,10 @@ from autoquant.evaluation import SELECTION_THREADS, Evaluation, LatencyTimer, tr
 from autoquant.names import (
     FP32_NODES_FILE,
     SENSITIVITY_FILE,
-    STUDY_LATENCY_TOLERANCE,
     TABLE_FILE,
-    TRIAL_KEY,
 )
+from autoquant.search._outcome import OutcomeAttr, TrialOutcome
 from autoquant.search._pipeline import Calibrated, quantize
-from autoquant.search._selection import best_outcome, ranked  # noqa: F401  (ranked: re-exported)
 from autoquant.search._space import SearchSpace, Value
 from autoquant.tracking import MlflowTracker, NullTracker
 
@@ -68,71 +64,6 @@ logger = logging.getLogger(__name__)
 
 SCALE_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.2)
 DEFAULT_SAMPLED_TRIALS = 12
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """What one finished trial measured (also stored as the trial's user attributes)."""
-
-    number: int
-    key: str
-    params: dict[str, Value]
-    score: float
-    decay: float
-    decay_ci: tuple[float, float] | None
-    fp32_nodes: tuple[str, ...]
-    latency_ms: float
-    within_budget: bool
-    timings: dict[str, float] = field(default_factory=dict)
-    layer_scales: dict[str, float] = field(default_factory=dict)
-    fp32_compute: tuple[str, ...] = ()  # the compute layers among fp32_nodes (what the selection counts)
-    float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops): not FP32 layers
-    latencies: dict[str, float] = field(default_factory=dict)  # threads label -> ms (latency_ms: "1")
-    speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
-
-    def attrs(self) -> dict[str, Any]:
-        """User attributes for Optuna storage (JSON-serialisable)."""
-        return {
-            TRIAL_KEY: self.key,
-            "score": self.score,
-            "decay": self.decay,
-            "decay_ci": list(self.decay_ci) if self.decay_ci else None,
-            "fp32_nodes": list(self.fp32_nodes),
-            "fp32_compute_layers": list(self.fp32_compute),
-            "float_nodes": list(self.float_nodes),
-            "latency_ms": self.latency_ms,
-            "latency_by_threads": self.latencies,
-            "speedup_by_threads": self.speedups,
-            "within_budget": self.within_budget,
-            "timings": self.timings,
-            "layer_scales": self.layer_scales,
-        }
-
-    @classmethod
-    def from_trial(cls, trial: FrozenTrial) -> TrialOutcome | None:
-        """Rebuild the outcome of a completed trial, or None for one that did not complete."""
-        a = trial.user_attrs
-        if trial.state != TrialState.COMPLETE or "decay" not in a:
-            return None
-        ci = a.get("decay_ci")
-        return cls(
-            number=trial.number,
-            key=a.get(TRIAL_KEY, ""),
-            params=dict(trial.params),
-            score=a["score"],
-            decay=a["decay"],
-            decay_ci=tuple(ci) if ci else None,
-            fp32_nodes=tuple(a["fp32_nodes"]),
-            latency_ms=a["latency_ms"],
-            within_budget=a["within_budget"],
-            timings=a.get("timings", {}),
-            layer_scales=a.get("layer_scales", {}),
-            # a trial stored by an older version counts all its FP32 nodes (the safe side)
-            fp32_compute=tuple(a.get("fp32_compute_layers", a["fp32_nodes"])),
-            float_nodes=tuple(a.get("float_nodes", ())),
-            latencies=dict(a.get("latency_by_threads", {SELECTION_THREADS: a["latency_ms"]})),
-            speedups=dict(a.get("speedup_by_threads", {})),
-        )
 
 
 class Reporter(Protocol):
@@ -199,9 +130,9 @@ class Scorer(Protocol):
         ...
 
 
-@dataclass
-class SearchContext:
-    """Everything a trial needs, built once per study."""
+@dataclass(frozen=True)
+class SearchInputs:
+    """What the study searches with, built once per process before its first trial."""
 
     config: StudyConfig
     calibrated: Calibrated
@@ -209,19 +140,7 @@ class SearchContext:
     space: SearchSpace
     timers: dict[str, LatencyTimer]  # threads label (latency.THREADS) -> its timer
     analysis_feeds: list[dict[str, np.ndarray]]
-    ranking_fn: Callable[[QuantizationConfig, Callable[[], bool]], Sensitivity]  # (choices, should_stop)
-    on_best: Callable[[TrialOutcome, QuantizedModel, QuantizationConfig], None]
-    reporter: Reporter = field(default_factory=NullReporter)
-    tracker: NullTracker | MlflowTracker = field(default_factory=NullTracker)
-    _rankings: dict[str, list[str]] = field(default_factory=dict)
-    new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
-    should_stop: Callable[[], bool] = lambda: False  # a deadline passed or the user asked to stop
-    user_stopped: Callable[[], bool] = lambda: False  # the user asked to stop (Ctrl-C)
     fp32_latency: dict[str, float] = field(default_factory=dict)  # the study's FP32 ms per threads label
-    latencies: dict[str, dict[str, float]] = field(default_factory=dict)  # structure -> label -> ms
-    requantizer: Requantizer | None = None  # rewrites scales of a structure built before
-    shown_tracebacks: set[str] = field(default_factory=set)
-    stages: dict[str, float] = field(default_factory=dict)  # this process's set-up, seconds per stage
     began: float = field(default_factory=time.time)  # when this process began the study (epoch s)
 
     @property
@@ -229,15 +148,45 @@ class SearchContext:
         """Number of quantizable nodes."""
         return len(self.calibrated.graph.nodes)
 
-    def ranking(self, quantization: QuantizationConfig) -> list[str]:
-        """Sensitivity ranking for these choices (computed once per distinct choice set)."""
-        base = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}})
-        key = base.model_dump_json()
-        if key not in self._rankings:  # ranked without a blacklist, whichever trial asks first
-            sensitivity = self.ranking_fn(base, self.should_stop)
-            self._rankings[key] = sensitivity.ranking()
-            self.new_sensitivity = sensitivity.to_json()
-        return self._rankings[key]
+
+@dataclass
+class ProcessCaches:
+    """What this process learns as its trials run, kept for the next ones."""
+
+    requantizer: Requantizer | None = None  # rewrites scales of a structure built before
+    latencies: dict[str, dict[str, float]] = field(default_factory=dict)  # structure -> label -> ms
+    rankings: dict[str, list[str]] = field(default_factory=dict)  # choices (no blacklist) -> ranking
+    new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
+    shown_tracebacks: set[str] = field(default_factory=set)
+    stages: dict[str, float] = field(default_factory=dict)  # this process's set-up, seconds per stage
+
+    def ranking(self, quantization: QuantizationConfig) -> list[str] | None:
+        """The sensitivity ranking of these choices, if this process has it (see :func:`ranking_key`)."""
+        return self.rankings.get(ranking_key(quantization))
+
+
+def ranking_key(quantization: QuantizationConfig) -> str:
+    """The choices a sensitivity ranking depends on: ranked without a blacklist or scales."""
+    return quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}}).model_dump_json()
+
+
+@dataclass(frozen=True)
+class Observers:
+    """Who is told of the search (the display, MLflow) and who may stop it."""
+
+    reporter: Reporter = field(default_factory=NullReporter)
+    tracker: NullTracker | MlflowTracker = field(default_factory=NullTracker)
+    should_stop: Callable[[], bool] = lambda: False  # a deadline passed or the user asked to stop
+    user_stopped: Callable[[], bool] = lambda: False  # the user asked to stop (Ctrl-C)
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """Everything a trial needs: the study's inputs, this process's caches and its observers."""
+
+    inputs: SearchInputs
+    caches: ProcessCaches
+    observers: Observers
 
 
 @contextmanager
@@ -275,12 +224,14 @@ class Pruned(Exception):
 def run_choice(
     ctx: SearchContext,
     quantization: QuantizationConfig,
+    ranking: Sequence[str],
     number: int,
     key: str,
     params: dict[str, Value],
     prune: bool = False,
 ) -> tuple[TrialOutcome, QuantizedModel]:
-    """Quantize with ``quantization``, evaluate and measure; the body of every trial.
+    """Quantize with ``quantization`` (``ranking``: its sensitivity ranking when it keeps
+    ``fp32_layers``), evaluate and measure; the body of every trial.
 
     Raises:
         AutoquantError: One stage failed; its message names the stage, the original is its cause.
@@ -288,17 +239,15 @@ def run_choice(
     """
     timings: dict[str, float] = {}
     began_trial = time.perf_counter()
-    with stage("the sensitivity analysis for fp32_layers", EvaluationError):
-        ranking = ctx.ranking(quantization) if quantization.fp32_layers else ()
     with stage("onnxruntime's quantizer", QuantizationError):
-        result = quantize(ctx.calibrated, quantization, ranking, timings, ctx.requantizer)
+        result = quantize(ctx.inputs.calibrated, quantization, ranking, timings, ctx.caches.requantizer)
     began = time.perf_counter()
     with stage("creating an onnxruntime session for the quantized model", QuantizationError):
         session = session_for(result.model)
     timings["session"] = time.perf_counter() - began
     with stage("evaluating the quantized model", EvaluationError):
         candidate = Candidate(number, key, params, result.model, session)
-        evaluation = ctx.scorer.score(candidate, ctx.reporter.progress, prune)
+        evaluation = ctx.inputs.scorer.score(candidate, ctx.observers.reporter.progress, prune)
     timings["inference"] = evaluation.seconds
     del candidate, session  # closed before the latency's own sessions open (a large model's is large)
     if evaluation.pruned:
@@ -317,13 +266,13 @@ def run_choice(
         decay_ci=evaluation.decay_ci,
         fp32_nodes=result.fp32_nodes,
         latency_ms=latencies[SELECTION_THREADS],
-        within_budget=evaluation.decay <= ctx.config.search.accept_int8_decay,
+        within_budget=evaluation.decay <= ctx.inputs.config.search.accept_int8_decay,
         timings=timings,
         layer_scales=dict(quantization.layer_scales),
-        fp32_compute=compute_layers(ctx.calibrated.graph, result.fp32_nodes),
+        fp32_compute=compute_layers(ctx.inputs.calibrated.graph, result.fp32_nodes),
         float_nodes=result.float_nodes,
         latencies=latencies,
-        speedups={k: ctx.fp32_latency[k] / max(v, 1e-9) for k, v in latencies.items()},
+        speedups={k: ctx.inputs.fp32_latency[k] / max(v, 1e-9) for k, v in latencies.items()},
     )
     return outcome, result
 
@@ -333,11 +282,14 @@ def measure_structure(ctx: SearchContext, model: onnx.ModelProto, budget_s: floa
     runs as fast whatever its scales. Each is the timer's INT8/FP32 ratio times the study's FP32
     latency at that thread count; the measurement takes about ``budget_s``, all counts together."""
     structure = structure_key(model)
-    known = ctx.latencies.get(structure)
-    if not isinstance(known, dict) or set(known) != set(ctx.timers):  # e.g. stored by an older version
-        share = budget_s / len(ctx.timers)
-        known = {k: t.model_ratio(model, budget_s=share) * ctx.fp32_latency[k] for k, t in ctx.timers.items()}
-        ctx.latencies[structure] = known
+    known = ctx.caches.latencies.get(structure)
+    if not isinstance(known, dict) or set(known) != set(ctx.inputs.timers):  # e.g. stored by an older version
+        share = budget_s / len(ctx.inputs.timers)
+        known = {
+            k: t.model_ratio(model, budget_s=share) * ctx.inputs.fp32_latency[k]
+            for k, t in ctx.inputs.timers.items()
+        }
+        ctx.caches.latencies[structure] = known
     return dict(known)
 
 
@@ -364,23 +316,7 @@ def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel)
         TABLE_FILE: json.dumps(calibration_table(result), indent=2),
         FP32_NODES_FILE: "".join(f"{n}\n" for n in outcome.fp32_nodes),
     }
-    if ctx.new_sensitivity is not None:
-        artifacts[SENSITIVITY_FILE], ctx.new_sensitivity = ctx.new_sensitivity, None
-    tags = {TRIAL_KEY: outcome.key, "within_budget": outcome.within_budget}
-    ctx.tracker.log_trial(outcome.number, outcome.params, metrics, tags, artifacts)
-
-
-def outcomes(study: optuna.Study) -> list[TrialOutcome]:
-    """Outcomes of every completed trial."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [o for o in map(TrialOutcome.from_trial, done) if o is not None]
-
-
-def latency_tolerance(study: optuna.Study) -> float:
-    """The study's latency tolerance (relative; 0 before it is measured)."""
-    return float(study.user_attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
-
-
-def current_best(study: optuna.Study) -> TrialOutcome | None:
-    """The best completed trial so far."""
-    return best_outcome(outcomes(study), latency_tolerance(study))
+    if ctx.caches.new_sensitivity is not None:
+        artifacts[SENSITIVITY_FILE], ctx.caches.new_sensitivity = ctx.caches.new_sensitivity, None
+    tags = {OutcomeAttr.key.value: outcome.key, OutcomeAttr.within_budget.value: outcome.within_budget}
+    ctx.observers.tracker.log_trial(outcome.number, outcome.params, metrics, tags, artifacts)

@@ -2,29 +2,24 @@
 worker records, heartbeats and the output-folder lock.
 """
 
+from autoquant.storage._kinds import StorageKind, display_url, is_outage, preload, storage_kind
 from autoquant.storage._locking import output_lock, process_alive
-from autoquant.storage._storage import (
-    Heartbeat,
-    StudyStorage,
-    WorkerRecord,
-    display_url,
-    is_outage,
-    open_storage,
-    preload,
-    storage_kind,
-    workers,
-)
+from autoquant.storage._storage import StudyStorage, open_storage, retried
+from autoquant.storage._workers import Heartbeat, WorkerRecord, WorkerState, workers
 
 __all__ = [
     "Heartbeat",
+    "StorageKind",
     "StudyStorage",
     "WorkerRecord",
+    "WorkerState",
     "display_url",
     "is_outage",
     "open_storage",
     "output_lock",
     "preload",
     "process_alive",
+    "retried",
     "storage_kind",
     "workers",
 ]

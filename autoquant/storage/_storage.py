@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import contextlib
-import errno
+import functools
 import hashlib
 import logging
 import os
@@ -37,13 +37,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.config import StorageConfig
 from autoquant.errors import ConfigError, StorageError
-from autoquant.names import TRIAL_OWNER, WORKER_PREFIX
+from autoquant.names import TRIAL_OWNER
+from autoquant.storage._kinds import (
+    StorageKind,
+    display_url,
+    is_outage,
+    outage_reason,
+    storage_kind,
+    wait_for_preload,
+)
+from autoquant.storage._optuna import rdb_engine, retry_callback, trial_id
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-EMBEDDED, POSTGRESQL, JOURNAL = "sqlite", "postgresql", "journal"
 
 _SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"autoquant|optuna schema").digest()[:8], "big", signed=True)
 
@@ -51,109 +58,16 @@ _SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"autoquant|optuna schema").digest(
 #: trials only between its own trials, so any trial it finds silent was left by a dead process.
 EMBEDDED_HEARTBEAT = (1, 2)
 
-_NETWORK_ERRNOS = {
-    errno.EIO,
-    errno.ESTALE,
-    errno.ETIMEDOUT,
-    errno.ENOTCONN,
-    errno.EHOSTDOWN,
-    errno.ENETUNREACH,
-}
 
+def retried(method: Callable[..., T]) -> Callable[..., T]:
+    """Make a method one storage step (:meth:`StudyStorage.call`) of ``self.storage``: run again
+    while a shared storage does not answer, so that its callers make plain calls."""
 
-def preload(url: str) -> None:
-    """Import a database storage's modules (SQLAlchemy, Alembic, Optuna's models: two seconds or
-    more) on a daemon thread, while the study's set-up computes in the main one."""
-    if storage_kind(url) == JOURNAL:
-        return
+    @functools.wraps(method)
+    def step(self: Any, *args: Any, **kwargs: Any) -> T:
+        return self.storage.call(method, self, *args, **kwargs)
 
-    def load() -> None:
-        try:
-            import alembic.command
-            import alembic.migration  # noqa: F401
-            import optuna.storages._rdb.models  # noqa: F401
-        except Exception as exc:  # the storage's own import reports it in the main thread
-            logger.debug("preloading the storage modules failed: %s", exc)
-
-    global _PRELOAD
-    _PRELOAD = threading.Thread(target=load, name="autoquant-preload", daemon=True)
-    _PRELOAD.start()
-
-
-_PRELOAD: threading.Thread | None = None
-
-
-def _wait_for_preload() -> None:
-    """Let the preloading thread finish first: two threads importing SQLAlchemy at once see each
-    other's half-initialised modules."""
-    if _PRELOAD is not None:
-        _PRELOAD.join()
-
-
-def storage_kind(url: str) -> str:
-    """``sqlite``, ``postgresql`` or ``journal`` for a storage URL or path.
-
-    Raises:
-        ConfigError: Another kind of database.
-    """
-    if "://" not in url and url.endswith((".log", ".journal")):
-        return JOURNAL
-    scheme = url.partition(":")[0].partition("+")[0].lower()
-    if scheme == "sqlite":
-        return EMBEDDED
-    if scheme in ("postgresql", "postgres"):
-        return POSTGRESQL
-    raise ConfigError(
-        f"storage.url {display_url(url)!r}: use postgresql+psycopg://user:password@host/db or a journal "
-        "file (/shared/folder/study.log) for several workers, or sqlite:///study.db for one process"
-    )
-
-
-def display_url(url: str) -> str:
-    """The URL with its password, if any, masked (for messages, summaries and status)."""
-    if "://" not in url or "@" not in url:
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether an exception (or one in its cause chain) means the storage cannot be reached now:
-    a lost or refused database connection, or a network filesystem that does not answer."""
-    import sqlalchemy.exc
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(
-            current,
-            sqlalchemy.exc.OperationalError
-            | sqlalchemy.exc.InterfaceError
-            | sqlalchemy.exc.DisconnectionError
-            | sqlalchemy.exc.TimeoutError
-            | ConnectionError,
-        ):
-            return True
-        if isinstance(current, OSError) and current.errno in _NETWORK_ERRNOS:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _retry_callback(max_retry: int | None) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Optuna's callback that queues a stale trial again (renamed in Optuna 4.9)."""
-    cls = (
-        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-        or optuna.storages.RetryFailedTrialCallback
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # experimental
-        return cls(max_retry=max_retry)
+    return step
 
 
 def _alive(pid: int) -> bool:
@@ -172,30 +86,34 @@ class StudyStorage:
 
     Attributes:
         url: The storage URL or journal path.
-        kind: ``sqlite`` (one process), ``postgresql`` or ``journal``.
+        kind: SQLite (one process), PostgreSQL or a journal file.
         backend: The Optuna storage.
         settings: ``storage`` of the config (heartbeat, grace period, retries).
     """
 
     url: str
-    kind: str
+    kind: StorageKind
     backend: optuna.storages.BaseStorage
     settings: StorageConfig
     _guard: threading.RLock = field(default_factory=threading.RLock)
     _depth: int = 0
     _ids: dict[str, int] = field(default_factory=dict)
+    _steps: threading.local = field(default_factory=threading.local)  # this thread's running steps
+
+    def __post_init__(self) -> None:
+        self.kind = StorageKind(self.kind)
 
     @property
     def shared(self) -> bool:
         """Whether several processes may serve the study (not the embedded SQLite)."""
-        return self.kind != EMBEDDED
+        return self.kind.shared
 
     @property
     def heartbeat_interval(self) -> int | None:
         """Seconds between heartbeats, None where the storage has none (journal files)."""
-        if self.kind == JOURNAL:
+        if self.kind == StorageKind.JOURNAL:
             return None
-        return EMBEDDED_HEARTBEAT[0] if self.kind == EMBEDDED else self.settings.heartbeat_interval
+        return EMBEDDED_HEARTBEAT[0] if self.kind == StorageKind.SQLITE else self.settings.heartbeat_interval
 
     # --- the study lock ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -218,18 +136,18 @@ class StudyStorage:
 
     @contextlib.contextmanager
     def _process_lock(self, study_name: str) -> Iterator[None]:
-        if self.kind == POSTGRESQL:
+        if self.kind == StorageKind.POSTGRESQL:
             import sqlalchemy
 
             key = int.from_bytes(
                 hashlib.sha256(f"autoquant|{study_name}".encode()).digest()[:8], "big", signed=True
             )
-            engine = self.backend.engine  # type: ignore[attr-defined]
+            engine = rdb_engine(self.backend)
             with engine.connect() as connection, connection.begin():
                 connection.execute(sqlalchemy.text("SET LOCAL lock_timeout = '120s'"))
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
                 yield  # released when the transaction ends, or when the connection dies
-        elif self.kind == JOURNAL:
+        elif self.kind == StorageKind.JOURNAL:
             from optuna.storages.journal import JournalFileOpenLock
 
             with warnings.catch_warnings():
@@ -248,11 +166,22 @@ class StudyStorage:
     def call(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``step``; while a shared storage does not answer, run it again with backoff.
 
-        ``step`` must be safe to repeat: it reads what it needs from the storage each time.
+        ``step`` must be safe to repeat: it reads what it needs from the storage each time. A step
+        called inside another is run once: an outage ends the outer step, which runs again whole
+        (a lost connection also loses the study lock that the outer step may hold).
 
         Raises:
             StorageError: The storage still does not answer after ``storage.retry_timeout`` seconds.
         """
+        if getattr(self._steps, "depth", 0):
+            return step(*args, **kwargs)
+        self._steps.depth = 1
+        try:
+            return self._retried(step, *args, **kwargs)
+        finally:
+            self._steps.depth = 0
+
+    def _retried(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         deadline: float | None = None
         delay = 0.5
         while True:
@@ -267,13 +196,13 @@ class StudyStorage:
                     logger.warning(
                         "the study's storage %s does not answer (%s); retrying for up to %.0f s",
                         display_url(self.url),
-                        _reason(exc),
+                        outage_reason(exc),
                         self.settings.retry_timeout,
                     )
                 if now >= deadline:
                     raise StorageError(
                         f"storage.url {display_url(self.url)}: the database has not answered for "
-                        f"{self.settings.retry_timeout:.0f} s ({_reason(exc)}); the completed trials are "
+                        f"{self.settings.retry_timeout:.0f} s ({outage_reason(exc)}); the completed trials are "
                         "stored in it: start it again, then run the same command to go on"
                     ) from exc
                 time.sleep(min(delay, max(0.0, deadline - now)))
@@ -284,17 +213,17 @@ class StudyStorage:
             return result
 
     # --- dead trials ---------------------------------------------------------------------------
-    def record_heartbeat(self, trial_id: int) -> None:
+    def record_heartbeat(self, trial: optuna.Trial) -> None:
         """Record a heartbeat of a running trial (nothing for journal files)."""
         if self.heartbeat_interval is not None:
-            self.backend.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+            self.backend.record_heartbeat(trial_id(trial))  # type: ignore[attr-defined]
 
-    def claim(self, trial_id: int) -> None:
+    def claim(self, trial: optuna.Trial) -> None:
         """Mark a trial this process has just taken: its owner, and its first heartbeat at once, so
         that it is found stale even if the process dies before its heartbeat thread ticks."""
         owner = {"host": socket.gethostname(), "pid": os.getpid()}
-        self.backend.set_trial_system_attr(trial_id, TRIAL_OWNER, owner)
-        self.record_heartbeat(trial_id)
+        self.backend.set_trial_system_attr(trial_id(trial), TRIAL_OWNER, owner)
+        self.record_heartbeat(trial)
 
     def fail_dead_trials(self, study: optuna.Study) -> None:
         """Fail the running trials whose process is dead, and queue them again (Optuna's retry
@@ -305,12 +234,12 @@ class StudyStorage:
                 optuna.storages.fail_stale_trials(study)
             return
         host = socket.gethostname()
-        retry = _retry_callback(self.settings.max_retry)
+        retry = retry_callback(self.settings.max_retry)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = trial.system_attrs.get(TRIAL_OWNER) or {}
             if owner.get("host") == host and not _alive(int(owner.get("pid", 0))):
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    if self.backend.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    if self.backend.set_trial_state_values(trial_id(trial), TrialState.FAIL):
                         logger.info(
                             "trial %d: its process %s is gone; it runs again", trial.number, owner["pid"]
                         )
@@ -318,7 +247,7 @@ class StudyStorage:
 
     def requeue(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Queue a failed trial again with its key and parameters (a stop or a lost connection)."""
-        _retry_callback(None)(study, trial)
+        retry_callback(None)(study, trial)
 
     # --- the processes serving the study ----------------------------------------------------------
     def set_system_attr(self, study: optuna.Study, key: str, value: Any) -> None:
@@ -335,12 +264,38 @@ class StudyStorage:
         return self._ids[study.study_name]
 
 
-def _reason(exc: BaseException) -> str:
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    text = " ".join(str(root).split())
-    return f"{type(root).__name__}: {text[:200]}"
+def _connect_rdb(url: str, kind: StorageKind, settings: StorageConfig) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url`` with its heartbeat (PostgreSQL: under the schema lock)."""
+    if kind == StorageKind.SQLITE:
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        interval, grace = EMBEDDED_HEARTBEAT
+    else:
+        interval, grace = settings.heartbeat_interval, settings.grace_period
+
+    def create() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True} if kind == StorageKind.POSTGRESQL else None,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=retry_callback(settings.max_retry),
+            )
+
+    if kind != StorageKind.POSTGRESQL:
+        return create()
+    import sqlalchemy
+
+    # Optuna creates its tables when they are missing: processes starting together on a new
+    # database would race (a duplicate type or table); one at a time, under an advisory lock.
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            return create()
+    finally:
+        engine.dispose()
 
 
 def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
@@ -350,50 +305,16 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
         ConfigError: The URL names an unsupported database, or its driver is not installed.
         StorageError: A shared database does not answer within ``storage.retry_timeout``.
     """
-    _wait_for_preload()
+    wait_for_preload()
     kind = storage_kind(url)
-    if kind == JOURNAL:
+    if kind == StorageKind.JOURNAL:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return StudyStorage(url, kind, JournalStorage(JournalFileBackend(url)), settings)
-    if kind == EMBEDDED:
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        interval, grace = EMBEDDED_HEARTBEAT
-    else:
-        interval, grace = settings.heartbeat_interval, settings.grace_period
     probe = StudyStorage(url, kind, None, settings)  # type: ignore[arg-type]
-
-    def create() -> optuna.storages.RDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True} if kind == POSTGRESQL else None,
-                heartbeat_interval=interval,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=_retry_callback(settings.max_retry),
-            )
-
-    def connect() -> optuna.storages.RDBStorage:
-        if kind != POSTGRESQL:
-            return create()
-        import sqlalchemy
-
-        # Optuna creates its tables when they are missing: processes starting together on a new
-        # database would race (a duplicate type or table); one at a time, under an advisory lock.
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.connect() as connection, connection.begin():
-                connection.execute(
-                    sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK}
-                )
-                return create()
-        finally:
-            engine.dispose()
-
     try:
-        backend = probe.call(connect)
+        backend = probe.call(_connect_rdb, url, kind, settings)
     except StorageError:
         raise
     except ImportError:
@@ -406,83 +327,3 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
             f"storage.url {display_url(url)!r}: cannot open the Optuna storage ({type(exc).__name__}: {exc})"
         ) from None
     return StudyStorage(url, kind, backend, settings)
-
-
-@dataclass
-class WorkerRecord:
-    """This process, as the other processes and ``autoquant status`` see it: a study system
-    attribute with its host, pid, command, current trial and when it was last seen."""
-
-    storage: StudyStorage
-    study: optuna.Study
-    command: str
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-    started: float = field(default_factory=time.time)
-    slot: int = 0  # the server's drivers share a process: one record each
-    trial: int | None = None
-    key: str | None = None
-    state: str = "starting"
-
-    @property
-    def attr(self) -> str:
-        suffix = f":{self.slot}" if self.slot else ""
-        return f"{WORKER_PREFIX}{self.host}:{self.pid}:{int(self.started)}{suffix}"
-
-    @property
-    def identity(self) -> tuple:
-        """What tells this record from the others of the study."""
-        return (self.host, self.pid, self.started, self.slot)
-
-    def update(self, **changes: Any) -> None:
-        """Change ``trial``, ``key`` or ``state`` and store the record with the time now."""
-        for name, value in changes.items():
-            setattr(self, name, value)
-        value = {
-            "host": self.host,
-            "pid": self.pid,
-            "command": self.command,
-            "started": self.started,
-            "slot": self.slot,
-            "seen": time.time(),
-            "trial": self.trial,
-            "key": self.key,
-            "state": self.state,
-        }
-        self.storage.set_system_attr(self.study, self.attr, value)
-
-
-def workers(storage: StudyStorage, study: optuna.Study) -> list[dict[str, Any]]:
-    """The processes that served the study, most recently seen first."""
-    found = [v for k, v in storage.system_attrs(study).items() if k.startswith(WORKER_PREFIX)]
-    return sorted(found, key=lambda w: -float(w.get("seen", 0.0)))
-
-
-class Heartbeat:
-    """While a trial runs: its Optuna heartbeat and this process's record, every interval, from a
-    background thread (the main thread is busy with the trial); with ``trial_id`` None, the record
-    only (a process finishing the study: the others must not take it for gone meanwhile). Errors
-    are left to the main thread, which meets them at its next storage call."""
-
-    def __init__(self, storage: StudyStorage, worker: WorkerRecord, trial_id: int | None) -> None:
-        self.storage, self.worker, self.trial_id = storage, worker, trial_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="autoquant-heartbeat", daemon=True)
-
-    def _beat(self) -> None:
-        interval = self.storage.heartbeat_interval or self.storage.settings.heartbeat_interval
-        while not self._stop.wait(interval):
-            try:
-                if self.trial_id is not None:
-                    self.storage.record_heartbeat(self.trial_id)
-                self.worker.update()
-            except Exception as exc:  # the main thread retries or reports the outage
-                logger.debug("heartbeat of trial id %s not recorded: %s", self.trial_id, exc)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()

@@ -1,0 +1,121 @@
+"""A finished trial's outcome, as the selection, the outputs and the tracker read it, and as it is
+stored in the trial's user attributes (names and JSON shapes kept as earlier versions wrote them,
+so that a stored study resumes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoquant.evaluation import SELECTION_THREADS
+from autoquant.names import STUDY_LATENCY_TOLERANCE, TRIAL_KEY
+from autoquant.search._selection import best_outcome
+from autoquant.search._space import Value
+
+
+class OutcomeAttr(StrEnum):
+    """The user-attribute names a trial's outcome is stored under: written by earlier versions
+    too, so a stored study resumes only while they stay as they are."""
+
+    key = TRIAL_KEY
+    score = "score"
+    decay = "decay"
+    decay_ci = "decay_ci"
+    fp32_nodes = "fp32_nodes"
+    fp32_compute_layers = "fp32_compute_layers"
+    float_nodes = "float_nodes"
+    latency_ms = "latency_ms"
+    latency_by_threads = "latency_by_threads"
+    speedup_by_threads = "speedup_by_threads"
+    within_budget = "within_budget"
+    timings = "timings"
+    layer_scales = "layer_scales"
+    samples = "samples"
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one finished trial measured (also stored as the trial's user attributes)."""
+
+    number: int
+    key: str
+    params: dict[str, Value]
+    score: float
+    decay: float
+    decay_ci: tuple[float, float] | None
+    fp32_nodes: tuple[str, ...]
+    latency_ms: float
+    within_budget: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    layer_scales: dict[str, float] = field(default_factory=dict)
+    fp32_compute: tuple[str, ...] = ()  # the compute layers among fp32_nodes (what the selection counts)
+    float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops): not FP32 layers
+    latencies: dict[str, float] = field(default_factory=dict)  # threads label -> ms (latency_ms: "1")
+    speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
+
+    def attrs(self) -> dict[str, Any]:
+        """User attributes for Optuna storage (JSON-serialisable, plain string keys)."""
+        attrs = {
+            OutcomeAttr.key: self.key,
+            OutcomeAttr.score: self.score,
+            OutcomeAttr.decay: self.decay,
+            OutcomeAttr.decay_ci: list(self.decay_ci) if self.decay_ci else None,
+            OutcomeAttr.fp32_nodes: list(self.fp32_nodes),
+            OutcomeAttr.fp32_compute_layers: list(self.fp32_compute),
+            OutcomeAttr.float_nodes: list(self.float_nodes),
+            OutcomeAttr.latency_ms: self.latency_ms,
+            OutcomeAttr.latency_by_threads: self.latencies,
+            OutcomeAttr.speedup_by_threads: self.speedups,
+            OutcomeAttr.within_budget: self.within_budget,
+            OutcomeAttr.timings: self.timings,
+            OutcomeAttr.layer_scales: self.layer_scales,
+        }
+        return {name.value: value for name, value in attrs.items()}
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> TrialOutcome | None:
+        """Rebuild the outcome of a completed trial, or None for one that did not complete."""
+        a = trial.user_attrs
+        if trial.state != TrialState.COMPLETE or OutcomeAttr.decay not in a:
+            return None
+        ci = a.get(OutcomeAttr.decay_ci)
+        return cls(
+            number=trial.number,
+            key=a.get(OutcomeAttr.key, ""),
+            params=dict(trial.params),
+            score=a[OutcomeAttr.score],
+            decay=a[OutcomeAttr.decay],
+            decay_ci=tuple(ci) if ci else None,
+            fp32_nodes=tuple(a[OutcomeAttr.fp32_nodes]),
+            latency_ms=a[OutcomeAttr.latency_ms],
+            within_budget=a[OutcomeAttr.within_budget],
+            timings=a.get(OutcomeAttr.timings, {}),
+            layer_scales=a.get(OutcomeAttr.layer_scales, {}),
+            # a trial stored by an older version counts all its FP32 nodes (the safe side)
+            fp32_compute=tuple(a.get(OutcomeAttr.fp32_compute_layers, a[OutcomeAttr.fp32_nodes])),
+            float_nodes=tuple(a.get(OutcomeAttr.float_nodes, ())),
+            latencies=dict(
+                a.get(OutcomeAttr.latency_by_threads, {SELECTION_THREADS: a[OutcomeAttr.latency_ms]})
+            ),
+            speedups=dict(a.get(OutcomeAttr.speedup_by_threads, {})),
+        )
+
+
+def outcomes(study: optuna.Study) -> list[TrialOutcome]:
+    """Outcomes of every completed trial."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [o for o in map(TrialOutcome.from_trial, done) if o is not None]
+
+
+def latency_tolerance(study: optuna.Study) -> float:
+    """The study's latency tolerance (relative; 0 before it is measured)."""
+    return float(study.user_attrs.get(STUDY_LATENCY_TOLERANCE, 0.0))
+
+
+def current_best(study: optuna.Study) -> TrialOutcome | None:
+    """The best completed trial so far."""
+    return best_outcome(outcomes(study), latency_tolerance(study))
