@@ -26,6 +26,7 @@ from autoquant.names import (
     STUDY_LATENCIES,
     STUDY_LATENCY_TOLERANCE,
     STUDY_STARTED,
+    Command,
 )
 from autoquant.search import _pipeline as pipeline
 from autoquant.search._naming import existing_study, storage_url, study_name
@@ -86,7 +87,7 @@ class OpenSearch:
     ctx: SearchContext
     study: optuna.Study
     storage: StudyStorage
-    command: str
+    command: Command
     fp32_score: float
 
 
@@ -157,7 +158,7 @@ def open_search(
     fresh: bool,
     stop: Callable[[], bool] | None,
     scorer: Scorer | None,
-    command: str,
+    command: Command,
 ) -> OpenSearch:
     """Everything before the first trial: the statistics pass, the FP32 reference and latency, the
     stored study (created or joined) and the search context (call while :func:`serving`)."""
@@ -174,14 +175,14 @@ def open_search(
     inputs = fingerprint_inputs(config, graph, space)
     if existing is not None:  # refuse before the statistics pass
         stored = existing.user_attrs.get(STUDY_FINGERPRINT)
-        check_fingerprint(stored, inputs, study_name(config), storage_url(config), command == "tune")
+        check_fingerprint(stored, inputs, study_name(config), storage_url(config), command == Command.TUNE)
     ref = _measure(config, graph, inputs, existing, scorer, reporter, stages, began)
     compute_count = len(compute_layers(graph, [n.name for n in graph.nodes]))
     # Only now: a failure before leaves no study behind.
     storage = storage or open_storage(storage_url(config), config.storage)
     with timed(stages, "latency_s"):  # the tolerance, measured once per study, is timing too
         study = storage.call(
-            _prepare_study, config, storage, fresh, ref, began, compute_count, command == "tune"
+            _prepare_study, config, storage, fresh, ref, began, compute_count, command == Command.TUNE
         )
     tracker.attach(study, storage, ref.calibrated.stats.key, ref.fp32_score)  # opened in the background
     stages["setup_s"] = time.time() - began

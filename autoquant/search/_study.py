@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from autoquant.config import StudyConfig
 from autoquant.errors import ConfigError, SearchError, SearchStopped, StorageError
-from autoquant.names import TRIAL_FAIL_REASON
+from autoquant.names import TRIAL_FAIL_REASON, Command
 from autoquant.search._driver import Driver
 from autoquant.search._naming import serving, storage_url
 from autoquant.search._open import OpenSearch, open_search
@@ -43,7 +43,7 @@ def tune(
     fresh: bool = False,
     stop: Callable[[], bool] | None = None,
     scorer: Scorer | None = None,
-    command: str = "tune",
+    command: Command = Command.TUNE,
 ) -> TuneResult:
     """Run (or resume, or join) the study described by ``config``.
 
@@ -71,7 +71,7 @@ def tune(
     """
     url = storage_url(config)
     kind = storage_kind(url)
-    if kind == StorageKind.SQLITE and command == "worker":
+    if kind == StorageKind.SQLITE and command == Command.WORKER:
         raise ConfigError(
             f"storage.url {display_url(url)}: `autoquant worker` needs a storage that several processes "
             "share: set storage.url to postgresql+psycopg://user:password@host/db or to a journal file on "
