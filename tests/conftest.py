@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,20 @@ def _isolated_user_environment(tmp_path_factory: pytest.TempPathFactory) -> Iter
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         yield
+
+
+@pytest.fixture(autouse=True)
+def _units_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked ``integration`` (or ``slow``) may start no process: no CLI, no server, no
+    MLflow process, no PostgreSQL. So ``pytest -m "not slow and not integration"`` stays a fast
+    unit subset, and a test that starts one without the mark fails here, naming the mark."""
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"a unit test started a process ({args!r}); mark it @pytest.mark.integration")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
 
 @pytest.fixture()

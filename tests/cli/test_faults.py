@@ -24,6 +24,8 @@ import yaml
 
 from tests.helpers import DIGITS
 
+pytestmark = pytest.mark.integration  # every test here starts a process
+
 COMMANDS = ("check", "quantize", "tune")
 
 

@@ -14,7 +14,7 @@ from autoquant.engine import bytes_per_sample, plan_pass
 from autoquant.engine._statistics import run_statistics_pass
 from autoquant.engine.graph import prepare_model
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tiny_vit.onnx"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_vit.onnx"
 
 
 @pytest.fixture(scope="module")

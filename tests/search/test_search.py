@@ -113,6 +113,7 @@ def _load_study(config_path: Path) -> optuna.Study:
     return optuna.load_study(study_name=study_name(config), storage=storage_url(config))
 
 
+@pytest.mark.integration
 def test_fast_mode_stops_at_the_first_passing_strategy(
     digits_config: Path, tmp_path: Path, digits_test_data
 ) -> None:
@@ -164,6 +165,7 @@ def test_fast_mode_stops_at_the_first_passing_strategy(
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.integration
 def test_best_config_reproduces_the_model_bit_for_bit(digits_config: Path, tmp_path: Path) -> None:
     config = load_config(digits_config)
     autoquant.tune(config)
@@ -310,6 +312,7 @@ def test_a_study_without_any_completed_trial_names_the_last_failure(
 SLOW_FULL = {"mode": "full", "accept_int8_decay": 0.0, "n_trials": 6}
 
 
+@pytest.mark.integration
 def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_config: Path, tmp_path: Path) -> None:
     config_path = _study_config(tmp_path, SLOW_FULL)
     process = subprocess.Popen(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from autoquant import __version__
@@ -64,6 +65,7 @@ def test_templates_command_prints_the_seed_strings() -> None:
     assert "ssd_inception_tensorflow:" in result.stdout and "ssd_vgg_tensorflow:" in result.stdout
 
 
+@pytest.mark.integration
 def test_quantize_writes_outputs_and_reuses_statistics(digits_config: Path, tmp_path: Path) -> None:
     first = run("quantize", str(digits_config))
     assert first.returncode == 0, first.stderr
@@ -122,6 +124,7 @@ def _image_folder(tmp_path: Path) -> Path:
 PREPROCESS = "  data_preprocess_str: 'gray=True;resize_h=32,resize_w=32;scale=0.00392156862745098'\n"
 
 
+@pytest.mark.integration
 def test_undecodable_image_stops_or_is_skipped(tmp_path: Path) -> None:
     images = _image_folder(tmp_path)
     stop = _study(tmp_path, str(DIGITS / "model.onnx"), str(images), PREPROCESS)
@@ -158,12 +161,14 @@ def test_labels_count_differs_from_images(tmp_path: Path) -> None:
     assert_one_line_error(run("check", str(config)), "labels.txt", "3 labels for 500 samples")
 
 
+@pytest.mark.integration
 def test_check_prints_the_plan(digits_config: Path) -> None:
     result = run("check", str(digits_config))
     assert result.returncode == 0, result.stderr
     assert "200 samples" in result.stdout and "500 samples" in result.stdout and "/stem/Conv" in result.stdout
 
 
+@pytest.mark.integration
 def test_evaluate_and_analyze_commands(digits_config: Path, tmp_path: Path) -> None:
     missing = run("evaluate", str(digits_config))
     assert_one_line_error(missing, "no INT8 model", "autoquant quantize")
@@ -182,6 +187,7 @@ def test_evaluate_and_analyze_commands(digits_config: Path, tmp_path: Path) -> N
 DEPENDENCY_NOISE = ("[W:onnxruntime", "Removing initializer", "Traceback", "Expected bias")
 
 
+@pytest.mark.integration
 def test_quantize_is_quiet_and_names_the_cpu(digits_config: Path, tmp_path: Path) -> None:
     result = run_process("quantize", str(digits_config), env={"AUTOQUANT_TARGET_ISA": "avx2"})
     assert result.returncode == 0, result.stderr
@@ -223,6 +229,7 @@ def _noisy_model(path: Path, constants: int = 12) -> None:
     onnx.save(model, path)
 
 
+@pytest.mark.integration
 def test_noise_is_folded_and_dependencies_summarised(tmp_path: Path) -> None:
     _noisy_model(tmp_path / "noisy.onnx")
     np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(16, 1, 4, 4)).astype(np.float32))

@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from autoquant.hardware import host_isa
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 QUICK = ("ort minmax per-tensor", "nncf quantize", "autoquant quantize", "autoquant tune fast")
 

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import onnx
 import optuna
+import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 import autoquant
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "previous_version_study"
+pytestmark = pytest.mark.integration  # every test here starts a process
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "previous_version_study"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ADDED = 2  # sampled trials the resumed study adds
 

@@ -75,6 +75,7 @@ def test_report_files(analysed, tmp_path: Path) -> None:
     assert html.count("<rect") == len(sensitivity.layers)
 
 
+@pytest.mark.integration
 def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -215,6 +215,7 @@ def test_each_interpolation_resizes_like_opencv(jpeg: np.ndarray, name: str) -> 
     np.testing.assert_array_equal(got, ref.astype(np.float32).transpose(2, 0, 1))
 
 
+@pytest.mark.integration
 def test_array_data_does_not_import_opencv() -> None:
     """cv2 takes 50 to 200 ms to import: a study whose data are arrays does without it."""
     code = "import sys, autoquant.search, autoquant.cli; print('cv2' in sys.modules)"

@@ -26,6 +26,8 @@ from optuna.trial import TrialState
 from tests.helpers import DIGITS, ROOT
 from tests.postgres import PostgresServer, binaries
 
+pytestmark = pytest.mark.integration  # every test here starts a process
+
 
 def _server() -> PostgresServer:
     found = binaries()

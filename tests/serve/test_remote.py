@@ -42,6 +42,8 @@ FUZZ_OPTIONS = (
     "--no-color",
 )
 
+pytestmark = pytest.mark.integration  # every test here starts a process
+
 
 @dataclass
 class Served:
