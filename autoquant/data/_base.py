@@ -6,7 +6,7 @@ sample against the model inputs, casts it to the input dtype, applies ``limit`` 
 :data:`autoquant.registry.DATA_READERS`; with ``format: auto`` each one is asked in registry
 order whether it :meth:`~DataReader.claims` the source. Adding a reader is a change to one file
 (plus its import in the package face); the conformance test
-(``tests/data_tests/test_reader_conformance.py``) runs over every registered reader.
+(``tests/data/test_reader_conformance.py``) runs over every registered reader.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ sample without boxes.
 
 Each format is a :class:`LabelFormat` registered in :data:`autoquant.registry.LABEL_FORMATS`
 (the ``data.label_format`` values); adding one is a change to this file, and the conformance
-test (``tests/data_tests/test_label_format_conformance.py``) runs over every registered format.
+test (``tests/data/test_label_format_conformance.py``) runs over every registered format.
 """
 
 from __future__ import annotations

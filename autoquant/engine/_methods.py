@@ -17,7 +17,7 @@ are computed for all candidates at once from prefix sums over the groups; no per
 
 Adding a method is a change to this file: a :class:`ThresholdMethod` subclass, or a score
 function, decorated with :func:`register_method`. The conformance test
-(``tests/test_threshold_methods.py``) runs over every registered method.
+(``tests/engine/test_threshold_methods.py``) runs over every registered method.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one place that reaches into Optuna's private attributes and renamed names: a trial's
 storage id, an RDB storage's SQLAlchemy engine, the stale-trial retry callback.
 
-Optuna does not promise these; ``tests/test_storage.py`` checks each against the installed version,
+Optuna does not promise these; ``tests/storage/test_storage.py`` checks each against the installed version,
 so an upgrade that moves one fails there, not in a study.
 """
 
