@@ -176,7 +176,7 @@ def read_samples(config_path: Path, section: str) -> tuple[list[dict[str, np.nda
     from autoquant.config import load_config
     from autoquant.data import open_reader
     from autoquant.errors import DataError
-    from autoquant.search import _pipeline as pipeline
+    from autoquant.search import pipeline
 
     config = load_config(config_path)
     data = getattr(config, section)
@@ -377,7 +377,7 @@ class Scoring:
         from autoquant.config import load_config
         from autoquant.errors import AutoquantError
         from autoquant.evaluation import LatencyTimer
-        from autoquant.search import _pipeline as pipeline
+        from autoquant.search import pipeline
 
         config = dict(case.config, output={"directory": str(folder / "score")}, tracking={"enabled": False})
         config["calibration"] = dict(config["calibration"], cache_dir=str(folder / "score-cache"))

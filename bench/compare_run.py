@@ -184,7 +184,7 @@ def run_autoquant_quantize(spec: dict, out: Path) -> dict[str, Any]:
     """What ``autoquant quantize CONFIG`` does: prepare, calibrate, quantize, write the outputs."""
     from autoquant.config import load_config
     from autoquant.engine import write_outputs
-    from autoquant.search import _pipeline as pipeline
+    from autoquant.search import pipeline
 
     began = time.perf_counter()
     config = load_config(spec["config"])

@@ -38,7 +38,7 @@ from autoquant.config import parse_config  # noqa: E402
 from autoquant.evaluation import compare_latency  # noqa: E402
 from autoquant.evaluation._profiling import Profile, profile_model  # noqa: E402
 from autoquant.hardware import host_isa  # noqa: E402
-from autoquant.search import _pipeline as pipeline  # noqa: E402
+from autoquant.search import pipeline  # noqa: E402
 
 GROUPS = {
     "compute INT8": {"QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger"},

@@ -37,7 +37,7 @@ from autoquant.config import load_config  # noqa: E402
 from autoquant.evaluation import LatencyTimer  # noqa: E402
 from autoquant.hardware import host_isa  # noqa: E402
 from autoquant.search import load_space  # noqa: E402
-from autoquant.search._pipeline import calibrate, evaluator, quantize, sample_feeds  # noqa: E402
+from autoquant.search.pipeline import calibrate, evaluator, quantize, sample_feeds  # noqa: E402
 
 TARGET = 0.005
 

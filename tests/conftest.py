@@ -46,7 +46,7 @@ def digits_config(tmp_path: Path) -> Path:
 def calibrated_digits(tmp_path_factory: pytest.TempPathFactory):
     """The digits config and its prepared model and statistics, calibrated once for the session."""
     from autoquant.config import load_config
-    from autoquant.search import _pipeline as pipeline
+    from autoquant.search import pipeline
 
     config = load_config(DIGITS_CONFIG).replace(
         output={"directory": tmp_path_factory.mktemp("out")}, tracking={"enabled": False}

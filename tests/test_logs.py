@@ -39,7 +39,7 @@ def test_repeated_warnings_fold_into_one_line_per_stage() -> None:
     for i in range(100):
         capture.handle(_record("autoquant.engine._thresholds", template, f"t{i}", float(i)))
     capture.handle(_record("autoquant.engine._thresholds", "tensor %r: only once", "z"))
-    capture.handle(_record("autoquant.search._pipeline", "an info line", level=logging.INFO))
+    capture.handle(_record("autoquant.search.pipeline", "an info line", level=logging.INFO))
     assert out.lines == ["an info line"]  # warnings wait for the end of the stage
     capture.flush_stage()
     assert out.lines[1:] == [

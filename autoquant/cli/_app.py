@@ -151,7 +151,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
 def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt = False) -> None:
     """Quantize once with the config's choices and write the INT8 model and calibration tables."""
     from autoquant.engine import int8_kernels, write_outputs
-    from autoquant.search import _pipeline as pipeline
+    from autoquant.search import pipeline
 
     cfg = load(config, output)
     graph = pipeline.load_graph(cfg)
@@ -179,7 +179,7 @@ def evaluate(
     """Score the FP32 and INT8 models on the test set: decay with its 95 % interval, and latency."""
     from autoquant.evaluation import compare_latency
     from autoquant.names import MODEL_FILE
-    from autoquant.search import _pipeline as pipeline
+    from autoquant.search import pipeline
 
     cfg = load(config, output, writes=False)
     int8_path = int8 or cfg.output.directory / MODEL_FILE
@@ -207,8 +207,7 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     """Rank layers by how much quantizing each alone hurts; write sensitivity.json/.csv and report.html."""
     from autoquant.engine import write_files
     from autoquant.names import REPORT_FILE, SENSITIVITY_CSV_FILE, SENSITIVITY_FILE
-    from autoquant.search import _pipeline as pipeline
-    from autoquant.search import render_report, sensitivity_csv
+    from autoquant.search import pipeline, render_report, sensitivity_csv
 
     cfg = load(config, output)
     graph = pipeline.load_graph(cfg)
@@ -316,9 +315,9 @@ def status(config: ConfigArg, output: OutputOpt = None) -> None:
     import time
 
     from autoquant.cli._display import summary_table
-    from autoquant.search import _study as tuning
+    from autoquant.search import stored_status
 
-    result, seen = tuning.stored_status(load(config, output, writes=False))
+    result, seen = stored_status(load(config, output, writes=False))
     out.print(summary_table(result))
     out.print(f"{len(result.trials)} completed and {result.failed} failed trials in {result.storage}")
     now = time.time()
@@ -343,7 +342,7 @@ def templates() -> None:
 @handle_errors
 def check(config: ConfigArg, output: OutputOpt = None) -> None:
     """Validate the config, the model and every sample of the data, and print the plan; writes nothing."""
-    from autoquant.search import _pipeline as pipeline
+    from autoquant.search import pipeline
 
     cfg = load(config, output, writes=False)
     counts = pipeline.check_data(cfg, pipeline.input_specs(cfg), every_sample=True)

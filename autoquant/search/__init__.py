@@ -3,13 +3,13 @@ blacklist bisection, layer scales), the one trial driver, selection of the best 
 and the ask-and-tell API.
 """
 
+from autoquant.search import pipeline
 from autoquant.search._ask_tell import HandingScorer, Trial, Tuner
 from autoquant.search._driver import Driver
 from autoquant.search._naming import serving, storage_url, study_name
 from autoquant.search._open import OpenSearch, open_search
 from autoquant.search._outcome import TrialOutcome, current_best, outcomes
 from autoquant.search._phases import Analyse, Done, Phase, Run, Wait
-from autoquant.search._pipeline import Calibrated, quantize
 from autoquant.search._report import render_report, render_study_report, sensitivity_csv
 from autoquant.search._selection import best_outcome, pareto_front, ranked
 from autoquant.search._sharing import (
@@ -37,6 +37,7 @@ from autoquant.search._trial import (
     log_trial,
     run_choice,
 )
+from autoquant.search.pipeline import Calibrated, quantize
 
 __all__ = [
     "DEFAULT_SAMPLED_TRIALS",
@@ -79,6 +80,7 @@ __all__ = [
     "open_study",
     "outcomes",
     "pareto_front",
+    "pipeline",
     "quantize",
     "ranked",
     "render_report",

@@ -53,9 +53,9 @@ from autoquant.search._phases import (
     phase_progress,
     search_scales,
 )
-from autoquant.search._pipeline import quantize
 from autoquant.search._ranking import analyse
 from autoquant.search._trial import Pruned, SearchContext, log_trial, ranking_key, run_choice, stage
+from autoquant.search.pipeline import quantize
 from autoquant.storage import Heartbeat, StudyStorage, WorkerRecord, WorkerState, is_outage, retried
 
 logger = logging.getLogger(__name__)

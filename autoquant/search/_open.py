@@ -28,7 +28,7 @@ from autoquant.names import (
     STUDY_STARTED,
     Command,
 )
-from autoquant.search import _pipeline as pipeline
+from autoquant.search import pipeline
 from autoquant.search._naming import existing_study, storage_url, study_name
 from autoquant.search._sharing import check_fingerprint, fingerprint_inputs, fingerprint_results, open_study
 from autoquant.search._space import load_space

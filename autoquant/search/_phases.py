@@ -33,10 +33,10 @@ from autoquant.engine import compute_layers, difference, fp32_nodes, run_outputs
 from autoquant.errors import SearchStopped
 from autoquant.names import STUDY_BISECT_PLAN, TRIAL_KEY, TrialKey
 from autoquant.search._outcome import OutcomeAttr, TrialOutcome
-from autoquant.search._pipeline import quantize
 from autoquant.search._selection import best_outcome
 from autoquant.search._space import Value
 from autoquant.search._trial import DEFAULT_SAMPLED_TRIALS, SCALE_CANDIDATES, SearchContext
+from autoquant.search.pipeline import quantize
 
 logger = logging.getLogger(__name__)
 

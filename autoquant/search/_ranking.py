@@ -11,7 +11,7 @@ from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.engine import Sensitivity
 from autoquant.errors import SearchStopped
 from autoquant.hardware import target_isa
-from autoquant.search import _pipeline as pipeline
+from autoquant.search import pipeline
 
 logger = logging.getLogger(__name__)
 

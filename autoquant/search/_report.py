@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 from autoquant.engine import Sensitivity
+from autoquant.evaluation import ThreadLabel
 
 _COLUMNS = (
     "rank",
@@ -196,7 +197,7 @@ def _latency_text(summary: dict) -> str:
     for label, t in (latency.get("threads") or {}).items():
         if t.get("fp32_ms") is None:
             continue
-        threads = "1 thread" if label == "1" else f"{label} threads"
+        threads = "1 thread" if label == ThreadLabel.ONE else f"{label} threads"
         best = (
             f", best INT8 {t['best_int8_ms']:.3f} ms ({t['best_speedup']:.2f}x)"
             if t.get("best_int8_ms")
@@ -236,9 +237,9 @@ def pareto_section(summary: dict) -> str:
             len(t["fp32_compute_layers"]),
             len(t.get("float_nodes") or ()),
             f"{t['latency_ms']:.3f}",
-            _ratio(speedups.get("1")),
-            _ms(latencies.get("default")),
-            _ratio(speedups.get("default")),
+            _ratio(speedups.get(ThreadLabel.ONE)),
+            _ms(latencies.get(ThreadLabel.DEFAULT)),
+            _ratio(speedups.get(ThreadLabel.DEFAULT)),
             "best" if t["number"] == best else "",
         )
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")

@@ -24,7 +24,7 @@ from autoquant.config import StudyConfig
 from autoquant.engine.graph import ModelGraph
 from autoquant.errors import StorageError
 from autoquant.names import STUDY_FINGERPRINT, TRIAL_KEY, TrialKey
-from autoquant.search import _pipeline as pipeline
+from autoquant.search import pipeline
 from autoquant.search._space import SearchSpace
 from autoquant.storage import StudyStorage, display_url
 

@@ -56,8 +56,8 @@ from autoquant.names import (
     TABLE_FILE,
 )
 from autoquant.search._outcome import OutcomeAttr, TrialOutcome
-from autoquant.search._pipeline import Calibrated, quantize
 from autoquant.search._space import SearchSpace, Value
+from autoquant.search.pipeline import Calibrated, quantize
 from autoquant.tracking import MlflowTracker, NullTracker
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import yaml
 from autoquant.config import parse_config
 from autoquant.engine import Requantizer, compute_layers, compute_thresholds, quantize_model
 from autoquant.engine.graph import MS_DOMAIN
-from autoquant.search import _pipeline as pipeline
+from autoquant.search import pipeline
 from tests import corpus
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from autoquant.engine import Sensitivity, compute_thresholds, difference, quantize_model
-from autoquant.search import _pipeline as pipeline
-from autoquant.search import render_report, sensitivity_csv
+from autoquant.search import pipeline, render_report, sensitivity_csv
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from autoquant.engine._statistics import HistogramCollector, Statistics
 from autoquant.engine.graph import prepare_model
 from autoquant.errors import QuantizationError
 from autoquant.hardware import host_isa
-from autoquant.search import _pipeline as pipeline
+from autoquant.search import pipeline
 from tests.helpers import top1
 
 

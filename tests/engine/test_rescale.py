@@ -9,7 +9,7 @@ import pytest
 
 from autoquant.config import QuantizationConfig
 from autoquant.engine import Requantizer, compute_thresholds, quantize_model
-from autoquant.search import _pipeline as pipeline
+from autoquant.search import pipeline
 from tests.fixtures.export_styles import TINY_VIT_MODEL
 from tests.helpers import digits_variant
 

@@ -11,7 +11,7 @@ from autoquant.config import QuantizationConfig
 from autoquant.errors import ConfigError, DataError, EvaluationError, UserCodeError
 from autoquant.evaluation import Evaluator, StoredArray, compute_decay, read_reference, write_reference
 from autoquant.evaluation._latency import measure_latency
-from autoquant.search import _pipeline as pipeline
+from autoquant.search import pipeline
 from tests.helpers import top1
 
 

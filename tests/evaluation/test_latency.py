@@ -18,7 +18,7 @@ from autoquant.evaluation._latency import (
     measure_latency,
     trial_budget,
 )
-from autoquant.search import _pipeline as pipeline
+from autoquant.search import pipeline
 
 
 @pytest.fixture(scope="module")

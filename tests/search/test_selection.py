@@ -100,10 +100,10 @@ def test_elementwise_ops_left_in_float_are_not_fp32_layers(tmp_path: Path) -> No
     )
     result = autoquant.tune(config)
     best = result.best
-    adds = [n.name for n in autoquant.search._pipeline.calibrate(config).graph.nodes if n.op_type == "Add"]
+    adds = [n.name for n in autoquant.search.pipeline.calibrate(config).graph.nodes if n.op_type == "Add"]
     assert len(adds) == 2 and best.float_nodes == tuple(adds)
     assert best.fp32_nodes == () and best.fp32_compute == ()
-    calibrated = autoquant.search._pipeline.calibrate(config)
+    calibrated = autoquant.search.pipeline.calibrate(config)
     plain = autoquant.search.quantize(
         calibrated, config.quantization.model_copy(update={"float_ops": "none"})
     )
