@@ -13,7 +13,9 @@ except PackageNotFoundError:  # running from a checkout without installation
     VERSION = "0.0.0"
 
 # --- files in the output folder ------------------------------------------------------------------
-MODEL_FILE = "model.int8.onnx"
+MODEL_FILE = "model.int8.onnx"  # the best trial's model, when it is within the budget
+# the closest trial's model when no trial is within the budget: named so that nobody ships it
+OVER_BUDGET_MODEL_FILE = "model.over-budget.int8.onnx"
 TABLE_FILE = "calibration_table.json"
 TRT_CACHE_FILE = "calibration.cache"
 FP32_NODES_FILE = "fp32_nodes.txt"
@@ -29,6 +31,12 @@ MLFLOW_DB_FILE = "mlflow.db"
 MLFLOW_ARTIFACTS_DIR = "mlartifacts"
 LOCK_FILE = ".autoquant.lock"
 BEST_TRIAL_FILE = "best_trial.json"  # which trial the best-so-far outputs of the folder come from
+
+
+def model_file(within_budget: bool) -> str:
+    """The name the best trial's model is written under: :data:`MODEL_FILE` within the budget,
+    :data:`OVER_BUDGET_MODEL_FILE` otherwise."""
+    return MODEL_FILE if within_budget else OVER_BUDGET_MODEL_FILE
 
 
 # --- trial keys: what a trial is, so that a resumed study never runs it twice --------------------

@@ -23,6 +23,7 @@ from typer.exceptions import TyperException
 
 from autoquant.cli import _tables as tables
 from autoquant.cli._console import (
+    NO_TRIAL_WITHIN_BUDGET,
     console,
     end_stage,
     fail,
@@ -47,6 +48,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+)
+
+#: The exit statuses of the commands that run a study (their help's epilog).
+STUDY_EXIT_STATUS = (
+    f"Exit status: 0 a trial is within the budget (model.int8.onnx); {NO_TRIAL_WITHIN_BUDGET} no trial "
+    "is, the closest one is written as model.over-budget.int8.onnx; 2 bad input or a fault; "
+    "1 a bug; 130 interrupted."
 )
 
 ConfigArg = Annotated[Path, typer.Argument(help="The study config (YAML).", show_default=False)]
@@ -178,11 +186,16 @@ def evaluate(
 ) -> None:
     """Score the FP32 and INT8 models on the test set: decay with its 95 % interval, and latency."""
     from autoquant.evaluation import compare_latency
-    from autoquant.names import MODEL_FILE
+    from autoquant.names import MODEL_FILE, OVER_BUDGET_MODEL_FILE
     from autoquant.search import pipeline
 
     cfg = load(config, output, writes=False)
     int8_path = int8 or cfg.output.directory / MODEL_FILE
+    if not int8_path.is_file() and (cfg.output.directory / OVER_BUDGET_MODEL_FILE).is_file() and int8 is None:
+        fail(
+            f"{int8_path}: no INT8 model within the budget; the study's closest trial is "
+            f"{OVER_BUDGET_MODEL_FILE}: pass --int8 {cfg.output.directory / OVER_BUDGET_MODEL_FILE} to score it"
+        )
     if not int8_path.is_file():
         fail(f"{int8_path}: no INT8 model; run `autoquant quantize {config}` first or pass --int8")
     graph = pipeline.load_graph(cfg)
@@ -236,7 +249,7 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     out.print(f"report: {paths[2]}")
 
 
-@app.command()
+@app.command(epilog=STUDY_EXIT_STATUS)
 @handle_errors
 def tune(
     config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False, threads: ThreadsOpt = None
@@ -246,7 +259,7 @@ def tune(
     run_study(load(config, output), fresh, Command.TUNE, threads)
 
 
-@app.command()
+@app.command(epilog=STUDY_EXIT_STATUS)
 @handle_errors
 def worker(config: ConfigArg, output: OutputOpt = None, threads: ThreadsOpt = None) -> None:
     """Join the study at the config's shared storage (PostgreSQL, a journal file) and run its trials
@@ -254,7 +267,7 @@ def worker(config: ConfigArg, output: OutputOpt = None, threads: ThreadsOpt = No
     run_study(load(config, output), False, Command.WORKER, threads)
 
 
-@app.command()
+@app.command(epilog=STUDY_EXIT_STATUS)
 @handle_errors
 def serve(
     config: ConfigArg,

@@ -14,6 +14,10 @@ from rich.logging import RichHandler
 
 from autoquant.logs import ORT_ERROR, ORT_WARNING, LogCapture, quiet_onnxruntime
 
+#: The exit status of ``tune``, ``worker`` and ``serve`` when the study ended with no trial within
+#: the budget (0: a trial is within it; 1: a bug; 2: bad input or a fault; 130: interrupted).
+NO_TRIAL_WITHIN_BUDGET = 3
+
 # Outside a terminal (logs, CI, pipes) rich would wrap at 80 columns; lines stay whole instead.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 out = Console(width=None if sys.stdout.isatty() else 200)

@@ -14,7 +14,10 @@ from rich.progress import (
 from rich.table import Table
 
 from autoquant.evaluation import ThreadLabel
-from autoquant.search import TrialOutcome, TuneResult, Value
+from autoquant.search import EndState, TrialEnd, TrialOutcome, TuneResult, Value
+
+#: How a trial without an outcome shows on its line and in the summary table.
+_END_MARKS = {EndState.pruned: "[yellow]pruned[/]", EndState.failed: "[red]failed[/]"}
 
 
 def _decay(outcome: TrialOutcome, budget: float) -> str:
@@ -75,16 +78,16 @@ class LiveReporter:
             self.step_task = None
 
     def trial_finished(
-        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+        self, outcome: TrialOutcome | None, failure: TrialEnd | None, best: TrialOutcome | None
     ) -> None:
-        """Print the trial's line and the current best."""
+        """Print the trial's line (its number and key, whether it completed, was pruned or
+        failed) and the current best."""
         if self.task is not None:
             self._bar.remove_task(self.task)
             self.task = None
         best_text = f"best #{best.number}" if best else "no best yet"
         if outcome is None:
-            kind = "[yellow]stopped[/]" if failure and failure.startswith("pruned") else "[red]failed[/]"
-            self.console.print(f"  {kind}: {failure}  ({best_text})", highlight=False)
+            self.console.print(f"  {_end_text(failure)}  ({best_text})", highlight=False)
             return
         self.console.print(
             f"  #{outcome.number:<3} {outcome.key:<28} score {outcome.score:.4f}  decay "
@@ -92,6 +95,16 @@ class LiveReporter:
             f"{outcome.latency_ms:.3f} ms {_speedup(outcome.speedups.get(ThreadLabel.ONE))}  ({best_text})",
             highlight=False,
         )
+
+
+def _end_text(end: TrialEnd | None) -> str:
+    """``#3   bisect:17   pruned: after 100 samples: decay +0.0021`` (the reason without the state
+    word it may start with)."""
+    if end is None:
+        return "[red]failed[/]"
+    reason = end.reason.removeprefix(end.state.value).lstrip(": ")
+    mark = _END_MARKS.get(end.state, f"[yellow]{end.state.value}[/]")
+    return f"#{end.number:<3} {end.key:<28} {mark}: {reason}"
 
 
 def _speedup(value: float | None) -> str:
@@ -116,7 +129,8 @@ def latency_line(result: TuneResult) -> str:
 
 
 def summary_table(result: TuneResult) -> Table:
-    """The end-of-study table: every completed trial, best first, and the verdict."""
+    """The end-of-study table: every completed trial, best first, then the pruned and failed
+    trials (marked so), and the verdict."""
     from autoquant.search import ranked
 
     front = {o.number for o in result.pareto}
@@ -154,6 +168,9 @@ def summary_table(result: TuneResult) -> Table:
             mark,
             style=style,
         )
+    for end in result.ended:  # the pruned and failed trials, after the ranked ones
+        decay = f"{end.decay:+.4f}" if end.decay is not None else "n/a"
+        table.add_row(str(end.number), end.key, "n/a", decay, *["n/a"] * 6, _END_MARKS[end.state])
     return table
 
 

@@ -7,12 +7,14 @@ import signal
 import threading
 from collections.abc import Callable
 
-from autoquant.cli._console import console, fail, out
+import typer
+
+from autoquant.cli._console import NO_TRIAL_WITHIN_BUDGET, console, fail, out
 from autoquant.cli._display import best_latency_line, summary_table
 from autoquant.cli._stage import StageReporter
 from autoquant.config import StudyConfig
 from autoquant.hardware import describe
-from autoquant.names import Command
+from autoquant.names import Command, model_file
 from autoquant.search import TuneResult
 
 #: Runs the study: ``runner(config, reporter, stop)``.
@@ -27,7 +29,9 @@ def run_study(
     runner: StudyRunner | None = None,
 ) -> None:
     """Run the study of ``cfg`` with the live display (default runner: :func:`autoquant.search.tune`)
-    and print its table and the best trial; Ctrl-C stops after the current trial."""
+    and print its table and the best trial; Ctrl-C stops after the current trial. A study with no
+    trial within the budget ends with :data:`NO_TRIAL_WITHIN_BUDGET` and a last line naming the
+    closest trial."""
     from autoquant.engine.graph import set_session_threads
     from autoquant.search import tune
 
@@ -49,6 +53,15 @@ def run_study(
         fail(f"interrupted; the best model so far is in {cfg.output.directory}", status=130)
     out.print(summary_table(result))
     _print_best(cfg, result)
+    best = result.best
+    if best is not None and not best.within_budget:
+        out.print(
+            f"no trial within budget: the closest is trial {best.number} ({best.key}), decay "
+            f"{best.decay:+.4f} against the budget {result.budget}; its model is "
+            f"{model_file(False)}, not {model_file(True)} (exit status {NO_TRIAL_WITHIN_BUDGET})",
+            highlight=False,
+        )
+        raise typer.Exit(NO_TRIAL_WITHIN_BUDGET)
 
 
 def _interruptible(
@@ -92,4 +105,4 @@ def _print_best(cfg: StudyConfig, result: TuneResult) -> None:
     out.print(
         f"CPU: {cpu['cpu_isa']}; reduce_range {cpu['reduce_range']}: {str(cpu['reduce_range_resolved']).lower()}"
     )
-    out.print(f"outputs: {result.output}")
+    out.print(f"outputs: {result.output} (model: {model_file(best.within_budget)})")

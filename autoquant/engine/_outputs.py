@@ -138,10 +138,15 @@ def resolved_config(result: QuantizedModel, config: StudyConfig) -> StudyConfig:
 
 
 def write_outputs(
-    result: QuantizedModel, config: StudyConfig, directory: Path, extra: dict[str, bytes] | None = None
+    result: QuantizedModel,
+    config: StudyConfig,
+    directory: Path,
+    extra: dict[str, bytes] | None = None,
+    model_name: str = MODEL_FILE,
 ) -> WrittenOutputs:
     """Write the INT8 model, calibration tables, FP32 node list and resolved config to ``directory``,
-    with the ``extra`` files (name -> content) in the same all-or-nothing write.
+    with the ``extra`` files (name -> content) in the same all-or-nothing write; the model is
+    named ``model_name`` (a study's best trial over the budget is not ``model.int8.onnx``).
 
     The model is written with external data when the source model had it. The resolved config
     names ``quantization.reduce_range`` as decided (true or false, not auto), so that
@@ -159,7 +164,7 @@ def write_outputs(
             raise QuantizationError(f"onnxruntime cannot load the quantized model: {exc.__cause__}") from exc
 
     files: dict[str, bytes | Callable[[Path], None]] = {
-        MODEL_FILE: write_int8_model,
+        model_name: write_int8_model,
         TABLE_FILE: json.dumps(calibration_table(result), indent=2).encode(),
         TRT_CACHE_FILE: trt_calibration_cache(result).encode(),
         FP32_NODES_FILE: "".join(f"{n}\n" for n in result.fp32_nodes).encode(),

@@ -8,7 +8,7 @@ from autoquant.search._ask_tell import HandingScorer, Trial, Tuner
 from autoquant.search._driver import Driver
 from autoquant.search._naming import serving, storage_url, study_name
 from autoquant.search._open import OpenSearch, open_search
-from autoquant.search._outcome import TrialOutcome, current_best, outcomes
+from autoquant.search._outcome import EndState, TrialEnd, TrialOutcome, current_best, outcomes
 from autoquant.search._phases import Analyse, Done, Phase, Run, Wait
 from autoquant.search._report import render_report, render_study_report, sensitivity_csv
 from autoquant.search._selection import best_outcome, pareto_front, ranked
@@ -47,6 +47,7 @@ __all__ = [
     "Candidate",
     "Done",
     "Driver",
+    "EndState",
     "HandingScorer",
     "NullReporter",
     "Observers",
@@ -62,6 +63,7 @@ __all__ = [
     "SearchSpace",
     "StudySummary",
     "Trial",
+    "TrialEnd",
     "TrialOutcome",
     "TuneResult",
     "Tuner",

@@ -40,7 +40,7 @@ from autoquant.names import (
     TRIAL_SCALES,
     TrialKey,
 )
-from autoquant.search._outcome import OutcomeAttr, TrialOutcome, current_best
+from autoquant.search._outcome import EndState, OutcomeAttr, TrialEnd, TrialOutcome, current_best
 from autoquant.search._outputs import holds_best, publish_best, write_sensitivity
 from autoquant.search._phases import (
     Analyse,
@@ -270,15 +270,16 @@ class Driver:
             try:
                 made = self._body(claimed)
             except Pruned as pruned:
-                self._record_pruned(trial, pruned)
+                self._record_pruned(trial, claimed.key, pruned)
                 return
             except TrialReturned as returned:
                 logger.info("trial %d: %s; it runs again", trial.number, returned)
                 self._interrupted(trial, str(returned))
-                self.ctx.observers.reporter.trial_finished(None, str(returned), current_best(self.study))
+                end = TrialEnd(trial.number, claimed.key, EndState.returned, str(returned))
+                self.ctx.observers.reporter.trial_finished(None, end, current_best(self.study))
                 return
             except AutoquantError as exc:
-                self._record_failure(trial, exc)
+                self._record_failure(trial, claimed.key, exc)
                 return
             except (SearchStopped, KeyboardInterrupt):
                 self._interrupted(trial, "stopped before its end")
@@ -308,20 +309,21 @@ class Driver:
         return Keys(self.study.get_trials(deepcopy=False)).busy(key) if key else True
 
     @retried
-    def _record_pruned(self, trial: optuna.Trial, pruned: Pruned) -> None:
+    def _record_pruned(self, trial: optuna.Trial, key: str, pruned: Pruned) -> None:
         e = pruned.evaluation
         for name in (OutcomeAttr.score, OutcomeAttr.decay, OutcomeAttr.samples):
             trial.set_user_attr(name.value, getattr(e, name.value))
         if e.samples not in self._intermediate_steps(trial):
             trial.report(e.decay, step=e.samples)
         self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        self.ctx.observers.reporter.trial_finished(None, str(pruned), current_best(self.study))
+        end = TrialEnd(trial.number, key, EndState.pruned, str(pruned), e.decay, e.samples)
+        self.ctx.observers.reporter.trial_finished(None, end, current_best(self.study))
 
     def _intermediate_steps(self, trial: optuna.Trial) -> set[int]:
         return set(self.study.get_trials(deepcopy=False)[trial.number].intermediate_values)
 
     @retried
-    def _record_failure(self, trial: optuna.Trial, exc: AutoquantError) -> None:
+    def _record_failure(self, trial: optuna.Trial, key: str, exc: AutoquantError) -> None:
         ctx = self.ctx
         details = getattr(exc, "details", "")
         if details and details not in ctx.caches.shown_tracebacks:  # user code: its traceback, once
@@ -331,7 +333,8 @@ class Driver:
         trial.set_user_attr(TRIAL_FAIL_REASON, str(exc))
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         ctx.observers.tracker.log_failure(trial.number, trial.params, str(exc))
-        ctx.observers.reporter.trial_finished(None, str(exc), current_best(self.study))
+        end = TrialEnd(trial.number, key, EndState.failed, str(exc))
+        ctx.observers.reporter.trial_finished(None, end, current_best(self.study))
 
     @retried
     def _record(
@@ -384,7 +387,7 @@ class Driver:
         ctx = self.ctx
         with self.lock():
             best = current_best(self.study)
-            if best is None or holds_best(self.ctx.inputs.config, self.study.study_name, best.number):
+            if best is None or holds_best(self.ctx.inputs.config, self.study.study_name, best):
                 return
             quantization = ctx.inputs.space.apply(best.params, ctx.inputs.config.quantization)
             if best.layer_scales:

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.evaluation import SELECTION_THREADS
-from autoquant.names import STUDY_LATENCY_TOLERANCE, TRIAL_KEY
+from autoquant.names import STUDY_LATENCY_TOLERANCE, TRIAL_FAIL_REASON, TRIAL_KEY
 from autoquant.search._selection import best_outcome
 from autoquant.search._space import Value
 
@@ -103,6 +103,55 @@ class TrialOutcome:
             ),
             speedups=dict(a.get(OutcomeAttr.speedup_by_threads, {})),
         )
+
+
+class EndState(StrEnum):
+    """How a trial without an outcome ended."""
+
+    pruned = "pruned"  # its evaluation stopped early, the decay certainly over the budget
+    failed = "failed"  # it could not be built or scored
+    returned = "returned"  # handed back unfinished (a client gave it up): it runs again
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """A trial that ended without an outcome: which one, how and why (its ``str`` is the reason)."""
+
+    number: int
+    key: str
+    state: EndState
+    reason: str
+    decay: float | None = None  # a pruned trial's decay when it stopped
+    samples: int | None = None  # the samples scored before it stopped
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def ended(study: optuna.Study) -> list[TrialEnd]:
+    """The pruned and failed trials, in order; a failed trial queued again under its key (its
+    process died, it was interrupted) is left out, as its key ran again."""
+    trials = study.get_trials(deepcopy=False)
+    later_keys = {}
+    for t in trials:
+        later_keys[t.user_attrs.get(TRIAL_KEY)] = t.number
+    ends = []
+    for t in trials:
+        a, key = t.user_attrs, t.user_attrs.get(TRIAL_KEY, "")
+        if t.state == TrialState.PRUNED:
+            ends.append(
+                TrialEnd(
+                    t.number,
+                    key,
+                    EndState.pruned,
+                    "pruned",
+                    a.get(OutcomeAttr.decay),
+                    a.get(OutcomeAttr.samples),
+                )
+            )
+        elif t.state == TrialState.FAIL and later_keys.get(key, t.number) == t.number:
+            ends.append(TrialEnd(t.number, key, EndState.failed, a.get(TRIAL_FAIL_REASON, "")))
+    return ends
 
 
 def outcomes(study: optuna.Study) -> list[TrialOutcome]:

@@ -1,6 +1,10 @@
 """What a study leaves in its output folder: the best trial's model, tables and
 ``best_config.yaml`` (rewritten after every improving trial), and at its end the study summary
-``study_summary.json`` with its HTML report (and the MLflow parent run's last logs)."""
+``study_summary.json`` with its HTML report (and the MLflow parent run's last logs).
+
+The model is ``model.int8.onnx`` only when the best trial is within the budget; while no trial
+is, the closest one is ``model.over-budget.int8.onnx``, so that nobody ships it by mistake. Only
+one of the two is ever in the folder, and ``best_trial.json`` names it."""
 
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ from autoquant.names import (
     BEST_CONFIG_FILE,
     BEST_TRIAL_FILE,
     MODEL_FILE,
+    OVER_BUDGET_MODEL_FILE,
     REPORT_FILE,
     SENSITIVITY_FILE,
     SUMMARY_FILE,
+    model_file,
 )
 from autoquant.search._outcome import TrialOutcome
 from autoquant.search._report import render_report, render_study_report
@@ -44,21 +50,32 @@ def best_config(
 def write_best(
     config: StudyConfig, outcome: TrialOutcome, result: QuantizedModel, quantization: QuantizationConfig
 ) -> None:
-    """Write a new best trial's model, tables and ``best_config.yaml`` (all or none)."""
+    """Write a new best trial's model, tables and ``best_config.yaml`` (all or none); the model is
+    named by :func:`~autoquant.names.model_file`, and the other name's model is removed."""
     out = config.output.directory
     built = quantization.model_copy(update={"reduce_range": result.reduce_range})  # not auto
     chosen = best_config(config, built, result.fp32_nodes)
-    write_outputs(result, chosen, out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()})
+    name = model_file(outcome.within_budget)
+    write_outputs(result, chosen, out, {BEST_CONFIG_FILE: chosen.to_yaml().encode()}, model_name=name)
+    other = MODEL_FILE if name == OVER_BUDGET_MODEL_FILE else OVER_BUDGET_MODEL_FILE
+    for stale in (other, f"{other}.data"):  # its external data too, if it had any
+        (out / stale).unlink(missing_ok=True)
     logger.debug("trial %d is the new best; outputs written to %s", outcome.number, out)
 
 
-def holds_best(config: StudyConfig, study_name: str, number: int) -> bool:
-    """Whether the output folder holds trial ``number`` of the study (``best_trial.json`` says)."""
+def holds_best(config: StudyConfig, study_name: str, outcome: TrialOutcome) -> bool:
+    """Whether the output folder holds ``outcome``'s trial of the study under the model name its
+    budget verdict gives (``best_trial.json`` says; a folder written before the over-budget name
+    existed names no model, and is rewritten)."""
     try:
         marker = json.loads((config.output.directory / BEST_TRIAL_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return marker.get("study") == study_name and marker.get("trial") == number
+    return (
+        marker.get("study") == study_name
+        and marker.get("trial") == outcome.number
+        and marker.get("model") == model_file(outcome.within_budget)
+    )
 
 
 def publish_best(
@@ -70,10 +87,17 @@ def publish_best(
 ) -> None:
     """Write a best trial's outputs unless the folder holds them already, then ``best_trial.json``
     (call under the study lock: a compare-and-set between the processes)."""
-    if holds_best(config, study_name, outcome.number):
+    if holds_best(config, study_name, outcome):
         return
     write_best(config, outcome, result, quantization)
-    marker = {"study": study_name, "trial": outcome.number, "key": outcome.key, "decay": outcome.decay}
+    marker = {
+        "study": study_name,
+        "trial": outcome.number,
+        "key": outcome.key,
+        "decay": outcome.decay,
+        "within_budget": outcome.within_budget,
+        "model": model_file(outcome.within_budget),
+    }
     write_files(config.output.directory, {BEST_TRIAL_FILE: json.dumps(marker, indent=2).encode()})
 
 
@@ -99,7 +123,7 @@ def finish(
     }
     report = render_study_report(data, f"autoquant study: {result.study_name}", details, _sensitivity(out))
     write_files(out, {SUMMARY_FILE: json.dumps(data, indent=2).encode(), REPORT_FILE: report.encode()})
-    tracker.finish(data, out / MODEL_FILE, out / REPORT_FILE, close_parent=close_parent)
+    tracker.finish(data, out / summarised.model, out / REPORT_FILE, close_parent=close_parent)
     if config.tracking.enabled:
         logger.info(
             "MLflow: the study waited %.2f s before its first trial and %.2f s at its end; logging "

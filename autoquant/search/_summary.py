@@ -20,9 +20,10 @@ from autoquant.names import (
     STUDY_FP32_SCORE,
     STUDY_LATENCY_TOLERANCE,
     STUDY_TIME_TO_BUDGET,
+    model_file,
 )
 from autoquant.search._naming import existing_study, storage_url, study_name
-from autoquant.search._outcome import TrialOutcome, outcomes
+from autoquant.search._outcome import TrialEnd, TrialOutcome, ended, outcomes
 from autoquant.search._selection import best_outcome, pareto_front
 from autoquant.storage import display_url, workers
 
@@ -45,6 +46,7 @@ class TuneResult:
     pareto: tuple[TrialOutcome, ...] = ()  # the Pareto front of (decay, latency, FP32 compute layers)
     compute_layers: int | None = None  # the model's compute layers (Conv, ConvTranspose, Gemm, MatMul)
     timings: dict[str, float] = field(default_factory=dict)  # this process's stages, seconds (see Stages)
+    ended: tuple[TrialEnd, ...] = ()  # the pruned and failed trials (see :func:`ended`)
 
     @property
     def within_budget(self) -> bool:
@@ -64,6 +66,7 @@ class StudySummary:
     cpu_isa: str
     cpu_isa_source: str
     within_budget: bool
+    model: str  # the best trial's model file: model.int8.onnx, or model.over-budget.int8.onnx
     latency_tolerance: float
     time_to_budget_s: float | None
     compute_layers: int | None
@@ -99,6 +102,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> StudySumm
         cpu_isa=isa.label,
         cpu_isa_source=isa.source,
         within_budget=result.within_budget,
+        model=model_file(result.within_budget),
         latency_tolerance=result.latency_tolerance,
         time_to_budget_s=result.time_to_budget_s,
         compute_layers=result.compute_layers,
@@ -156,6 +160,7 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
         fp32_latency=dict(study.user_attrs.get(STUDY_FP32_LATENCIES, {})),
         pareto=tuple(pareto_front(done)),
         compute_layers=study.user_attrs.get(STUDY_COMPUTE_LAYERS),
+        ended=tuple(ended(study)),
     )
 
 

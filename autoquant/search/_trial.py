@@ -55,7 +55,7 @@ from autoquant.names import (
     SENSITIVITY_FILE,
     TABLE_FILE,
 )
-from autoquant.search._outcome import OutcomeAttr, TrialOutcome
+from autoquant.search._outcome import OutcomeAttr, TrialEnd, TrialOutcome
 from autoquant.search._space import SearchSpace, Value
 from autoquant.search.pipeline import Calibrated, quantize
 from autoquant.tracking import MlflowTracker, NullTracker
@@ -74,7 +74,7 @@ class Reporter(Protocol):
     def progress(self, samples: int) -> None: ...
     def step(self, done: int, total: int, unit: str) -> None: ...
     def trial_finished(
-        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+        self, outcome: TrialOutcome | None, failure: TrialEnd | None, best: TrialOutcome | None
     ) -> None: ...
 
 
@@ -94,7 +94,7 @@ class NullReporter:
         """Ignore a phase's progress."""
 
     def trial_finished(
-        self, outcome: TrialOutcome | None, failure: str | None, best: TrialOutcome | None
+        self, outcome: TrialOutcome | None, failure: TrialEnd | None, best: TrialOutcome | None
     ) -> None:
         """Ignore a finished trial."""
 
