@@ -173,7 +173,8 @@ class MlflowLogger:
             with mlflow.start_run(run_id=parent_id):
                 mlflow.onnx.log_model(
                     onnx.load(model_path),
-                    name="best_model",
+                    # over the budget: not a model to ship, as model.over-budget.int8.onnx on disk
+                    name="best_model" if summary.get("within_budget") else "over_budget_model",
                     save_as_external_data=False,
                     pip_requirements=["onnx", "onnxruntime"],  # inferring them takes seconds
                 )
