@@ -112,6 +112,27 @@ def test_local_store(digits_config: Path, tmp_path: Path) -> None:
     _check_store(f"sqlite:///{db}", config_path)
 
 
+def test_a_study_with_no_trial_within_budget_logs_an_over_budget_model(tmp_path: Path) -> None:
+    """The closest trial's model is not logged as the best one (on disk it is
+    model.over-budget.int8.onnx): a cosine decay of exactly 0 is out of reach."""
+    from mlflow import MlflowClient
+
+    db = tmp_path / "store" / "mlflow.db"
+    config_path = digits_study(
+        tmp_path,
+        "tracked.yaml",
+        tracking={"enabled": True, "uri": f"sqlite:///{db}"},
+        search={"accept_int8_decay": 0.0},
+        test={"objective": "cosine"},
+    )
+    result = autoquant.tune(load_config(config_path))
+    assert not result.within_budget
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name(result.study_name)
+    models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    assert [m.name for m in models] == ["over_budget_model"]
+
+
 def test_default_store_is_inside_the_output_folder(digits_config: Path, tmp_path: Path) -> None:
     config = load_config(digits_config)
     autoquant.tune(config)
