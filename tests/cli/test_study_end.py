@@ -111,3 +111,19 @@ def test_a_later_run_within_budget_replaces_the_over_budget_model(
     assert marker["within_budget"] is True and marker["model"] == GOOD
     assert json.loads((out / "study_summary.json").read_text())["model"] == GOOD
     assert "no trial within budget" not in result.stdout
+
+
+def test_a_worker_ends_a_study_with_no_trial_within_budget_the_same_way(tmp_path: Path) -> None:
+    """``autoquant worker`` on a journal file: the same status, last line and model name."""
+    config = digits_study(
+        tmp_path,
+        search={"accept_int8_decay": 0.0},
+        test={"objective": "cosine"},
+        storage={"url": str(tmp_path / "study.log")},
+    )
+    result = run_process("worker", str(config))
+    assert result.returncode == NO_TRIAL_WITHIN_BUDGET, result.stderr
+    best = json.loads((tmp_path / "out" / "study_summary.json").read_text())["best"]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("no trial within budget") and f"trial {best['number']} ({best['key']})" in last
+    assert (tmp_path / "out" / OVER).is_file() and not (tmp_path / "out" / GOOD).exists()
