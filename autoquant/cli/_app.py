@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.exceptions import TyperException
 
 from autoquant.cli import _tables as tables
+from autoquant.cli._command import CliCommand, CliGroup, QuietOpt, VerboseOpt
 from autoquant.cli._console import (
     NO_TRIAL_WITHIN_BUDGET,
     console,
@@ -48,6 +49,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=CliGroup,
 )
 
 #: The exit statuses of the commands that run a study (their help's epilog).
@@ -57,7 +59,9 @@ STUDY_EXIT_STATUS = (
     "1 a bug; 130 interrupted."
 )
 
-ConfigArg = Annotated[Path, typer.Argument(help="The study config (YAML).", show_default=False)]
+ConfigArg = Annotated[
+    Path, typer.Argument(help="The study config (YAML).", show_default=False, metavar="CONFIG")
+]
 OutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Output folder; overrides the config's output.directory."),
@@ -86,13 +90,8 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose", "-v", help="Show debug messages, dependencies' warnings and error tracebacks."
-        ),
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show warnings and errors only.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     setup_logging(verbose, quiet)
 
@@ -154,7 +153,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
         yield lambda n: bar.advance(task, n)
 
 
-@app.command()
+@app.command(cls=CliCommand)
 @handle_errors
 def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt = False) -> None:
     """Quantize once with the config's choices and write the INT8 model and calibration tables."""
@@ -175,7 +174,7 @@ def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt =
     out.print(table)
 
 
-@app.command()
+@app.command(cls=CliCommand)
 @handle_errors
 def evaluate(
     config: ConfigArg,
@@ -214,7 +213,7 @@ def evaluate(
     out.print(table)
 
 
-@app.command()
+@app.command(cls=CliCommand)
 @handle_errors
 def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     """Rank layers by how much quantizing each alone hurts; write sensitivity.json/.csv and report.html."""
@@ -249,7 +248,7 @@ def analyze(config: ConfigArg, output: OutputOpt = None) -> None:
     out.print(f"report: {paths[2]}")
 
 
-@app.command(epilog=STUDY_EXIT_STATUS)
+@app.command(cls=CliCommand, epilog=STUDY_EXIT_STATUS)
 @handle_errors
 def tune(
     config: ConfigArg, output: OutputOpt = None, fresh: FreshOpt = False, threads: ThreadsOpt = None
@@ -259,7 +258,7 @@ def tune(
     run_study(load(config, output), fresh, Command.TUNE, threads)
 
 
-@app.command(epilog=STUDY_EXIT_STATUS)
+@app.command(cls=CliCommand, epilog=STUDY_EXIT_STATUS)
 @handle_errors
 def worker(config: ConfigArg, output: OutputOpt = None, threads: ThreadsOpt = None) -> None:
     """Join the study at the config's shared storage (PostgreSQL, a journal file) and run its trials
@@ -267,7 +266,7 @@ def worker(config: ConfigArg, output: OutputOpt = None, threads: ThreadsOpt = No
     run_study(load(config, output), False, Command.WORKER, threads)
 
 
-@app.command(epilog=STUDY_EXIT_STATUS)
+@app.command(cls=CliCommand, epilog=STUDY_EXIT_STATUS)
 @handle_errors
 def serve(
     config: ConfigArg,
@@ -321,7 +320,7 @@ def serve(
     run_study(load(config, output), fresh, Command.SERVE, threads, run)
 
 
-@app.command()
+@app.command(cls=CliCommand)
 @handle_errors
 def status(config: ConfigArg, output: OutputOpt = None) -> None:
     """Show a stored study's trials, its best so far and the processes serving it, without running anything."""
@@ -341,7 +340,7 @@ def status(config: ConfigArg, output: OutputOpt = None) -> None:
         out.print(f"{len(seen) - len(recent)} processes served the study earlier")
 
 
-@app.command()
+@app.command(cls=CliCommand)
 @handle_errors
 def templates() -> None:
     """Print the named image preprocessing templates and their strings."""
@@ -351,7 +350,7 @@ def templates() -> None:
         typer.echo(f"{name}: {spec}")
 
 
-@app.command()
+@app.command(cls=CliCommand)
 @handle_errors
 def check(config: ConfigArg, output: OutputOpt = None) -> None:
     """Validate the config, the model and every sample of the data, and print the plan; writes nothing."""

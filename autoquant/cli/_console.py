@@ -29,6 +29,8 @@ _capture: LogCapture | None = None
 def setup_logging(verbose: bool, quiet: bool) -> None:
     """Route every logger to stderr at the chosen level; the dependencies' warnings are counted."""
     global _capture
+    if _capture is not None:  # set again by --verbose or --quiet after the command
+        _capture.finish()
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     if console.is_terminal:
         handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)

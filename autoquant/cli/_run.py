@@ -12,6 +12,7 @@ import typer
 from autoquant.cli._console import NO_TRIAL_WITHIN_BUDGET, console, fail, out
 from autoquant.cli._display import best_latency_line, summary_table
 from autoquant.cli._stage import StageReporter
+from autoquant.cli._tables import node_list
 from autoquant.config import StudyConfig
 from autoquant.hardware import describe
 from autoquant.names import Command, model_file
@@ -98,7 +99,7 @@ def _print_best(cfg: StudyConfig, result: TuneResult) -> None:
     verdict = "within" if best.within_budget else "OVER"
     out.print(
         f"best: trial {best.number} ({best.key}), decay {best.decay:+.4f} {verdict} the budget "
-        f"{result.budget}; FP32 nodes: {', '.join(best.fp32_nodes) or 'none'}"
+        f"{result.budget}; FP32 nodes: {node_list(best.fp32_nodes, result.output)}"
     )
     out.print(best_latency_line(result))
     cpu = describe(best.params.get("reduce_range", cfg.quantization.reduce_range))

@@ -7,7 +7,7 @@ here runs a model or reads a file.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,18 @@ if TYPE_CHECKING:  # the commands import these on first use, to start fast
 
 #: How long ago a process may have been seen for ``status`` to list it.
 RECENT_S = 600.0
+#: How many node names a line shows before "+N more".
+SHOWN_NODES = 5
+
+
+def node_list(names: Sequence[str], folder: Path) -> str:
+    """The first few node names, then ``+N more (all in <folder>/fp32_nodes.txt)``; ``none`` if none."""
+    from autoquant.names import FP32_NODES_FILE
+
+    if len(names) <= SHOWN_NODES:
+        return ", ".join(names) or "none"
+    rest = len(names) - SHOWN_NODES
+    return f"{', '.join(names[:SHOWN_NODES])} +{rest} more (all in {folder / FP32_NODES_FILE})"
 
 
 def _is_int8(op_type: str) -> bool:
@@ -50,7 +62,7 @@ def quantize_table(
     table.add_row("CPU", f"{result.cpu_isa} (from {target_isa().source})")
     table.add_row("calibration samples", str(samples))
     table.add_row("quantized tensors", str(len(result.ranges)))
-    table.add_row("FP32 nodes", ", ".join(result.fp32_nodes) or "none")
+    table.add_row("FP32 nodes", node_list(result.fp32_nodes, output))
     table.add_row("INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if _is_int8(k)))
     table.add_row("output", str(output))
     return table

@@ -39,6 +39,18 @@ _LAYOUTS = ("NCHW", "NHWC")
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+def _cv2() -> Any:
+    """OpenCV, with its native log (written straight to stderr) at fatal errors only: a file it
+    cannot decode is autoquant's one-line error, so OpenCV's own lines about it only come first.
+    With autoquant's debug logging (``--verbose``) its warnings and errors stay."""
+    import cv2
+
+    verbose = logging.getLogger("autoquant").isEnabledFor(logging.DEBUG)
+    levels = cv2.utils.logging
+    levels.setLogLevel(levels.LOG_LEVEL_WARNING if verbose else levels.LOG_LEVEL_FATAL)
+    return cv2
+
+
 def _checked(parse: Callable[[str], Any], must: str, ok: Callable[[Any], bool] = bool) -> Callable:
     """A value parser raising ``ValueError(must)`` when ``parse`` fails or ``ok`` rejects the value."""
 
@@ -109,7 +121,7 @@ class Resize:
     interp: int = _INTERP["linear"]
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        import cv2
+        cv2 = _cv2()
 
         height, width = image.shape[:2]
         size = (self.width, self.height)
@@ -218,7 +230,7 @@ class Preprocess:
             buffer = np.fromfile(image_path, np.uint8)
         except OSError as exc:
             raise DataError(f"{image_path}: cannot read image ({exc.strerror or exc})") from None
-        import cv2
+        cv2 = _cv2()
 
         flag = cv2.IMREAD_GRAYSCALE if self.gray else cv2.IMREAD_COLOR
         try:
