@@ -79,10 +79,10 @@ def _warning_package(filename: str) -> str:
 
 
 def _spread(spec: str, values: list[Any]) -> str:
-    """Differing arguments of one placeholder: numbers as their range (``1–784``), others elided."""
+    """Differing arguments of one placeholder: numbers as their range (``1 to 784``), others elided."""
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         try:
-            return f"{spec % (min(values),)}–{spec % (max(values),)}"
+            return f"{spec % (min(values),)} to {spec % (max(values),)}"
         except (TypeError, ValueError):
             pass
     return "…"
@@ -120,7 +120,7 @@ class LogCapture(logging.Handler):
 
     - autoquant records pass to ``target``, without tracebacks unless verbose; warnings with
       arguments are held until :meth:`flush_stage`, which writes one line per message template
-      (e.g. ``24 x tensor … is constant (0.5–3) over the calibration data: 'a', 'b', ...``);
+      (e.g. ``24 x tensor … is constant (0.5 to 3) over the calibration data: 'a', 'b', ...``);
     - other loggers' records and Python warnings are counted per package and shown only when
       verbose; :meth:`finish` returns the summary line.
     """

@@ -43,7 +43,7 @@ def test_repeated_warnings_fold_into_one_line_per_stage() -> None:
     assert out.lines == ["an info line"]  # warnings wait for the end of the stage
     capture.flush_stage()
     assert out.lines[1:] == [
-        "100 x tensor … is constant (0–99) over the calibration data: 't0', 't1', 't2', 't3', 't4', ...",
+        "100 x tensor … is constant (0 to 99) over the calibration data: 't0', 't1', 't2', 't3', 't4', ...",
         "tensor 'z': only once",
     ]
     capture.flush_stage()
@@ -67,7 +67,7 @@ def test_numbers_that_differ_show_their_range_and_other_arguments_are_elided() -
         capture.handle(_record("autoquant.x", "layer %s: %s", name, kind))
     capture.flush_stage()
     assert out.lines == [
-        "3 x tensor …: ignoring 1–64 NaN and 0 infinite values in the calibration data: 'x', 'conv', 'relu'",
+        "3 x tensor …: ignoring 1 to 64 NaN and 0 infinite values in the calibration data: 'x', 'conv', 'relu'",
         "2 x layer …: …: a, b",
     ]
 
