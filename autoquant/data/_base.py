@@ -231,7 +231,8 @@ class DataReader(abc.ABC):
                 )
             self._check_dtype(sample.sample_id, spec, np.asarray(array).dtype)
             try:
-                arrays[spec.name] = np.array(array, dtype=spec.dtype)
+                with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+                    arrays[spec.name] = np.array(array, dtype=spec.dtype)
             except (TypeError, ValueError) as exc:
                 raise DataError(
                     f"{sample.sample_id}: input '{spec.name}' is not {spec.dtype} data ({exc})"
