@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+import autoquant.config as study_config
 from autoquant.config import CalibrationConfig, DataConfig
-from autoquant.config import TestConfig as TestSection  # not a test class
 from autoquant.data import (
     Box,
     DataReader,
@@ -217,11 +217,11 @@ def test_calibration_and_test_sections_name_their_own_key(tmp_path: Path, digits
     bad = images.copy()
     bad[1, 0, 0, 0] = -np.inf
     np.save(tmp_path / "bad.npy", bad)
-    for section in (CalibrationConfig, TestSection):
+    for section in (CalibrationConfig, study_config.TestConfig):
         data = section.model_validate({"source": str(tmp_path / "bad.npy")})
         with pytest.raises(DataError, match=rf"set {section.section}.allow_nonfinite: true"):
             list(open_reader(data, SPEC))
-    assert {CalibrationConfig.section, TestSection.section} == {"calibration", "test"}
+    assert {CalibrationConfig.section, study_config.TestConfig.section} == {"calibration", "test"}
 
 
 def test_allowed_nonfinite_samples_are_read_with_one_warning_per_reader(
