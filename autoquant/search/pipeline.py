@@ -92,7 +92,8 @@ def check_data(config: StudyConfig, specs: Sequence[InputSpec], every_sample: bo
         The number of samples of each data set (``calibration``, ``test``) that will be read.
 
     Raises:
-        DataError: A data set is missing, empty, or holds a sample the model cannot take.
+        DataError: A data set is missing, empty, or holds a sample the model cannot take (shape,
+            dtype, or NaN and infinity unless the section sets ``allow_nonfinite``).
     """
     counts = {}
     for name, data, limit in (
