@@ -78,9 +78,19 @@ def _warning_package(filename: str) -> str:
     return name.split(".")[0] if name and name != "__main__" else package_of(filename)
 
 
+def _spread(spec: str, values: list[Any]) -> str:
+    """Differing arguments of one placeholder: numbers as their range (``1 to 784``), others elided."""
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        try:
+            return f"{spec % (min(values),)} to {spec % (max(values),)}"
+        except (TypeError, ValueError):
+            pass
+    return "…"
+
+
 def _fold(records: list[logging.LogRecord]) -> logging.LogRecord:
     """One record for many with the same template: the first argument (a name) listed, the other
-    arguments kept where they agree and elided where they differ."""
+    arguments kept where they agree, shown as their range where numbers differ, else elided."""
     first = records[0]
     args = [r.args if isinstance(r.args, tuple) else (r.args,) for r in records]
     specs = iter(range(len(args[0])))
@@ -89,8 +99,10 @@ def _fold(records: list[logging.LogRecord]) -> logging.LogRecord:
         if match.group() == "%%":
             return "%"
         i = next(specs, None)
-        if i is None or i == 0 or any(a[i] != args[0][i] for a in args):
+        if i is None or i == 0:
             return "…"
+        if any(a[i] != args[0][i] for a in args):
+            return _spread(match.group(), [a[i] for a in args])
         return match.group() % (args[0][i],)
 
     template = _PLACEHOLDER.sub(part, str(first.msg))
@@ -108,7 +120,7 @@ class LogCapture(logging.Handler):
 
     - autoquant records pass to ``target``, without tracebacks unless verbose; warnings with
       arguments are held until :meth:`flush_stage`, which writes one line per message template
-      (e.g. ``24 x tensor … is constant (…) over the calibration data: 'a', 'b', ...``);
+      (e.g. ``24 x tensor … is constant (0.5 to 3) over the calibration data: 'a', 'b', ...``);
     - other loggers' records and Python warnings are counted per package and shown only when
       verbose; :meth:`finish` returns the summary line.
     """

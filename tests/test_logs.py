@@ -43,7 +43,7 @@ def test_repeated_warnings_fold_into_one_line_per_stage() -> None:
     assert out.lines == ["an info line"]  # warnings wait for the end of the stage
     capture.flush_stage()
     assert out.lines[1:] == [
-        "100 x tensor … is constant (…) over the calibration data: 't0', 't1', 't2', 't3', 't4', ...",
+        "100 x tensor … is constant (0 to 99) over the calibration data: 't0', 't1', 't2', 't3', 't4', ...",
         "tensor 'z': only once",
     ]
     capture.flush_stage()
@@ -56,6 +56,20 @@ def test_arguments_that_agree_are_kept() -> None:
         capture.handle(_record("autoquant.x", "layer %s: %d%% of %s", name, 5, "weights"))
     capture.flush_stage()
     assert out.lines == ["2 x layer …: 5% of weights: a, b"]
+
+
+def test_numbers_that_differ_show_their_range_and_other_arguments_are_elided() -> None:
+    capture, out = _capture()
+    template = "tensor %r: ignoring %d NaN and %d infinite values in the calibration data"
+    for name, nan in (("x", 1), ("conv", 64), ("relu", 5)):
+        capture.handle(_record("autoquant.engine._thresholds", template, name, nan, 0))
+    for name, kind in (("a", "weights"), ("b", "biases")):
+        capture.handle(_record("autoquant.x", "layer %s: %s", name, kind))
+    capture.flush_stage()
+    assert out.lines == [
+        "3 x tensor …: ignoring 1 to 64 NaN and 0 infinite values in the calibration data: 'x', 'conv', 'relu'",
+        "2 x layer …: …: a, b",
+    ]
 
 
 def test_verbose_shows_every_line_and_dependencies() -> None:

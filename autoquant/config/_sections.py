@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -50,7 +50,15 @@ class DataConfig(Section):
         default="user_defined", validation_alias=aliases("image_data_preprocess", "image_data_preproccess")
     )
     on_decode_error: Literal["stop", "skip"] = "stop"
+    allow_nonfinite: bool = Field(
+        default=False,
+        description="Read float samples holding NaN or infinity (with a warning naming them) instead "
+        "of refusing them.",
+    )
     batch_size: int = Field(default=1, ge=1)
+
+    #: The config section this data set is read from, for messages.
+    section: ClassVar[str] = "data"
 
     @field_validator("format")
     @classmethod
@@ -65,6 +73,8 @@ class DataConfig(Section):
 
 class CalibrationConfig(DataConfig):
     """Calibration data and the statistics pass."""
+
+    section: ClassVar[str] = "calibration"
 
     calib_iterations: int = Field(default=0, ge=0, description="Samples to use; 0 means all.")
     histogram_bins: int = Field(
@@ -90,6 +100,8 @@ class CalibrationConfig(DataConfig):
 
 class TestConfig(DataConfig):
     """Test data used to score a quantized model."""
+
+    section: ClassVar[str] = "test"
 
     test_iterations: int = Field(default=0, ge=0, description="Samples to use; 0 means all.")
     objective: Annotated[str, AfterValidator(resolve_code)] = Field(

@@ -30,6 +30,9 @@ from autoquant.registry import DATA_READERS, Registry
 
 logger = logging.getLogger("autoquant.data")
 
+#: Samples named by the warning about NaN or infinity in an allowed data set.
+FIRST_SAMPLES = 3
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -72,6 +75,31 @@ def file_or_folder_of(source: str, file_suffixes: Sequence[str], folder_suffixes
     return path.is_file() and path.suffix.lower() in file_suffixes
 
 
+def count_nonfinite(array: np.ndarray) -> tuple[int, int]:
+    """The NaN and the infinite values of ``array``: ``(0, 0)`` at once for a non-float array.
+
+    One ``np.isfinite`` pass for float data; the NaN are counted only when something is not finite.
+    """
+    if array.dtype.kind not in "fc":
+        return 0, 0
+    finite = np.isfinite(array)
+    if finite.all():
+        return 0, 0
+    nan = int(np.count_nonzero(np.isnan(array)))
+    return nan, array.size - int(np.count_nonzero(finite)) - nan
+
+
+@dataclass
+class _NonFinite:
+    """The samples holding NaN or infinity in one pass over an allowed data set."""
+
+    samples: int = 0
+    nan: int = 0
+    inf: int = 0
+    first: list[str] = dataclasses.field(default_factory=list)
+    last: str = ""
+
+
 def format_shape(shape: Sequence[int | None]) -> str:
     """``(None, 3, 224, 224)`` -> ``"(?, 3, 224, 224)"``."""
     return "(" + ", ".join("?" if dim is None else str(dim) for dim in shape) + ")"
@@ -111,6 +139,8 @@ class DataReader(abc.ABC):
         self.labels_path: str = ""
         self._length: int | None = None
         self._casts_logged: set[str] = set()
+        self._nonfinite = _NonFinite()
+        self._nonfinite_warned = False
         if config.labels is not None:
             self.labels = read_labels(config.labels, config.label_format)
             self.labels_path = str(config.labels)
@@ -164,16 +194,23 @@ class DataReader(abc.ABC):
     def __iter__(self) -> Iterator[Sample]:
         """Yield validated samples cast to the input dtypes, at most ``limit`` of them.
 
+        Float inputs holding NaN or infinity are refused unless the data section sets
+        ``allow_nonfinite``; then a whole pass ends with one warning (once per reader) that counts
+        them and names the first samples.
+
         Raises:
-            DataError: A sample does not match the model inputs, or the source yields nothing.
+            DataError: A sample does not match the model inputs or holds NaN or infinity, or the
+                source yields nothing.
         """
         count = 0
+        self._nonfinite = _NonFinite()
         with contextlib.closing(self._samples()) as samples:
             for sample in itertools.islice(samples, self.limit or None):
                 yield self._validate(sample)
                 count += 1
         if count == 0:
             raise DataError(f"{self.source}: the data set is empty; no sample could be read")
+        self._warn_nonfinite(count)
 
     def _validate(self, sample: Sample) -> Sample:
         names = [spec.name for spec in self.inputs]
@@ -194,12 +231,53 @@ class DataReader(abc.ABC):
                 )
             self._check_dtype(sample.sample_id, spec, np.asarray(array).dtype)
             try:
-                arrays[spec.name] = np.array(array, dtype=spec.dtype)
+                with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+                    arrays[spec.name] = np.array(array, dtype=spec.dtype)
             except (TypeError, ValueError) as exc:
                 raise DataError(
                     f"{sample.sample_id}: input '{spec.name}' is not {spec.dtype} data ({exc})"
                 ) from None
+            self._check_finite(sample.sample_id, spec.name, arrays[spec.name])
         return dataclasses.replace(sample, inputs=arrays)
+
+    def _check_finite(self, sample_id: str, name: str, array: np.ndarray) -> None:
+        """Refuse NaN and infinity in a float input (after the cast, which can overflow) unless
+        ``allow_nonfinite`` is set; then count the sample for the warning of :meth:`__iter__`."""
+        nan, inf = count_nonfinite(array)
+        if not (nan or inf):
+            return
+        if not self.config.allow_nonfinite:
+            raise DataError(
+                f"{sample_id}: input '{name}' holds {nan} NaN and {inf} infinite values; fix the data, "
+                f"or set {self.config.section}.allow_nonfinite: true to read it as it is"
+            )
+        seen = self._nonfinite
+        if seen.last != sample_id or not seen.samples:  # several inputs of one sample count once
+            seen.samples, seen.last = seen.samples + 1, sample_id
+            if len(seen.first) < FIRST_SAMPLES:
+                seen.first.append(sample_id)
+        seen.nan += nan
+        seen.inf += inf
+
+    def _warn_nonfinite(self, count: int) -> None:
+        """Once per reader, after a whole pass: how many samples held NaN or infinity, and the first."""
+        seen = self._nonfinite
+        if not seen.samples or self._nonfinite_warned:
+            return
+        self._nonfinite_warned = True
+        more = f" (+{seen.samples - len(seen.first)} more)" if seen.samples > len(seen.first) else ""
+        logger.warning(
+            "%s: %d of %d samples hold NaN or infinity (%d NaN, %d infinite values), read as "
+            "%s.allow_nonfinite allows: %s%s",
+            self.source,
+            seen.samples,
+            count,
+            seen.nan,
+            seen.inf,
+            self.config.section,
+            ", ".join(seen.first),
+            more,
+        )
 
     def _check_dtype(self, sample_id: str, spec: InputSpec, dtype: np.dtype) -> None:
         """Refuse a cast that changes what the numbers mean; log the others once per input.

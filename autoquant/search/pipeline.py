@@ -92,7 +92,8 @@ def check_data(config: StudyConfig, specs: Sequence[InputSpec], every_sample: bo
         The number of samples of each data set (``calibration``, ``test``) that will be read.
 
     Raises:
-        DataError: A data set is missing, empty, or holds a sample the model cannot take.
+        DataError: A data set is missing, empty, or holds a sample the model cannot take (shape,
+            dtype, or NaN and infinity unless the section sets ``allow_nonfinite``).
     """
     counts = {}
     for name, data, limit in (
@@ -134,6 +135,8 @@ def data_fingerprint(data: DataConfig, with_source: bool = True) -> str:
     digest = hashlib.sha256()
     for part in (data.format, data.data_preprocess_str, data.image_data_preprocess, data.on_decode_error):
         digest.update(f"{part}|".encode())
+    if data.allow_nonfinite:  # a cache made from allowed NaN is not reused by a run that refuses them
+        digest.update(b"allow_nonfinite|")
     path = code_file(str(data.source)) or Path(str(data.source))
     if with_source or not (path.is_file() or path.is_dir()):
         digest.update(str(data.source).encode())

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from autoquant.config import DataConfig
+import autoquant.config as study_config
+from autoquant.config import CalibrationConfig, DataConfig
 from autoquant.data import (
     Box,
     DataReader,
     InputSpec,
     LmdbWriter,
+    count_nonfinite,
     open_reader,
     read_labels,
     register_reader,
@@ -170,6 +172,79 @@ def test_shape_mismatch_names_sample_input_and_expected_shape(tmp_path: Path, di
         read(tmp_path / "calib.npy", rank5)
     dynamic = [InputSpec("input", (None, 1, None, None), np.dtype(np.float32))]
     assert len(read(tmp_path / "calib.npy", dynamic)) == N
+
+
+# --- NaN and infinity --------------------------------------------------------------------------------
+
+
+def test_count_nonfinite_counts_nan_and_both_infinities_in_float_arrays_only() -> None:
+    array = np.zeros((2, 3, 4), dtype=np.float32)
+    array[0, 1, 2] = array[1, 2, 3] = np.nan
+    array[0, 0, 0], array[1, 0, 0], array[1, 1, 1] = np.inf, -np.inf, np.inf
+    assert count_nonfinite(array) == (2, 3)
+    assert count_nonfinite(array.astype(np.float16)) == (2, 3)
+    assert count_nonfinite(np.ones(5, dtype=np.float64)) == (0, 0)
+    assert count_nonfinite(np.array([1 + 2j, complex(np.nan, 0)])) == (1, 0)
+    assert count_nonfinite(np.arange(6, dtype=np.int64)) == (0, 0)  # cannot hold them: skipped
+    assert count_nonfinite(np.zeros(3, dtype=bool)) == (0, 0)
+
+
+def test_nan_or_infinity_is_refused_naming_the_sample_and_the_key(tmp_path: Path, digits: tuple) -> None:
+    images, _ = digits
+    nan = images.copy()
+    nan[4, 0, 2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    with pytest.raises(
+        DataError,
+        match=r"nan.npy\[4\]: input 'input' holds 1 NaN and 0 infinite values; fix the data, "
+        r"or set data.allow_nonfinite: true",
+    ):
+        read(tmp_path / "nan.npy")
+    huge = images.astype(np.float64)
+    huge[6, 0, 0, 0] = 1e300  # finite in float64, infinite once cast to the model's float32
+    np.save(tmp_path / "huge.npy", huge)
+    with pytest.raises(DataError, match=r"huge.npy\[6\]: input 'input' holds 0 NaN and 1 infinite values"):
+        read(tmp_path / "huge.npy")
+    np.save(tmp_path / "nan.npy", nan)
+    batches = open_reader(config(tmp_path / "nan.npy"), SPEC).batches(4)
+    assert len(next(batches).sample_ids) == 4  # samples 0 to 3 are clean
+    with pytest.raises(DataError, match=r"nan.npy\[4\]"):
+        next(batches)
+
+
+def test_calibration_and_test_sections_name_their_own_key(tmp_path: Path, digits: tuple) -> None:
+    images, _ = digits
+    bad = images.copy()
+    bad[1, 0, 0, 0] = -np.inf
+    np.save(tmp_path / "bad.npy", bad)
+    for section in (CalibrationConfig, study_config.TestConfig):
+        data = section.model_validate({"source": str(tmp_path / "bad.npy")})
+        with pytest.raises(DataError, match=rf"set {section.section}.allow_nonfinite: true"):
+            list(open_reader(data, SPEC))
+    assert {CalibrationConfig.section, study_config.TestConfig.section} == {"calibration", "test"}
+
+
+def test_allowed_nonfinite_samples_are_read_with_one_warning_per_reader(
+    tmp_path: Path, digits: tuple, caplog
+) -> None:
+    images, _ = digits
+    bad = images.copy()
+    bad[1, 0, 0, :3] = np.nan
+    bad[3, 0, 1, 1] = np.inf
+    bad[5, 0, 2, 2], bad[5, 0, 2, 3] = np.nan, -np.inf
+    np.save(tmp_path / "bad.npy", bad)
+    caplog.set_level("WARNING", logger="autoquant.data")
+    reader = open_reader(config(tmp_path / "bad.npy", allow_nonfinite=True), SPEC)
+    samples = list(reader)
+    assert len(samples) == N
+    np.testing.assert_array_equal(samples[5].inputs["input"], bad[5])  # read as it is
+    assert len(list(reader)) == N
+    warnings = [r.getMessage() for r in caplog.records if "NaN or infinity" in r.getMessage()]
+    source = tmp_path / "bad.npy"
+    assert warnings == [
+        f"{source}: 3 of {N} samples hold NaN or infinity (4 NaN, 2 infinite values), read as "
+        f"data.allow_nonfinite allows: {source}[1], {source}[3], {source}[5]"
+    ]
 
 
 def test_empty_data_sets(tmp_path: Path) -> None:
