@@ -508,3 +508,91 @@ def test_a_killed_tune_rerun_at_once_closes_the_parent_run(tmp_path: Path) -> No
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [p.info.status for p in parents] == ["FINISHED"]
+
+
+def _interrupted_store(db: Path) -> None:
+    """A store whose first migration was cut short, as a full disk leaves it: MLflow makes it in a
+    process killed as soon as its migrations have begun (they take seconds), and the table that a
+    migration of ``tags`` copies into is left behind."""
+    import sqlite3
+
+    _kill_during_migrations(db)
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("CREATE TABLE _alembic_tmp_tags (key TEXT, value TEXT, run_uuid TEXT)")
+
+
+def _kill_during_migrations(db: Path) -> None:
+    import sqlite3
+
+    make = f"from mlflow import MlflowClient; MlflowClient(tracking_uri={f'sqlite:///{db}'!r}).search_experiments()"
+    creator = subprocess.Popen(
+        [sys.executable, "-c", make], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and creator.poll() is None:
+            with (
+                contextlib.suppress(sqlite3.Error),
+                contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection,
+            ):
+                if connection.execute("SELECT version_num FROM alembic_version").fetchone():
+                    return
+            time.sleep(0.02)
+        raise AssertionError("MLflow's migrations were not caught under way")
+    finally:
+        creator.send_signal(signal.SIGKILL)
+        creator.wait()
+
+
+@pytest.mark.integration
+def test_a_half_made_store_is_rebuilt(tmp_path: Path) -> None:
+    """A first run interrupted during MLflow's migrations (a full disk, a kill) leaves a store that
+    MLflow cannot open again ("table _alembic_tmp_tags already exists"): the next ``tune`` rebuilds
+    it, and says so in one line."""
+    from mlflow import MlflowClient
+
+    from autoquant.tracking._process import half_made
+
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    _interrupted_store(db)
+    assert half_made(db)
+    config_path = digits_study(tmp_path, "half.yaml", tracking={"enabled": True, "uri": f"sqlite:///{db}"})
+    result = subprocess.run(
+        [sys.executable, "-m", "autoquant", "tune", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rebuilt = [line for line in result.stderr.splitlines() if "rebuilt" in line]
+    assert rebuilt == [
+        f"INFO: MLflow: the store {db} was left half-made by an interrupted first run; rebuilt"
+    ]
+    assert not half_made(db)
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name(study_name(load_config(config_path)))
+    assert [r.info.status for r in client.search_runs([experiment.experiment_id])] == ["FINISHED"] * 2
+
+
+def test_a_store_with_a_leftover_migration_table_is_half_made(tmp_path: Path) -> None:
+    """The state the issue met: ``_alembic_tmp_tags`` left by a migration; a complete store with
+    runs, an empty file and a file that is no database are not half-made."""
+    import sqlite3
+
+    from autoquant.tracking._process import half_made
+
+    db = tmp_path / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.executescript(
+            "CREATE TABLE alembic_version (version_num TEXT); INSERT INTO alembic_version VALUES ('x');"
+            "CREATE TABLE runs (run_uuid TEXT); CREATE TABLE _alembic_tmp_tags (key TEXT);"
+        )
+    assert half_made(db)
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("INSERT INTO runs VALUES ('a run')")
+    assert not half_made(db)  # runs come after the migrations: never deleted
+    (tmp_path / "empty.db").touch()
+    (tmp_path / "text.db").write_text("not a database " * 100)
+    assert not half_made(tmp_path / "empty.db") and not half_made(tmp_path / "text.db")
+    assert not half_made(tmp_path / "missing.db")
