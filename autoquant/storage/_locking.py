@@ -44,9 +44,11 @@ def process_alive(pid: int, since: float | None = None) -> bool:
     return started is None or started <= since + _START_SLACK_S
 
 
-#: How much later than its record's start time a process may seem to have started (clock ticks,
-#: the boot time's rounding to a second, a record written a moment after the start).
-_START_SLACK_S = 2.0
+#: How much later than ``since`` a process may seem to have started and still be the same one:
+#: the start time is the boot time (whole seconds, moved by clock steps and suspends) plus clock
+#: ticks. Taking a live process for dead is the worse mistake; a pid reused within a minute of
+#: its record is rare, and then the heartbeat's grace period still decides.
+_START_SLACK_S = 60.0
 
 
 def _start_time(pid: int) -> float | None:

@@ -573,26 +573,3 @@ def test_a_half_made_store_is_rebuilt(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     experiment = client.get_experiment_by_name(study_name(load_config(config_path)))
     assert [r.info.status for r in client.search_runs([experiment.experiment_id])] == ["FINISHED"] * 2
-
-
-def test_a_store_with_a_leftover_migration_table_is_half_made(tmp_path: Path) -> None:
-    """The state the issue met: ``_alembic_tmp_tags`` left by a migration; a complete store with
-    runs, an empty file and a file that is no database are not half-made."""
-    import sqlite3
-
-    from autoquant.tracking._process import half_made
-
-    db = tmp_path / "mlflow.db"
-    with contextlib.closing(sqlite3.connect(db)) as connection:
-        connection.executescript(
-            "CREATE TABLE alembic_version (version_num TEXT); INSERT INTO alembic_version VALUES ('x');"
-            "CREATE TABLE runs (run_uuid TEXT); CREATE TABLE _alembic_tmp_tags (key TEXT);"
-        )
-    assert half_made(db)
-    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
-        connection.execute("INSERT INTO runs VALUES ('a run')")
-    assert not half_made(db)  # runs come after the migrations: never deleted
-    (tmp_path / "empty.db").touch()
-    (tmp_path / "text.db").write_text("not a database " * 100)
-    assert not half_made(tmp_path / "empty.db") and not half_made(tmp_path / "text.db")
-    assert not half_made(tmp_path / "missing.db")
