@@ -5,7 +5,7 @@ worker records, heartbeats and the output-folder lock.
 from autoquant.storage._kinds import StorageKind, display_url, is_outage, preload, storage_kind
 from autoquant.storage._locking import output_lock, process_alive
 from autoquant.storage._storage import StudyStorage, open_storage, retried
-from autoquant.storage._workers import Heartbeat, WorkerRecord, WorkerState, workers
+from autoquant.storage._workers import Heartbeat, WorkerRecord, WorkerState, serving, workers
 
 __all__ = [
     "Heartbeat",
@@ -20,6 +20,7 @@ __all__ = [
     "preload",
     "process_alive",
     "retried",
+    "serving",
     "storage_kind",
     "workers",
 ]

@@ -23,15 +23,47 @@ from autoquant.names import LOCK_FILE
 logger = logging.getLogger(__name__)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host with ``pid`` exists (under any user)."""
+def process_alive(pid: int, since: float | None = None) -> bool:
+    """Whether a process of this host with ``pid`` exists (under any user).
+
+    Args:
+        pid: The process id.
+        since: When the process was known to run (a Unix time): a process with this pid that
+            started later is another one, which reuses the pid of a dead process (read from
+            ``/proc`` where there is one; elsewhere any process with this pid counts).
+    """
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
-        return True
-    return True
+        pass
+    started = None if since is None else _start_time(pid)
+    return started is None or started <= since + _START_SLACK_S
+
+
+#: How much later than ``since`` a process may seem to have started and still be the same one:
+#: the start time is the boot time (whole seconds, moved by clock steps and suspends) plus clock
+#: ticks. Taking a live process for dead is the worse mistake; a pid reused within a minute of
+#: its record is rare, and then the heartbeat's grace period still decides.
+_START_SLACK_S = 60.0
+
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` started (a Unix time), from Linux's ``/proc``; None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+            if line.startswith("btime ")
+        )
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _holder(path: Path) -> dict | None:

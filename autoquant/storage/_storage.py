@@ -46,6 +46,7 @@ from autoquant.storage._kinds import (
     storage_kind,
     wait_for_preload,
 )
+from autoquant.storage._locking import process_alive
 from autoquant.storage._optuna import rdb_engine, retry_callback, trial_id
 
 logger = logging.getLogger(__name__)
@@ -68,16 +69,6 @@ def retried(method: Callable[..., T]) -> Callable[..., T]:
         return self.storage.call(method, self, *args, **kwargs)
 
     return step
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -237,7 +228,7 @@ class StudyStorage:
         retry = retry_callback(self.settings.max_retry)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = trial.system_attrs.get(TRIAL_OWNER) or {}
-            if owner.get("host") == host and not _alive(int(owner.get("pid", 0))):
+            if owner.get("host") == host and not process_alive(int(owner.get("pid", 0))):
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                     if self.backend.set_trial_state_values(trial_id(trial), TrialState.FAIL):
                         logger.info(

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from autoquant.names import WORKER_PREFIX
+from autoquant.storage._locking import process_alive
 from autoquant.storage._storage import StudyStorage
 
 logger = logging.getLogger(__name__)
@@ -86,21 +87,33 @@ class WorkerRecord:
 
     def leave(self) -> bool:
         """Mark this process done; True when no other process still serves the study (the last
-        out closes the MLflow parent run). A process not seen for a grace period is gone."""
+        out closes the MLflow parent run). A process is gone once :func:`serving` says so."""
         return self.storage.call(self._leave)
 
     def _leave(self) -> bool:
         with self.storage.lock(self.study.study_name):
             self.update(WorkerState.DONE)
-            now, grace = time.time(), self.storage.settings.grace_period
+            grace = self.storage.settings.grace_period
             others = [
                 w
                 for w in workers(self.storage, self.study)
                 if (w.get("host"), w.get("pid"), w.get("started"), w.get("slot", 0)) != self.identity
-                and w.get("state") != WorkerState.DONE
-                and now - float(w.get("seen", 0.0)) < grace
+                and serving(w, grace)
             ]
             return not others
+
+
+def serving(record: dict[str, Any], grace: float, now: float | None = None) -> bool:
+    """Whether the process of a worker ``record`` still serves the study: not done, seen within
+    ``grace`` seconds, and, on this host, still running (a killed process's record stays fresh
+    for up to ``grace`` seconds, but its pid is gone or reused by a later process)."""
+    now = time.time() if now is None else now
+    if record.get("state") == WorkerState.DONE or now - float(record.get("seen", 0.0)) >= grace:
+        return False
+    if record.get("host") != socket.gethostname():
+        return True  # its pid cannot be checked: its heartbeat decides
+    pid, started = record.get("pid"), record.get("started")
+    return isinstance(pid, int) and process_alive(pid, float(started) if started is not None else None)
 
 
 def workers(storage: StudyStorage, study: optuna.Study) -> list[dict[str, Any]]:

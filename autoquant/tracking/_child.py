@@ -80,9 +80,9 @@ class LoggingProcess:
             f"import sys; r = {root!r}; r in sys.path or sys.path.insert(0, r); "
             "from autoquant.tracking._process import main; main()"
         )
-        level = str(logging.getLogger().getEffectiveLevel())
+        levels = [str(logging.getLogger(name).getEffectiveLevel()) for name in ("", "autoquant")]
         self._process = subprocess.Popen(
-            [sys.executable, "-P", "-c", code, level],
+            [sys.executable, "-P", "-c", code, *levels],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # its errors come back as answers; it holds none of our streams

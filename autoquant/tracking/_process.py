@@ -1,4 +1,4 @@
-"""The process that makes a study's MLflow calls (``python -m autoquant.tracking LEVEL``).
+"""The process that makes a study's MLflow calls (``python -m autoquant.tracking LEVEL [OURS]``).
 
 mlflow takes seconds of pure Python to import and to open a store (a local store runs its
 database migrations); in a thread of the study's process that work holds the interpreter lock
@@ -8,15 +8,17 @@ study's process only waits on a pipe, in its background thread (`autoquant.track
 The protocol: the parent writes pickled ``(method, args)`` requests to this process's stdin; each
 is answered on the original stdout with a pickled ``(ok, value, records)``: the method's result
 (or ``"Type: message"`` when it failed) and the log records of level ``LEVEL`` or more that it
-emitted, as ``(logger name, level, message)``, which the parent logs again. Anything else written
-to stdout is dropped, and the parent gives this process no stderr: it holds none of the parent's
-streams, so a pipe reading the study's output ends with the study. The process ignores SIGINT
+emitted (``OURS``: the level of autoquant's own records, when it differs), as ``(logger name,
+level, message)``, which the parent logs again. Anything else written to stdout is dropped, and
+the parent gives this process no stderr: it holds none of the parent's streams, so a pipe reading
+the study's output ends with the study. The process ignores SIGINT
 (the parent handles Ctrl-C) and ends when its stdin closes, after the request at hand: the parent
 exits without waiting for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -24,6 +26,7 @@ import os
 import pickle
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from autoquant.names import PARETO_FILE, SUMMARY_FILE
+
+logger = logging.getLogger(__name__)
 
 
 class MlflowLogger:
@@ -56,6 +61,7 @@ class MlflowLogger:
             fcntl.flock(fd, fcntl.LOCK_EX)
             scratch.mkdir(exist_ok=True)
             tempfile.tempdir = str(scratch)
+            rebuild_half_made(Path(uri.removeprefix("sqlite:///")))
             self.client = MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)  # the store is made by now
         finally:
@@ -212,6 +218,39 @@ class MlflowLogger:
                 self.client.set_tag(run.info.run_id, "pareto", value)
 
 
+def half_made(path: Path) -> bool:
+    """Whether the SQLite store at ``path`` was left half-made by an interrupted first run (a full
+    disk, a kill during MLflow's migrations): a table ``_alembic_tmp_*`` left over, or a schema
+    version that is missing or not MLflow's latest, and no run in it (a store with runs is never
+    half-made: runs come after the migrations). An empty file, or one that is not a database, is
+    left to MLflow."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            tables = {n for (n,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables or ("runs" in tables and connection.execute("SELECT 1 FROM runs").fetchone()):
+                return False
+            version = None
+            if "alembic_version" in tables:
+                version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:  # no such file, or not a database
+        return False
+    if any(n.startswith("_alembic_tmp_") for n in tables) or version is None:
+        return True
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return version[0] != _get_latest_schema_revision()
+
+
+def rebuild_half_made(path: Path) -> None:
+    """Delete a half-made SQLite store (see :func:`half_made`), so that MLflow makes it again, and
+    say so in one line."""
+    if not half_made(path):
+        return
+    for leftover in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
+        leftover.unlink(missing_ok=True)
+    logger.info("MLflow: the store %s was left half-made by an interrupted first run; rebuilt", path)
+
+
 class _Records(logging.Handler):
     """Keeps the records emitted while a request is served, to send them with its answer."""
 
@@ -230,13 +269,16 @@ class _Records(logging.Handler):
         return taken
 
 
-def serve(requests: BinaryIO, answers: BinaryIO, level: int) -> None:
+def serve(requests: BinaryIO, answers: BinaryIO, level: int, ours: int | None = None) -> None:
     """Answer the requests until ``requests`` ends: ``("open", (uri,))`` first, then the methods of
-    `MlflowLogger`. mlflow is imported first; if that fails, every request fails so."""
-    records = _Records(level)
+    `MlflowLogger`. mlflow is imported first; if that fails, every request fails so. ``level``:
+    the records sent back; ``ours``: those of autoquant's loggers, when it differs."""
+    ours = level if ours is None else ours
+    records = _Records(min(level, ours))
     root = logging.getLogger()
     root.handlers[:] = [records]
     root.setLevel(level)
+    logging.getLogger("autoquant").setLevel(ours)
     logging.captureWarnings(True)
     broken: str | None = None
     try:
@@ -276,7 +318,7 @@ def main() -> None:
     # wait on that (and our machines may have no route there). Users can opt in.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     level = int(sys.argv[1]) if len(sys.argv) > 1 else logging.WARNING
-    serve(sys.stdin.buffer, answers, level)
+    serve(sys.stdin.buffer, answers, level, int(sys.argv[2]) if len(sys.argv) > 2 else None)
 
 
 if __name__ == "__main__":

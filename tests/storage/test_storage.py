@@ -134,6 +134,28 @@ def test_of_the_processes_that_finish_together_exactly_one_is_the_last_out(tmp_p
     assert [w.leave() for w in (first, second)] == [False, True]
 
 
+def test_a_dead_or_silent_process_no_longer_serves_the_study() -> None:
+    """A killed ``tune``'s record stays fresh for a grace period: on this host its pid tells that it
+    is gone (or reused by a later process); on another host only its heartbeat can."""
+    import os
+    import socket
+
+    from autoquant.storage import WorkerState, serving
+
+    now, host = time.time(), socket.gethostname()
+    alive = {"host": host, "pid": os.getpid(), "started": now - 1, "seen": now - 17, "state": "running: #0"}
+    assert serving(alive, grace=30, now=now)
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have it
+    assert not serving({**alive, "pid": dead_pid}, grace=30, now=now)
+    assert not serving({**alive, "pid": None}, grace=30, now=now)
+    if Path("/proc/self/stat").exists():  # a pid reused by a process started after the record
+        assert not serving({**alive, "started": now - 3600 * 24 * 365}, grace=30, now=now)
+    elsewhere = {**alive, "host": f"not-{host}", "pid": dead_pid}
+    assert serving(elsewhere, grace=30, now=now)  # its pid cannot be checked from here
+    assert not serving({**elsewhere, "seen": now - 31}, grace=30, now=now)  # its heartbeat stopped
+    assert not serving({**alive, "state": str(WorkerState.DONE)}, grace=30, now=now)
+
+
 def test_a_step_inside_a_step_is_retried_whole() -> None:
     """An outage inside a nested step ends the outer step, which runs again from its start (a lost
     connection also loses the study lock the outer step may hold)."""

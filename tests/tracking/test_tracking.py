@@ -23,8 +23,9 @@ from optuna.trial import TrialState
 
 import autoquant
 from autoquant.config import load_config
-from autoquant.names import STUDY_MLFLOW_PARENT
+from autoquant.names import STUDY_MLFLOW_PARENT, WORKER_PREFIX
 from autoquant.search import storage_url, study_name
+from autoquant.storage import WorkerState
 from autoquant.tracking._uri import global_tracking_uri, tracking_uri, uri_origin
 from tests.helpers import digits_study
 
@@ -478,3 +479,118 @@ def test_the_parent_run_is_claimed_by_one_process(tmp_path: Path, mlflow_server:
     attrs = study.user_attrs
     assert attrs[STUDY_MLFLOW_CLAIM] is None and attrs[STUDY_MLFLOW_PARENT]
     _check_store(mlflow_server, path)
+
+
+def _await_first_trial(config_path: Path, process: subprocess.Popen, timeout: float = 240.0) -> None:
+    """Wait until the ``tune`` of ``process`` runs its first trial and its worker record says so
+    (read from the study database, read-only: opening it with Optuna could create it; the trial
+    lasts about 2 s on digits)."""
+    import sqlite3
+
+    db = storage_url(load_config(config_path)).removeprefix("sqlite:///")
+    query = "SELECT value_json FROM study_system_attributes WHERE key LIKE ?"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the tune ended before its first trial"
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection,
+        ):
+            records = [json.loads(v) for (v,) in connection.execute(query, (f"{WORKER_PREFIX}%",))]
+            if any(r["pid"] == process.pid and r["state"] == WorkerState.RUNNING for r in records):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no trial under way after {timeout:.0f} s")
+
+
+@pytest.mark.integration
+def test_a_killed_tune_rerun_at_once_closes_the_parent_run(tmp_path: Path) -> None:
+    """A ``tune`` SIGKILLed in its first trial leaves a fresh worker record (a long grace period
+    here, so that it stays fresh whatever the machine's load): its rerun must see that the pid is
+    gone, count itself the last process out and end MLflow's parent run, instead of leaving it
+    RUNNING for a process that no longer exists."""
+    from mlflow import MlflowClient
+
+    config_path = digits_study(
+        tmp_path, "killed.yaml", tracking={"enabled": True}, storage={"grace_period": 600}
+    )
+    command = [sys.executable, "-m", "autoquant", "tune", str(config_path)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _await_first_trial(config_path, first)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    config = load_config(config_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{config.output.directory / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study_name(config))
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [p.info.status for p in parents] == ["FINISHED"]
+
+
+def _interrupted_store(db: Path) -> None:
+    """A store whose first migration was cut short, as a full disk leaves it: MLflow makes it in a
+    process killed as soon as its migrations have begun (they take seconds), and the table that a
+    migration of ``tags`` copies into is left behind."""
+    import sqlite3
+
+    _kill_during_migrations(db)
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("CREATE TABLE _alembic_tmp_tags (key TEXT, value TEXT, run_uuid TEXT)")
+
+
+def _kill_during_migrations(db: Path) -> None:
+    import sqlite3
+
+    make = f"from mlflow import MlflowClient; MlflowClient(tracking_uri={f'sqlite:///{db}'!r}).search_experiments()"
+    creator = subprocess.Popen(
+        [sys.executable, "-c", make], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and creator.poll() is None:
+            with (
+                contextlib.suppress(sqlite3.Error),
+                contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection,
+            ):
+                if connection.execute("SELECT version_num FROM alembic_version").fetchone():
+                    return
+            time.sleep(0.02)
+        raise AssertionError("MLflow's migrations were not caught under way")
+    finally:
+        creator.send_signal(signal.SIGKILL)
+        creator.wait()
+
+
+@pytest.mark.integration
+def test_a_half_made_store_is_rebuilt(tmp_path: Path) -> None:
+    """A first run interrupted during MLflow's migrations (a full disk, a kill) leaves a store that
+    MLflow cannot open again ("table _alembic_tmp_tags already exists"): the next ``tune`` rebuilds
+    it, and says so in one line."""
+    from mlflow import MlflowClient
+
+    from autoquant.tracking._process import half_made
+
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    _interrupted_store(db)
+    assert half_made(db)
+    config_path = digits_study(tmp_path, "half.yaml", tracking={"enabled": True, "uri": f"sqlite:///{db}"})
+    result = subprocess.run(
+        [sys.executable, "-m", "autoquant", "tune", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rebuilt = [line for line in result.stderr.splitlines() if "rebuilt" in line]
+    assert rebuilt == [
+        f"INFO: MLflow: the store {db} was left half-made by an interrupted first run; rebuilt"
+    ]
+    assert not half_made(db)
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name(study_name(load_config(config_path)))
+    assert [r.info.status for r in client.search_runs([experiment.experiment_id])] == ["FINISHED"] * 2
