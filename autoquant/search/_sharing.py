@@ -102,7 +102,9 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
         "test": _hash(
             pipeline.data_fingerprint(test, with_source=False) if test.source else "",
             _file_hash(test.labels),
-            test.model_dump_json(exclude={"source", "labels", "batch_size"}),
+            # allow_nonfinite is in data_fingerprint when set; a key added to a section must leave
+            # the stored fingerprints of older studies alone (tests/search/test_resume_previous_version.py)
+            test.model_dump_json(exclude={"source", "labels", "batch_size", "allow_nonfinite"}),
             config.model.outputs,
             search.decay,
             search.fp32_score,
