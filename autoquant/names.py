@@ -74,6 +74,7 @@ STUDY_SCALES_PROGRESS = "scales_progress"
 STUDY_LATENCY_TOLERANCE = "latency_tolerance"
 STUDY_FP32_LATENCY = "fp32_latency_ms"  # at the selection's thread count
 STUDY_FP32_LATENCIES = "fp32_latency_by_threads"  # threads label -> FP32 ms
+STUDY_FP32_LOAD = "fp32_load_average"  # the 1-minute load average when the FP32 latency was measured
 STUDY_LATENCIES = "latency_by_structure"
 STUDY_COMPUTE_LAYERS = "compute_layers"  # the model's quantizable Conv/ConvTranspose/Gemm/MatMul nodes
 STUDY_MLFLOW_PARENT = "mlflow_parent_run_id"

@@ -13,7 +13,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autoquant.evaluation import ThreadLabel
+from autoquant.evaluation import ThreadLabel, is_busy
 from autoquant.search import EndState, TrialEnd, TrialOutcome, TuneResult, Value
 
 #: How a trial without an outcome shows on its line and in the summary table.
@@ -116,6 +116,21 @@ def threads_text(label: str) -> str:
     return "1 thread" if label == ThreadLabel.ONE else "default threads"
 
 
+def load_text(load: float | None) -> str:
+    """``load 1.2`` (the 1-minute load average as a latency was measured), or ``load n/a``."""
+    return f"load {load:.1f}" if load is not None else "load n/a"
+
+
+def busy_warning(result: TuneResult) -> str | None:
+    """One line saying the machine is busy when the FP32 timings spread above the threshold."""
+    if not is_busy(result.latency_tolerance):
+        return None
+    return (
+        f"WARNING: the machine is busy ({load_text(result.fp32_load_average)}, FP32 timings spread "
+        f"{result.latency_tolerance:.0%}): the latencies and speedups are uncertain"
+    )
+
+
 def latency_line(result: TuneResult) -> str:
     """The CPU and the FP32 latency at each thread count, e.g. ``x86_64 avx2 (no VNNI); FP32 at
     batch 1: 19.4 ms at 1 thread, 12.1 ms at the default threads``."""
@@ -125,7 +140,8 @@ def latency_line(result: TuneResult) -> str:
         f"{ms:.3f} ms at {'the ' if label == ThreadLabel.DEFAULT else ''}{threads_text(label)}"
         for label, ms in result.fp32_latency.items()
     ]
-    return f"CPU {host_isa().label}; FP32 at batch 1: {', '.join(cells) or 'not measured'}"
+    measured = f"{', '.join(cells)} ({load_text(result.fp32_load_average)})" if cells else "not measured"
+    return f"CPU {host_isa().label}; FP32 at batch 1: {measured}"
 
 
 def summary_table(result: TuneResult) -> Table:
@@ -186,4 +202,7 @@ def best_latency_line(result: TuneResult) -> str:
             cells.append(
                 f"{threads_text(label)} INT8 {int8_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms ({fp32_ms / int8_ms:.2f}x)"
             )
-    return f"latency at batch 1 on {host_isa().label}: {'; '.join(cells) or 'not measured'}"
+    if not cells:
+        return f"latency at batch 1 on {host_isa().label}: not measured"
+    loads = f"FP32 at {load_text(result.fp32_load_average)}, INT8 at {load_text(best.load_average if best else None)}"
+    return f"latency at batch 1 on {host_isa().label}: {'; '.join(cells)} ({loads})"

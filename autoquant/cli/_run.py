@@ -10,7 +10,7 @@ from collections.abc import Callable
 import typer
 
 from autoquant.cli._console import NO_TRIAL_WITHIN_BUDGET, console, fail, out
-from autoquant.cli._display import best_latency_line, summary_table
+from autoquant.cli._display import best_latency_line, busy_warning, summary_table
 from autoquant.cli._stage import StageReporter
 from autoquant.cli._tables import node_list
 from autoquant.config import StudyConfig
@@ -102,6 +102,8 @@ def _print_best(cfg: StudyConfig, result: TuneResult) -> None:
         f"{result.budget}; FP32 nodes: {node_list(best.fp32_nodes, result.output)}"
     )
     out.print(best_latency_line(result))
+    if warning := busy_warning(result):
+        out.print(warning)
     cpu = describe(best.params.get("reduce_range", cfg.quantization.reduce_range))
     out.print(
         f"CPU: {cpu['cpu_isa']}; reduce_range {cpu['reduce_range']}: {str(cpu['reduce_range_resolved']).lower()}"

@@ -4,18 +4,22 @@ against cached FP32 reference outputs, latency timing and per-node profiles.
 
 from autoquant.evaluation._accuracy import Evaluation, Evaluator, compute_decay
 from autoquant.evaluation._latency import (
+    BUSY_TOLERANCE,
     SELECTION_THREADS,
     THREADS,
     LatencyTimer,
     ThreadLabel,
     compare_latency,
+    is_busy,
     latency_timers,
+    load_average,
     trial_budget,
 )
 from autoquant.evaluation._reference import StoredArray, read_reference, write_reference
 from autoquant.evaluation._sessions import session_or_error
 
 __all__ = [
+    "BUSY_TOLERANCE",
     "SELECTION_THREADS",
     "THREADS",
     "Evaluation",
@@ -25,7 +29,9 @@ __all__ = [
     "ThreadLabel",
     "compare_latency",
     "compute_decay",
+    "is_busy",
     "latency_timers",
+    "load_average",
     "read_reference",
     "session_or_error",
     "trial_budget",

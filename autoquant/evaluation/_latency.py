@@ -11,6 +11,7 @@ timing costs a bounded share of a trial (`trial_budget`).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,6 +37,24 @@ class ThreadLabel(StrEnum):
 #: (0: its default, one thread per physical core). The selection uses the first.
 THREADS = {ThreadLabel.ONE.value: 1, ThreadLabel.DEFAULT.value: 0}
 SELECTION_THREADS = next(iter(THREADS))
+
+#: Above this spread of repeated FP32 timings (the latency tolerance, 0.25 = 25 %) the machine is
+#: busy: the latencies and speedups measured on it are uncertain.
+BUSY_TOLERANCE = 0.25
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average now, or None where the OS does not tell it."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def is_busy(tolerance: float | None) -> bool:
+    """Whether repeated FP32 timings spread by more than :data:`BUSY_TOLERANCE`."""
+    return tolerance is not None and tolerance > BUSY_TOLERANCE
+
 
 #: Timed runs (or pairs of runs) at least and at most, per measurement.
 LEAST_RUNS, MOST_RUNS = 3, 50

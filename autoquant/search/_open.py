@@ -16,12 +16,20 @@ from autoquant.common import timed
 from autoquant.config import StudyConfig
 from autoquant.engine import Requantizer, compute_layers
 from autoquant.engine.graph import ModelGraph
-from autoquant.evaluation import SELECTION_THREADS, THREADS, LatencyTimer, latency_timers, trial_budget
+from autoquant.evaluation import (
+    SELECTION_THREADS,
+    THREADS,
+    LatencyTimer,
+    latency_timers,
+    load_average,
+    trial_budget,
+)
 from autoquant.names import (
     STUDY_COMPUTE_LAYERS,
     STUDY_FINGERPRINT,
     STUDY_FP32_LATENCIES,
     STUDY_FP32_LATENCY,
+    STUDY_FP32_LOAD,
     STUDY_FP32_SCORE,
     STUDY_LATENCIES,
     STUDY_LATENCY_TOLERANCE,
@@ -77,6 +85,7 @@ def _prepare_study(
         if STUDY_FP32_LATENCIES not in study.user_attrs:  # also for a study stored by an older version
             study.set_user_attr(STUDY_FP32_LATENCIES, {k: t.fp32_ms for k, t in ref.timers.items()})
             study.set_user_attr(STUDY_FP32_LATENCY, ref.timers[SELECTION_THREADS].fp32_ms)
+            study.set_user_attr(STUDY_FP32_LOAD, ref.load_average)
     return study
 
 
@@ -101,6 +110,7 @@ class _Reference:
     fingerprint: dict[str, str]
     timers: dict[str, LatencyTimer]
     latency_budget: float
+    load_average: float | None = None  # the 1-minute load average as the FP32 latency was measured
 
 
 def _measure(
@@ -129,7 +139,8 @@ def _measure(
         timers = latency_timers(
             graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0], latency_budget / len(THREADS)
         )
-    return _Reference(calibrated, scorer, fp32_score, fingerprint, timers, latency_budget)
+    load = load_average()
+    return _Reference(calibrated, scorer, fp32_score, fingerprint, timers, latency_budget, load)
 
 
 def _stopper(

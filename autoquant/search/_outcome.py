@@ -35,6 +35,7 @@ class OutcomeAttr(StrEnum):
     timings = "timings"
     layer_scales = "layer_scales"
     samples = "samples"
+    load_average = "load_average"  # the 1-minute load average as the latency was measured
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TrialOutcome:
     float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops): not FP32 layers
     latencies: dict[str, float] = field(default_factory=dict)  # threads label -> ms (latency_ms: "1")
     speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
+    load_average: float | None = None  # the 1-minute load average as its latency was measured
 
     def attrs(self) -> dict[str, Any]:
         """User attributes for Optuna storage (JSON-serialisable, plain string keys)."""
@@ -73,6 +75,7 @@ class TrialOutcome:
             OutcomeAttr.within_budget: self.within_budget,
             OutcomeAttr.timings: self.timings,
             OutcomeAttr.layer_scales: self.layer_scales,
+            OutcomeAttr.load_average: self.load_average,
         }
         return {name.value: value for name, value in attrs.items()}
 
@@ -102,6 +105,7 @@ class TrialOutcome:
                 a.get(OutcomeAttr.latency_by_threads, {SELECTION_THREADS: a[OutcomeAttr.latency_ms]})
             ),
             speedups=dict(a.get(OutcomeAttr.speedup_by_threads, {})),
+            load_average=a.get(OutcomeAttr.load_average),  # None: stored by an older version
         )
 
 

@@ -12,11 +12,12 @@ from optuna.trial import TrialState
 
 from autoquant.config import StudyConfig
 from autoquant.errors import ConfigError
-from autoquant.evaluation import SELECTION_THREADS, THREADS
+from autoquant.evaluation import BUSY_TOLERANCE, SELECTION_THREADS, THREADS, is_busy
 from autoquant.hardware import ReduceRange, host_isa, resolve_reduce_range, target_isa
 from autoquant.names import (
     STUDY_COMPUTE_LAYERS,
     STUDY_FP32_LATENCIES,
+    STUDY_FP32_LOAD,
     STUDY_FP32_SCORE,
     STUDY_LATENCY_TOLERANCE,
     STUDY_TIME_TO_BUDGET,
@@ -47,6 +48,7 @@ class TuneResult:
     compute_layers: int | None = None  # the model's compute layers (Conv, ConvTranspose, Gemm, MatMul)
     timings: dict[str, float] = field(default_factory=dict)  # this process's stages, seconds (see Stages)
     ended: tuple[TrialEnd, ...] = ()  # the pruned and failed trials (see :func:`ended`)
+    fp32_load_average: float | None = None  # the load average as the FP32 latency was measured
 
     @property
     def within_budget(self) -> bool:
@@ -138,6 +140,10 @@ def latency_summary(result: TuneResult) -> dict:
         "cpu_vnni": cpu.vnni,
         "selection_threads": SELECTION_THREADS,
         "threads": threads,
+        "fp32_load_average": result.fp32_load_average,
+        "best_load_average": best.load_average if best else None,
+        "busy": is_busy(result.latency_tolerance),
+        "busy_tolerance": BUSY_TOLERANCE,
     }
 
 
@@ -161,6 +167,7 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
         pareto=tuple(pareto_front(done)),
         compute_layers=study.user_attrs.get(STUDY_COMPUTE_LAYERS),
         ended=tuple(ended(study)),
+        fp32_load_average=study.user_attrs.get(STUDY_FP32_LOAD),
     )
 
 

@@ -49,7 +49,7 @@ from autoquant.errors import (
     TrialReturned,
     one_line,
 )
-from autoquant.evaluation import SELECTION_THREADS, Evaluation, LatencyTimer, trial_budget
+from autoquant.evaluation import SELECTION_THREADS, Evaluation, LatencyTimer, load_average, trial_budget
 from autoquant.names import (
     FP32_NODES_FILE,
     SENSITIVITY_FILE,
@@ -255,6 +255,7 @@ def run_choice(
     began = time.perf_counter()
     with stage("measuring the latency", EvaluationError):
         latencies = measure_structure(ctx, result.model, trial_budget(time.perf_counter() - began_trial))
+    load = load_average()
     timings["latency"] = time.perf_counter() - began
     timings["trial"] = time.perf_counter() - began_trial
     outcome = TrialOutcome(
@@ -273,6 +274,7 @@ def run_choice(
         float_nodes=result.float_nodes,
         latencies=latencies,
         speedups={k: ctx.inputs.fp32_latency[k] / max(v, 1e-9) for k, v in latencies.items()},
+        load_average=load,
     )
     return outcome, result
 
