@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import yaml
 
 from autoquant.config import StudyConfig, load_config
 
@@ -42,6 +43,30 @@ def digits_study(tmp_path: Path, name: str = "study.yaml", **sections: Any) -> P
     """:func:`digits_variant` written as a YAML file in tmp_path (for the command line)."""
     path = tmp_path / name
     path.write_text(digits_variant(tmp_path, **sections).to_yaml())
+    return path
+
+
+def small_digits_study(path: Path, *layers: dict[str, dict[str, Any]]) -> Path:
+    """The digits example at 40 calibration samples (batches of 20) and 100 test samples (batches of
+    50), written as YAML to ``path``; each of ``layers`` updates the sections it names, in order."""
+    config: dict[str, dict[str, Any]] = {
+        "model": {"path": str(DIGITS / "model.onnx")},
+        "calibration": {
+            "source": str(DIGITS / "data" / "calib.npy"),
+            "calib_iterations": 40,
+            "batch_size": 20,
+        },
+        "test": {
+            "source": str(DIGITS / "data" / "test.npy"),
+            "labels": str(DIGITS / "data" / "test_labels.txt"),
+            "test_iterations": 100,
+            "batch_size": 50,
+        },
+    }
+    for layer in layers:
+        for name, values in layer.items():
+            config[name] = {**config.get(name, {}), **values}
+    path.write_text(yaml.safe_dump(config))
     return path
 
 

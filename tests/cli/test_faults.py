@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from tests.helpers import DIGITS
+from tests.helpers import DIGITS, small_digits_study
 
 pytestmark = pytest.mark.integration  # every test here starts a process
 
@@ -31,27 +30,11 @@ COMMANDS = ("check", "quantize", "tune")
 
 def _study(tmp_path: Path, **sections: dict) -> Path:
     """A small digits study in tmp_path/study.yaml, writing into tmp_path/out; ``sections`` update it."""
-    config = {
-        "model": {"path": str(DIGITS / "model.onnx")},
-        "calibration": {
-            "source": str(DIGITS / "data" / "calib.npy"),
-            "calib_iterations": 40,
-            "batch_size": 20,
-        },
-        "test": {
-            "source": str(DIGITS / "data" / "test.npy"),
-            "labels": str(DIGITS / "data" / "test_labels.txt"),
-            "test_iterations": 100,
-            "batch_size": 50,
-        },
+    defaults = {
         "search": {"mode": "fast", "accept_int8_decay": 1.0},
         "output": {"directory": str(tmp_path / "out")},
     }
-    for name, values in sections.items():
-        config[name] = {**config.get(name, {}), **values}
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return small_digits_study(tmp_path / "study.yaml", defaults, sections)
 
 
 @pytest.fixture()

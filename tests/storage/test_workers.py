@@ -20,10 +20,9 @@ import numpy as np
 import onnx
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import DIGITS, ROOT
+from tests.helpers import DIGITS, ROOT, small_digits_study
 from tests.postgres import PostgresServer, binaries
 
 pytestmark = pytest.mark.integration  # every test here starts a process
@@ -68,20 +67,8 @@ def _config(
     tmp_path: Path, url: str, study: str, file: str = "study.yaml", out: str = "out", **sections: dict
 ) -> Path:
     """A small digits study ``study`` on ``url`` (full mode, 2 sampled trials, heartbeat 1 s, grace 5 s)."""
-    config = {
-        "model": {"path": str(DIGITS / "model.onnx")},
-        "calibration": {
-            "source": str(DIGITS / "data" / "calib.npy"),
-            "calib_iterations": 40,
-            "batch_size": 20,
-            "cache_dir": str(tmp_path / "cache"),
-        },
-        "test": {
-            "source": str(DIGITS / "data" / "test.npy"),
-            "labels": str(DIGITS / "data" / "test_labels.txt"),
-            "test_iterations": 100,
-            "batch_size": 50,
-        },
+    defaults = {
+        "calibration": {"cache_dir": str(tmp_path / "cache")},
         "search": {
             "mode": "full",
             "n_trials": 2,
@@ -94,11 +81,7 @@ def _config(
         "tracking": {"enabled": False},
         "output": {"directory": str(tmp_path / out)},
     }
-    for section, values in sections.items():
-        config[section] = {**config.get(section, {}), **values}
-    path = tmp_path / file
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return small_digits_study(tmp_path / file, defaults, sections)
 
 
 def _start(command: str, config: Path) -> subprocess.Popen:
