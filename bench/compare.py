@@ -514,7 +514,7 @@ def run_case(case: Case, folder: Path, names: list[str], args: argparse.Namespac
             row.notes.append(f"failed: {result['error']}")
         elif scoring is not None:
             try:
-                scoring.measure(row, sub / "model.int8.onnx", case.budget)
+                scoring.measure(row, sub / result.get("model", "model.int8.onnx"), case.budget)
             except Exception as exc:
                 row.notes.append(f"scoring failed: {one_line(exc)}")
         if kind == "autoquant-tune":

@@ -210,6 +210,7 @@ def run_autoquant_tune(spec: dict, out: Path) -> dict[str, Any]:
         "trials": trials,
         "time_to_budget_s": summary["time_to_budget_s"],
         "note": note,
+        "model": summary["model"],  # model.over-budget.int8.onnx when no trial is within the budget
     }
 
 

@@ -194,7 +194,7 @@ def main() -> None:
             for run in runs:
                 summary, seconds = run_tune(name, run, folder, args.trials, args.timeout, args.budget)
                 latency = compare_latency(
-                    MODELS[name][1](), folder / f"out-{run}" / "model.int8.onnx", feed(name, folder / "data")
+                    MODELS[name][1](), folder / f"out-{run}" / summary["model"], feed(name, folder / "data")
                 )
                 fp32 = {k: [*fp32.get(k, []), t.fp32_ms] for k, t in latency.items()}
                 cells.append(cell(summary, seconds, latency))
