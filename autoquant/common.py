@@ -7,11 +7,14 @@ import ctypes.util
 import functools
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
+
+T = TypeVar("T")
 
 #: Called with the number of samples (or steps) just done.
 ProgressFn = Callable[[int], None]
@@ -33,6 +36,31 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class Alongside(Generic[T]):
+    """``work()`` on a daemon thread, started at once; :meth:`result` waits for it and returns its
+    value or raises its exception. A daemon thread never holds up the process's exit (an error on
+    the calling thread, or Ctrl-C, need not wait for the work)."""
+
+    def __init__(self, work: Callable[[], T], name: str) -> None:
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], T]) -> None:
+        try:
+            self._value = work()
+        except BaseException as exc:  # handed to the caller of result()
+            self._error = exc
+
+    def result(self) -> T:
+        """The work's value, once it is done (its exception is raised here)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
 
 
 @contextmanager

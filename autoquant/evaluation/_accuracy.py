@@ -158,13 +158,16 @@ class Evaluator:
 
     # ------------------------------------------------------------------ FP32 reference
 
-    def reference(self, progress: ProgressFn | None = None) -> Sequence[np.ndarray | StoredArray]:
-        """FP32 outputs over the test set (one array per output, samples first).
+    def reference(
+        self, progress: ProgressFn | None = None, threads: int = 0
+    ) -> Sequence[np.ndarray | StoredArray]:
+        """FP32 outputs over the test set (one array per output, samples first), computed with
+        ``threads`` intra-op threads (0: onnxruntime's default).
 
         With a cache folder they are stored there a batch at a time and read back by slices
         (`StoredArray`), so they never sit in memory whole.
         """
-        return self._fp32_outputs.arrays(progress)
+        return self._fp32_outputs.arrays(progress, threads)
 
     def batch_axes(self, session: ort.InferenceSession | None = None) -> list[int]:
         """The batch axis of each evaluated output (``model.output_batch_axes``, else found).
@@ -174,10 +177,10 @@ class Evaluator:
         """
         return self._fp32_outputs.batch_axes(session)
 
-    def fp32_objective(self, progress: ProgressFn | None = None) -> Objective:
-        """The objective replayed over the FP32 reference outputs."""
+    def fp32_objective(self, progress: ProgressFn | None = None, threads: int = 0) -> Objective:
+        """The objective replayed over the FP32 reference outputs (see :meth:`reference`)."""
         if self._fp32 is None:
-            reference = self.reference(progress)
+            reference = self.reference(progress, threads)
             objective = self._new_objective()
             start = 0
             for n, labels in self._label_batches():
@@ -253,11 +256,11 @@ class Evaluator:
     # ------------------------------------------------------------------ the Scorer protocol
 
     def reference_score(
-        self, fp32: object, stored: float | None, progress: ProgressFn | None = None
+        self, fp32: object, stored: float | None, progress: ProgressFn | None = None, threads: int = 0
     ) -> float:
         """The FP32 score on the test set (replayed from the cached reference outputs; ``stored``
-        is not needed: the cache makes it as cheap and exact)."""
-        self.fp32_objective(progress)
+        is not needed: the cache makes it as cheap and exact); ``threads`` as in :meth:`reference`."""
+        self.fp32_objective(progress, threads)
         assert self.fp32_score is not None
         return self.fp32_score
 

@@ -56,9 +56,12 @@ class ReferenceOutputs:
         self._arrays: Sequence[np.ndarray | StoredArray] | None = None
         self._axes: list[int] | None = None
 
-    def arrays(self, progress: ProgressFn | None = None) -> Sequence[np.ndarray | StoredArray]:
+    def arrays(
+        self, progress: ProgressFn | None = None, threads: int = 0
+    ) -> Sequence[np.ndarray | StoredArray]:
         """The outputs: with a folder, stored there a batch at a time and read back by slices
-        (`StoredArray`), so they never sit in memory whole."""
+        (`StoredArray`), so they never sit in memory whole. ``threads``: onnxruntime's intra-op
+        threads for computing them (0: its default)."""
         if self._arrays is not None:
             return self._arrays
         cached = self._read_cache()
@@ -66,7 +69,7 @@ class ReferenceOutputs:
             self._arrays = cached
             logger.info("FP32 reference outputs reused from the cache (%s)", self._folder.name)
             return self._arrays
-        session = session_or_error(self.graph.prepared_path, "FP32 model")
+        session = session_or_error(self.graph.prepared_path, "FP32 model", threads)
         axes = self.batch_axes(session)
 
         def batches() -> Iterator[list[np.ndarray]]:

@@ -2,14 +2,13 @@
 Tuner): :meth:`Driver.drive`.
 
 Each turn, under the study lock, it fails the trials of dead processes (the heartbeat), asks
-``_phases.next_step`` what comes next and claims it: the trial is queued with its
-fixed choices if it is not queued already, taken with :meth:`optuna.Study.ask`, and given its
-first heartbeat and its owner before the lock is released. The trial then runs without the lock,
-its heartbeat recorded from a thread. Its result is stored and told to Optuna; then, under the
-lock again, the best-so-far outputs are written if it is the new best and the output folder
-holds an older one (``best_trial.json`` says which trial the folder holds: a compare-and-set).
-Each storage step (a method marked :func:`autoquant.storage.retried`) runs again while the
-database does not answer; a step called inside another runs once, within the outer one.
+``_phases.next_step`` what comes next and claims it: the trial is queued with its fixed choices if
+it is not queued already, taken with :meth:`optuna.Study.ask`, and given its first heartbeat and its
+owner before the lock is released. The trial runs without the lock, its heartbeat recorded from a
+thread. Its result is stored and told to Optuna; then, under the lock again, the best-so-far outputs
+are written if it is the new best and the output folder holds an older one (``best_trial.json`` says
+which trial it holds: a compare-and-set). Each storage step (marked :func:`autoquant.storage.retried`)
+runs again while the database does not answer; a step inside another runs once, within the outer one.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from autoquant.names import (
     TRIAL_SCALES,
     TrialKey,
 )
+from autoquant.search._open import measure_tolerance
 from autoquant.search._outcome import EndState, OutcomeAttr, TrialEnd, TrialOutcome, current_best
 from autoquant.search._outputs import holds_best, publish_best, write_sensitivity
 from autoquant.search._phases import (
@@ -366,6 +366,7 @@ class Driver:
         ctx.caches.stages.setdefault("to_first_trial_s", time.time() - ctx.inputs.began)
         log_trial(ctx, outcome, result)
         ctx.observers.reporter.trial_finished(outcome, None, best)
+        measure_tolerance(study, self.lock, ctx.inputs.timers, ctx.caches.stages)
 
     def _rescue(self, frozen: FrozenTrial, outcome: TrialOutcome) -> None:
         """Keep a completed result whose trial another process failed meanwhile: as a new trial."""

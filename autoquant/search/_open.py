@@ -7,12 +7,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
 
-from autoquant.common import timed
+from autoquant.common import Alongside, ProgressFn, timed
 from autoquant.config import StudyConfig
 from autoquant.engine import Requantizer, compute_layers
 from autoquant.engine.graph import ModelGraph
@@ -76,17 +77,30 @@ def _prepare_study(
             study.set_user_attr(STUDY_STARTED, began)
         if attrs.get(STUDY_COMPUTE_LAYERS) != compute_count:
             study.set_user_attr(STUDY_COMPUTE_LAYERS, compute_count)
-    if STUDY_LATENCY_TOLERANCE not in study.user_attrs:  # measured once: a resumed study ranks alike
-        tolerance = ref.timers[SELECTION_THREADS].tolerance(budget_s=ref.latency_budget)
-        with storage.lock(name):
-            if STUDY_LATENCY_TOLERANCE not in study.user_attrs:
-                study.set_user_attr(STUDY_LATENCY_TOLERANCE, tolerance)
     with storage.lock(name):
         if STUDY_FP32_LATENCIES not in study.user_attrs:  # also for a study stored by an older version
             study.set_user_attr(STUDY_FP32_LATENCIES, {k: t.fp32_ms for k, t in ref.timers.items()})
             study.set_user_attr(STUDY_FP32_LATENCY, ref.timers[SELECTION_THREADS].fp32_ms)
             study.set_user_attr(STUDY_FP32_LOAD, ref.load_average)
     return study
+
+
+def measure_tolerance(
+    study: optuna.Study,
+    lock: Callable[[], AbstractContextManager[object]],
+    timers: dict[str, LatencyTimer],
+    stages: dict[str, float],
+) -> None:
+    """Measure the study's latency tolerance once, after its first trial: it only decides ties
+    between trials, so the first trial does not wait for it. A resumed study keeps the stored one,
+    so that it ranks alike."""
+    if "tolerance_s" in stages or STUDY_LATENCY_TOLERANCE in study.user_attrs:
+        return
+    with timed(stages, "tolerance_s"):
+        tolerance = timers[SELECTION_THREADS].tolerance(budget_s=trial_budget(stages.get("setup_s", 0.0)))
+    with lock():
+        if STUDY_LATENCY_TOLERANCE not in study.user_attrs:
+            study.set_user_attr(STUDY_LATENCY_TOLERANCE, tolerance)
 
 
 @dataclass
@@ -109,8 +123,17 @@ class _Reference:
     fp32_score: float
     fingerprint: dict[str, str]
     timers: dict[str, LatencyTimer]
-    latency_budget: float
     load_average: float | None = None  # the 1-minute load average as the FP32 latency was measured
+
+
+#: Models up to this size score their FP32 reference while the statistics pass runs; a larger
+#: one runs the two in turn, so that two sessions of its weights are never alive at once.
+OVERLAP_LIMIT = 32 * 2**20
+
+
+def _overlaps(graph: ModelGraph) -> bool:
+    """Whether the FP32 reference may run alongside the statistics pass (see `OVERLAP_LIMIT`)."""
+    return not graph.external_data and graph.prepared_path.stat().st_size <= OVERLAP_LIMIT
 
 
 def _measure(
@@ -124,15 +147,35 @@ def _measure(
     began: float,
 ) -> _Reference:
     """The statistics pass, the FP32 reference score (the stored one, if any, is checked against
-    it) and the FP32 latency timers."""
-    with timed(stages, "statistics_s"):
-        calibrated = pipeline.calibrate(config, graph=graph)
-    scorer = scorer or pipeline.evaluator(config, graph)
-    reporter.phase("FP32 reference")
+    it) and the FP32 latency timers.
+
+    The statistics pass keeps one core busy building histograms while onnxruntime runs the next
+    batch; the FP32 reference (onnxruntime over the test set) fills the idle time on a second
+    thread, for a local evaluator and a model of at most `OVERLAP_LIMIT`. The latency is timed
+    after both, on a machine they no longer load.
+    """
+    evaluator = pipeline.evaluator(config, graph) if scorer is None else None
+    scorer = scorer or evaluator
     fp32 = Candidate(-1, "fp32", {}, graph.prepared_path, None)
     stored = None if existing is None else existing.user_attrs.get(STUDY_FP32_SCORE)
-    with timed(stages, "fp32_reference_s"):
-        fp32_score = scorer.reference_score(fp32, stored, reporter.progress)
+
+    def reference(progress: ProgressFn | None) -> float:
+        with timed(stages, "fp32_reference_s"):
+            return scorer.reference_score(fp32, stored, progress)
+
+    def reference_alongside() -> float:  # on one core: the statistics pass has the other
+        with timed(stages, "fp32_reference_s"):
+            return evaluator.reference_score(fp32, stored, None, threads=1)
+
+    alongside = None
+    if evaluator is not None and _overlaps(graph):
+        reporter.phase("statistics pass and FP32 reference")
+        alongside = Alongside(reference_alongside, "autoquant-fp32-reference")
+    with timed(stages, "statistics_s"):
+        calibrated = pipeline.calibrate(config, graph=graph)
+    if alongside is None:
+        reporter.phase("FP32 reference")
+    fp32_score = reference(reporter.progress) if alongside is None else alongside.result()
     fingerprint = {**inputs, **fingerprint_results(calibrated, scorer)}
     latency_budget = trial_budget(time.time() - began)  # a tenth of the set-up so far, a second at least
     with timed(stages, "latency_s"):
@@ -140,7 +183,7 @@ def _measure(
             graph.prepared_path, pipeline.sample_feeds(config, graph, 1)[0], latency_budget / len(THREADS)
         )
     load = load_average()
-    return _Reference(calibrated, scorer, fp32_score, fingerprint, timers, latency_budget, load)
+    return _Reference(calibrated, scorer, fp32_score, fingerprint, timers, load)
 
 
 def _stopper(
@@ -191,10 +234,9 @@ def open_search(
     compute_count = len(compute_layers(graph, [n.name for n in graph.nodes]))
     # Only now: a failure before leaves no study behind.
     storage = storage or open_storage(storage_url(config), config.storage)
-    with timed(stages, "latency_s"):  # the tolerance, measured once per study, is timing too
-        study = storage.call(
-            _prepare_study, config, storage, fresh, ref, began, compute_count, command == Command.TUNE
-        )
+    study = storage.call(
+        _prepare_study, config, storage, fresh, ref, began, compute_count, command == Command.TUNE
+    )
     tracker.attach(study, storage, ref.calibrated.stats.key, ref.fp32_score)  # opened in the background
     stages["setup_s"] = time.time() - began
     _check_timeout(config, stages, ref.timers, pipeline.scored_samples(config, graph), len(space.strategies))

@@ -140,7 +140,12 @@ def test_fast_mode_stops_at_the_first_passing_strategy(
     # Every stage of this process's set-up is timed, and the first trial ends after the set-up.
     stages = summary["timings"]
     setup = ("prepare_s", "statistics_s", "fp32_reference_s", "latency_s")
-    assert all(stages[k] > 0 for k in setup) and sum(stages[k] for k in setup) <= stages["setup_s"]
+    assert all(stages[k] > 0 for k in setup)
+    # The small model's FP32 reference runs alongside the statistics pass (the longer one counts).
+    alongside = max(stages["statistics_s"], stages["fp32_reference_s"])
+    assert stages["prepare_s"] + alongside + stages["latency_s"] <= stages["setup_s"]
+    # The latency tolerance only breaks ties: it is measured after the first trial.
+    assert stages["tolerance_s"] > 0 and "latency_tolerance" in summary
     assert stages["setup_s"] + trial["trial"] <= stages["to_first_trial_s"] < 300
     again = autoquant.tune(config)  # resumes: nothing left to do
     assert len(again.trials) == 1 and again.time_to_budget_s == result.time_to_budget_s

@@ -382,7 +382,7 @@ def test_ctrl_c_before_the_first_trial_ends_at_once(tmp_path: Path) -> None:
     assert process.stderr is not None
     for line in process.stderr:
         lines.append(line)
-        if line.strip() == "FP32 reference":
+        if line.strip().endswith("FP32 reference"):  # with the statistics pass, on a small model
             break
     mlflow_process = [
         p
