@@ -40,7 +40,7 @@ import onnxruntime as ort
 from autoquant.common import ProgressFn
 from autoquant.config import QuantizationConfig, StudyConfig
 from autoquant.engine import QuantizedModel, Requantizer, compute_layers
-from autoquant.engine.graph import session_for
+from autoquant.engine.graph import session_for, session_options, session_threads
 from autoquant.errors import (
     AutoquantError,
     EvaluationError,
@@ -49,7 +49,14 @@ from autoquant.errors import (
     TrialReturned,
     one_line,
 )
-from autoquant.evaluation import SELECTION_THREADS, Evaluation, LatencyTimer, load_average, trial_budget
+from autoquant.evaluation import (
+    SELECTION_THREADS,
+    Evaluation,
+    LatencyTimer,
+    ThreadLabel,
+    load_average,
+    trial_budget,
+)
 from autoquant.names import (
     FP32_NODES_FILE,
     SENSITIVITY_FILE,
@@ -243,7 +250,7 @@ def run_choice(
         result = quantize(ctx.inputs.calibrated, quantization, ranking, timings, ctx.caches.requantizer)
     began = time.perf_counter()
     with stage("creating an onnxruntime session for the quantized model", QuantizationError):
-        session = session_for(result.model)
+        session = session_for(result.model, scoring_options(ctx))
     timings["session"] = time.perf_counter() - began
     with stage("evaluating the quantized model", EvaluationError):
         candidate = Candidate(number, key, params, result.model, session)
@@ -277,6 +284,18 @@ def run_choice(
         load_average=load,
     )
     return outcome, result
+
+
+def scoring_options(ctx: SearchContext) -> ort.SessionOptions | None:
+    """How trials are scored: at batch 1, on one thread when the FP32 model ran faster on one than
+    on onnxruntime's default (a small model's ops are too short to share between cores); else
+    onnxruntime's default, or ``--threads``."""
+    fp32 = ctx.inputs.fp32_latency
+    one, default = fp32.get(ThreadLabel.ONE.value), fp32.get(ThreadLabel.DEFAULT.value)
+    batch_one = ctx.inputs.config.test.batch_size == 1
+    if session_threads() is None and batch_one and one is not None and default is not None and one < default:
+        return session_options(1)
+    return None
 
 
 def measure_structure(ctx: SearchContext, model: onnx.ModelProto, budget_s: float) -> dict[str, float]:
