@@ -28,7 +28,7 @@ def _axes(x0: float, x1: float, y0: float, y1: float, sx, sy) -> list[str]:
     parts = [
         f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#999"/>',
         f'<line x1="{pad}" y1="{pad / 2}" x2="{pad}" y2="{h - pad}" stroke="#999"/>',
-        f'<text class="axis-title" x="{w / 2}" y="{h - 18}" text-anchor="middle">'
+        f'<text class="axis-title" x="{w / 2}" y="{h - pad + 36}" text-anchor="middle">'
         "latency at 1 thread, ms (batch 1; lower is better)</text>",
         f'<text class="axis-title" x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" '
         'text-anchor="middle">decay: score lost against FP32 (lower is better)</text>',
@@ -53,7 +53,7 @@ def scatter(trials: Sequence[dict], front: set[int], budget: float, best: int | 
     ys = [t["decay"] for t in trials] + [budget, 0.0]
     x0, x1 = min(xs) * 0.95, max(xs) * 1.05 or 1.0
     y0, y1 = min(ys), max(ys)
-    y1 = y1 + (y1 - y0) * 0.05 or 1.0
+    y0, y1 = y0 - (y1 - y0) * 0.05, y1 + (y1 - y0) * 0.05 or 1.0
 
     def sx(v: float) -> float:
         return pad + (v - x0) / ((x1 - x0) or 1.0) * (w - 2 * pad)
