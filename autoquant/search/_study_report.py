@@ -40,11 +40,16 @@ pre { padding: 8px; overflow-x: auto; }
 """
 
 # Sorts a table.sortable by the clicked column: numbers as numbers (each cell's data-sort), n/a
-# (an empty data-sort) last either way; a second click reverses the order.
+# (an empty data-sort) last either way; a second click reverses the order. Enter or space on a
+# focused header does the same.
 _SORT_SCRIPT = """
 document.querySelectorAll("table.sortable").forEach(function (table) {
   var heads = table.tHead.rows[0].cells;
   Array.prototype.forEach.call(heads, function (th, column) {
+    th.tabIndex = 0;
+    th.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" || event.key === " ") { event.preventDefault(); th.click(); }
+    });
     th.addEventListener("click", function () {
       var ascending = th.getAttribute("aria-sort") !== "ascending";
       Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });

@@ -189,7 +189,9 @@ def test_a_click_on_a_header_sorts_the_rows(page, tmp_path: Path) -> None:
     header.click()
     again = [float(v) for v in column(5) if v != "n/a"]
     assert again == sorted(decays, reverse=True)
-    page.locator("#trials-table thead th", has_text="trial").first.click()
+    trial = page.locator("#trials-table thead th", has_text="trial").first
+    trial.focus()
+    page.keyboard.press("Enter")  # by keyboard too
     numbers = [int(v) for v in column(1)]
     assert numbers == sorted(numbers) and header.get_attribute("aria-sort") is None
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
