@@ -158,7 +158,8 @@ _TRIAL_COLUMNS = (
 
 
 def _completed_row(t: dict, best: int | None, total: int | None) -> str:
-    state = "best" if t["number"] == best else ("within budget" if t["within_budget"] else "over budget")
+    verdict = "within budget" if t["within_budget"] else "over budget"
+    state = verdict if t["number"] != best else ("best" if t["within_budget"] else "best, over budget")
     int8 = int8_layers(t, total)
     ci = t.get("decay_ci")
     speedup = (t.get("speedup_by_threads") or {}).get(ThreadLabel.ONE)
@@ -177,7 +178,8 @@ def _completed_row(t: dict, best: int | None, total: int | None) -> str:
         _cell("yes" if t.get("pareto") else "no"),
         _cell(""),
     )
-    return f'<tr class="{state.replace(" ", "-")}" data-trial="{t["number"]}">{"".join(cells)}</tr>'
+    css = "best" if t["number"] == best else verdict.replace(" ", "-")
+    return f'<tr class="{css}" data-trial="{t["number"]}">{"".join(cells)}</tr>'
 
 
 def _ended_row(t: dict) -> str:

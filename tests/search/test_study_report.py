@@ -70,3 +70,16 @@ def test_every_trial_is_in_the_table_and_every_text_escaped() -> None:
     assert "strategy:<mse>" not in page and "s&t" not in page and "s&amp;t" in page
     assert page.count("<script>") == 1  # the table's sorting, nothing loaded from elsewhere
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
+
+
+def test_an_over_budget_best_trial_says_so_where_it_is_named() -> None:
+    over = TrialOutcome(0, "strategy:mse", {}, 0.98, 0.01, (0.008, 0.012), (), 1.0, False)
+    result = TuneResult("s", "sqlite://", 0.99, 0.005, over, (over,), 0, Path("out"), pareto=(over,))
+    page = render_study_report(
+        summary(result).to_dict(), "t", {}, files=["report.html"], rebuild="autoquant quantize x"
+    )
+    assert re.search(
+        r'<tr class="best" data-trial="0"><td data-sort="0">0</td>.*?>best, over budget</td>', page
+    )
+    assert "#0 (strategy:mse), over budget" in page and "No trial is within the budget (0.005)" in page
+    assert "model.over-budget.int8.onnx" in page and "it is over the budget" in page
