@@ -10,7 +10,7 @@ from autoquant.search._naming import serving, storage_url, study_name
 from autoquant.search._open import OpenSearch, open_search
 from autoquant.search._outcome import EndState, TrialEnd, TrialOutcome, current_best, outcomes
 from autoquant.search._phases import Analyse, Done, Phase, Run, Wait
-from autoquant.search._report import render_report, render_study_report, sensitivity_csv
+from autoquant.search._report import render_report, sensitivity_csv
 from autoquant.search._selection import best_outcome, pareto_front, ranked
 from autoquant.search._sharing import (
     check_fingerprint,
@@ -21,6 +21,7 @@ from autoquant.search._sharing import (
 )
 from autoquant.search._space import SearchSpace, Value, load_space
 from autoquant.search._study import drive, tune
+from autoquant.search._study_report import render_study_report
 from autoquant.search._summary import StudySummary, TuneResult, stored_result, stored_status, summary
 from autoquant.search._trial import (
     DEFAULT_SAMPLED_TRIALS,

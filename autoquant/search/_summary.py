@@ -3,7 +3,7 @@ written to ``study_summary.json``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ class StudySummary:
     completed_trials: int
     failed_trials: int
     trials: list[dict[str, Any]]  # a row per completed trial: its stored attributes and more
+    ended_trials: list[dict[str, Any]] = field(default_factory=list)  # the pruned and failed trials
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data, for the edges (the JSON file, MLflow, the HTML report)."""
@@ -115,6 +116,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> StudySumm
         completed_trials=len(result.trials),
         failed_trials=result.failed,
         trials=[row(o) for o in result.trials],
+        ended_trials=[asdict(end) for end in result.ended],
     )
 
 
