@@ -77,6 +77,15 @@ def test_overrides_and_bad_space_files(tmp_path: Path) -> None:
         load_space(bad)
     with pytest.raises(ConfigError, match="no built-in search space 'fastest'"):
         load_space("fastest")
+    # A strategy's value must be one of its parameter's choices: refused as the space loads.
+    bad.write_text(
+        "parameters:\n  method: {choices: [kl, mse]}\nstrategies:\n  - {name: mm, method: minmax}\n"
+    )
+    with pytest.raises(ConfigError, match=r"bad.yaml: strategy 'mm': method: 'minmax' is not one of"):
+        load_space(bad)
+    # A value fixed by an override holds in every strategy (fast mode's set other methods).
+    fixed = load_space("fast", {"method": "mse"})
+    assert fixed.strategies and all(s["method"] == "mse" for s in fixed.strategies)
 
 
 def test_selection_rule() -> None:
