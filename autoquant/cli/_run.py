@@ -15,7 +15,7 @@ from autoquant.cli._stage import StageReporter
 from autoquant.cli._tables import node_list
 from autoquant.config import StudyConfig
 from autoquant.hardware import describe
-from autoquant.names import Command, model_file
+from autoquant.names import REPORT_FILE, Command, model_file
 from autoquant.search import TuneResult
 
 #: Runs the study: ``runner(config, reporter, stop)``.
@@ -108,4 +108,4 @@ def _print_best(cfg: StudyConfig, result: TuneResult) -> None:
     out.print(
         f"CPU: {cpu['cpu_isa']}; reduce_range {cpu['reduce_range']}: {str(cpu['reduce_range_resolved']).lower()}"
     )
-    out.print(f"outputs: {result.output} (model: {model_file(best.within_budget)})")
+    out.print(f"outputs: {result.output} (model: {model_file(best.within_budget)}, report: {REPORT_FILE})")
