@@ -218,7 +218,7 @@ def pareto_section(summary: dict) -> str:
         "how",
         "decay",
         "within budget",
-        "FP32 compute layers",
+        "FP32 compute layers run (optimised graph)",
         "float ops",
         "latency 1 thread ms",
         "speedup 1 thread",
@@ -247,7 +247,7 @@ def pareto_section(summary: dict) -> str:
     chart = _scatter(trials, front, float(summary.get("accept_int8_decay", 0.0)), best) if trials else ""
     return f"""<h2>Pareto front: decay, latency, FP32 compute layers</h2>
 <p>A trial is on the front when no other trial is as good on all three (decay, latency at one
-thread, compute layers left in FP32) and better on one. {len(front)} of {len(trials)} completed
+thread, compute layers onnxruntime runs in FP32 in its optimised graph) and better on one. {len(front)} of {len(trials)} completed
 trials are. Latency is batch 1 on {html.escape(str(latency.get("cpu_isa", "this CPU")))}
 ({html.escape(_latency_text(summary))}); ops left in float for speed are not FP32 layers.
 Coloured dots are the front (blue within budget, orange over), the larger dot the best trial.</p>
