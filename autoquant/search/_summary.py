@@ -28,7 +28,6 @@ from autoquant.search._outcome import TrialEnd, TrialOutcome, ended, outcomes
 from autoquant.search._selection import best_outcome, pareto_front
 from autoquant.storage import display_url, workers
 
-
 #: What a trial's ``fp32_compute_layers`` lists (``fp32_wrapped_layers``: those its choices kept).
 FP32_COUNTED = (
     "compute layers onnxruntime runs in FP32 (optimised graph): those its choices kept in FP32 and "
