@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import onnx
@@ -106,11 +106,14 @@ def layers_in_float(
 
 
 def session_and_optimized(
-    model: onnx.ModelProto, workdir: Path | None = None
+    model: onnx.ModelProto,
+    workdir: Path | None = None,
+    open_session: Callable[[onnx.ModelProto, ort.SessionOptions], ort.InferenceSession] = session_for,
 ) -> tuple[ort.InferenceSession, onnx.ModelProto]:
-    """A CPU session for ``model`` and onnxruntime's optimized graph of it, which the session
-    writes as it is created (its initializers in a side file that is never read: only the
-    graph's nodes matter). Both files go to a temporary folder, deleted before returning."""
+    """A CPU session for ``model`` (opened by ``open_session``) and onnxruntime's optimized graph
+    of it, which the session writes as it is created (its initializers in a side file that is
+    never read: only the graph's nodes matter). Both files go to a temporary folder, deleted
+    before returning."""
     with tempfile.TemporaryDirectory(prefix="autoquant-opt-", dir=workdir) as tmp:
         options = session_options()
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
@@ -120,6 +123,6 @@ def session_and_optimized(
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_min_size_in_bytes", "64"
         )
-        session = session_for(model, options)
+        session = open_session(model, options)
         optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
     return session, optimized

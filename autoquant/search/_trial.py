@@ -299,7 +299,7 @@ def session_and_layers_in_float(
     if known is not None:
         return session_for(model), known
     graph = ctx.inputs.calibrated.graph
-    session, optimized = session_and_optimized(model)
+    session, optimized = session_and_optimized(model, open_session=session_for)
     known = layers_in_float(model, optimized, compute_layers(graph, [n.name for n in graph.nodes]))
     ctx.caches.in_float[structure] = known
     return session, known

@@ -254,11 +254,11 @@ def _session_failing_for_trial(monkeypatch: pytest.MonkeyPatch, failing: set[int
     real = search.session_for
     calls = iter(range(1000))  # session_for is called once per trial, in trial order
 
-    def session_for(model):
+    def session_for(model, options=None):
         number = next(calls)
         if number in failing and where == "session":
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed:\nbad QDQ pair")
-        session = real(model)
+        session = real(model, options)
         if number in failing:
 
             def run(*args, **kwargs):
