@@ -61,3 +61,22 @@ def test_tune_counts_the_conv_transpose_layers_onnxruntime_runs_in_float(tmp_pat
     assert "FP32 compute layers run (optimised graph)" in report
     assert "runs in FP32 in its optimised graph" in report
     assert os.path.getsize(out / "model.int8.onnx") > 0
+
+
+@pytest.mark.integration
+def test_quantize_names_the_compute_layers_onnxruntime_runs_in_float(tmp_path: Path) -> None:
+    model = deconv_digits_model(tmp_path / "deconv_digits.onnx")
+    config = small_digits_study(
+        tmp_path / "study.yaml",
+        {"model": {"path": str(model)}, "output": {"directory": str(tmp_path / "out")}},
+        {"tracking": {"enabled": False}},
+    )
+    result = run(tmp_path, "quantize", str(config), env={"COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr
+    (row,) = [x for x in result.stdout.splitlines() if "FP32 layers run" in x]
+    written = onnx.load(tmp_path / "out" / "model.int8.onnx")
+    compute = [n for n in written.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    assert f"3 of {len(compute)} compute layers onnxruntime runs in FP32 (optimised graph): " in row
+    assert ", ".join(DECONVS) in row
+    (kernels,) = [x for x in result.stdout.splitlines() if "INT8 kernels" in x]
+    assert "QLinearConv x3" in kernels and "QGemm x1" in kernels
