@@ -153,17 +153,18 @@ def summary_table(result: TuneResult) -> Table:
     table = Table(
         title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}",
         caption=f"{latency_line(result)}. Speedup = FP32 ms / INT8 ms. Best: within budget, fewest FP32 "
-        f"compute layers (ops left in float for speed do not count), then lowest latency at 1 thread; "
+        f"layers run = compute layers onnxruntime runs in FP32 (optimised graph: quantized layers without "
+        f"an INT8 kernel count; ops left in float for speed do not), then lowest latency at 1 thread; "
         f"latencies within {result.latency_tolerance:.0%} of each other are ties (the spread of repeated "
         "timings of the FP32 model against itself here), which the smaller decay wins; * = on the Pareto "
-        "front of decay, latency and FP32 compute layers; "
+        "front of decay, latency and FP32 layers run; "
         + (
             f"first trial within budget after {result.time_to_budget_s:.1f} s"
             if result.time_to_budget_s is not None
             else "no trial within budget"
         ),
     )
-    columns = ("trial", "how", "score", "decay", "95 % CI", "FP32 layers", "float ops", "ms, 1 thread")
+    columns = ("trial", "how", "score", "decay", "95 % CI", "FP32 layers run", "float ops", "ms, 1 thread")
     for column in (*columns, "speedup 1 thread", "speedup default", ""):
         table.add_column(column)
     for o in ranked(result.trials, result.latency_tolerance):

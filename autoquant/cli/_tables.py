@@ -47,9 +47,15 @@ def _weights(per_channel: bool) -> str:
 
 
 def quantize_table(
-    cfg: StudyConfig, result: QuantizedModel, samples: int, kernels: Mapping[str, int], output: Path
+    cfg: StudyConfig,
+    result: QuantizedModel,
+    samples: int,
+    kernels: Mapping[str, int],
+    output: Path,
+    layers_run: tuple[Sequence[str], int] | None = None,
 ) -> Table:
-    """What ``quantize`` did: its choices, the CPU, the FP32 nodes and the INT8 kernels."""
+    """What ``quantize`` did: its choices, the CPU, the FP32 nodes, the compute layers that
+    onnxruntime runs in FP32 (``layers_run``: those and the model's count) and the INT8 kernels."""
     table = Table(title="autoquant quantize", show_header=False)
     q = cfg.quantization
     table.add_row("model", str(cfg.model.path))
@@ -63,6 +69,16 @@ def quantize_table(
     table.add_row("calibration samples", str(samples))
     table.add_row("quantized tensors", str(len(result.ranges)))
     table.add_row("FP32 nodes", node_list(result.fp32_nodes, output))
+    if layers_run is not None:
+        in_float, compute = layers_run
+        shown = ", ".join(in_float[:SHOWN_NODES]) + (
+            f" +{len(in_float) - SHOWN_NODES} more" if len(in_float) > SHOWN_NODES else ""
+        )
+        table.add_row(
+            "FP32 layers run",
+            f"{len(in_float)} of {compute} compute layers onnxruntime runs in FP32 (optimised graph)"
+            + (f": {shown}" if in_float else ""),
+        )
     table.add_row("INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if _is_int8(k)))
     table.add_row("output", str(output))
     return table

@@ -26,7 +26,8 @@ class OutcomeAttr(StrEnum):
     decay = "decay"
     decay_ci = "decay_ci"
     fp32_nodes = "fp32_nodes"
-    fp32_compute_layers = "fp32_compute_layers"
+    fp32_compute_layers = "fp32_compute_layers"  # run in float by onnxruntime (before: kept in FP32)
+    fp32_wrapped_layers = "fp32_wrapped_layers"  # kept in FP32 by the choices (absent: an older version)
     float_nodes = "float_nodes"
     latency_ms = "latency_ms"
     latency_by_threads = "latency_by_threads"
@@ -53,11 +54,20 @@ class TrialOutcome:
     within_budget: bool
     timings: dict[str, float] = field(default_factory=dict)
     layer_scales: dict[str, float] = field(default_factory=dict)
-    fp32_compute: tuple[str, ...] = ()  # the compute layers among fp32_nodes (what the selection counts)
+    # the compute layers onnxruntime's optimized graph runs in float (what the selection counts)
+    fp32_compute: tuple[str, ...] = ()
+    # the compute layers among fp32_nodes (kept in FP32 by the choices); None: an older version's
+    # trial, whose fp32_compute is this count (the QDQ wrapping), not what runs
+    fp32_wrapped: tuple[str, ...] | None = None
     float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops): not FP32 layers
     latencies: dict[str, float] = field(default_factory=dict)  # threads label -> ms (latency_ms: "1")
     speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
     load_average: float | None = None  # the 1-minute load average as its latency was measured
+
+    @property
+    def kept_fp32(self) -> tuple[str, ...]:
+        """The compute layers its choices kept in FP32 (an older version's trial: its count)."""
+        return self.fp32_compute if self.fp32_wrapped is None else self.fp32_wrapped
 
     def attrs(self) -> dict[str, Any]:
         """User attributes for Optuna storage (JSON-serialisable, plain string keys)."""
@@ -68,6 +78,7 @@ class TrialOutcome:
             OutcomeAttr.decay_ci: list(self.decay_ci) if self.decay_ci else None,
             OutcomeAttr.fp32_nodes: list(self.fp32_nodes),
             OutcomeAttr.fp32_compute_layers: list(self.fp32_compute),
+            OutcomeAttr.fp32_wrapped_layers: None if self.fp32_wrapped is None else list(self.fp32_wrapped),
             OutcomeAttr.float_nodes: list(self.float_nodes),
             OutcomeAttr.latency_ms: self.latency_ms,
             OutcomeAttr.latency_by_threads: self.latencies,
@@ -100,6 +111,7 @@ class TrialOutcome:
             layer_scales=a.get(OutcomeAttr.layer_scales, {}),
             # a trial stored by an older version counts all its FP32 nodes (the safe side)
             fp32_compute=tuple(a.get(OutcomeAttr.fp32_compute_layers, a[OutcomeAttr.fp32_nodes])),
+            fp32_wrapped=_names(a.get(OutcomeAttr.fp32_wrapped_layers)),
             float_nodes=tuple(a.get(OutcomeAttr.float_nodes, ())),
             latencies=dict(
                 a.get(OutcomeAttr.latency_by_threads, {SELECTION_THREADS: a[OutcomeAttr.latency_ms]})
@@ -107,6 +119,10 @@ class TrialOutcome:
             speedups=dict(a.get(OutcomeAttr.speedup_by_threads, {})),
             load_average=a.get(OutcomeAttr.load_average),  # None: stored by an older version
         )
+
+
+def _names(stored: list[str] | None) -> tuple[str, ...] | None:
+    return None if stored is None else tuple(stored)
 
 
 class EndState(StrEnum):

@@ -144,7 +144,7 @@ def _front_table(summary: dict, front: set[int], best: int | None) -> str:
         "how",
         "decay",
         "within budget",
-        "FP32 compute layers",
+        "FP32 compute layers run (optimised graph)",
         "float ops",
         "latency 1 thread ms",
         "speedup 1 thread",
@@ -184,7 +184,7 @@ def pareto_section(summary: dict) -> str:
     legend = _legend(budget, summary.get("best") or (trials[0] if trials else None))
     return f"""<h2 id="pareto">Pareto front: decay, latency, FP32 compute layers</h2>
 <p>A trial is on the front when no other trial is as good on all three (decay, latency at one
-thread, compute layers left in FP32) and better on one. {len(front)} of {len(trials)} completed
+thread, compute layers onnxruntime runs in FP32 in its optimised graph) and better on one. {len(front)} of {len(trials)} completed
 trials are. Latency is batch 1 on {html.escape(str(latency.get("cpu_isa", "this CPU")))}
 ({html.escape(_latency_text(summary))}); ops left in float for speed are not FP32 layers.
 The best trial need not be on the front: latencies within the measured noise are ties for the

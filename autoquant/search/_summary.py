@@ -28,6 +28,13 @@ from autoquant.search._outcome import TrialEnd, TrialOutcome, ended, outcomes
 from autoquant.search._selection import best_outcome, pareto_front
 from autoquant.storage import display_url, workers
 
+#: What a trial's ``fp32_compute_layers`` lists (``fp32_wrapped_layers``: those its choices kept).
+FP32_COUNTED = (
+    "compute layers onnxruntime runs in FP32 (optimised graph): those its choices kept in FP32 and "
+    "the quantized ones without an INT8 kernel (trials without fp32_wrapped_layers, stored by an "
+    "earlier version, list only the former)"
+)
+
 
 @dataclass(frozen=True)
 class TuneResult:
@@ -72,6 +79,7 @@ class StudySummary:
     latency_tolerance: float
     time_to_budget_s: float | None
     compute_layers: int | None
+    fp32_compute_layers: str  # what a trial's fp32_compute_layers counts (FP32_COUNTED)
     timings: dict[str, float]
     latency: dict[str, Any]  # how latency was measured, and the figures per thread count
     best: dict[str, Any] | None  # the best trial's row
@@ -109,6 +117,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> StudySumm
         latency_tolerance=result.latency_tolerance,
         time_to_budget_s=result.time_to_budget_s,
         compute_layers=result.compute_layers,
+        fp32_compute_layers=FP32_COUNTED,
         timings=result.timings,
         latency=latency_summary(result),
         best=row(result.best) if result.best else None,

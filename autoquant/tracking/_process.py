@@ -148,7 +148,9 @@ class MlflowLogger:
             "best_decay": best.get("decay"),
             "best_score": best.get("score"),
             "best_fp32_nodes": len(best.get("fp32_nodes", [])) if best else None,
+            # run in float by onnxruntime (optimised graph); wrapped: kept in FP32 by the choices
             "best_fp32_compute_layers": len(best.get("fp32_compute_layers", [])) if best else None,
+            "best_fp32_wrapped_layers": len(best.get("fp32_wrapped_layers") or []) if best else None,
             "completed_trials": summary.get("completed_trials"),
             "failed_trials": summary.get("failed_trials"),
             "time_to_budget_s": summary.get("time_to_budget_s"),

@@ -529,8 +529,9 @@ def test_outcome_attribute_names_stay_as_stored_studies_have_them() -> None:
 
     outcome = TrialOutcome(1, "strategy:a", {}, 0.9, 0.01, None, (), 1.0, True)
     assert list(outcome.attrs()) == [
-        "key", "score", "decay", "decay_ci", "fp32_nodes", "fp32_compute_layers", "float_nodes",
-        "latency_ms", "latency_by_threads", "speedup_by_threads", "within_budget", "timings", "layer_scales",
+        "key", "score", "decay", "decay_ci", "fp32_nodes", "fp32_compute_layers",
+        "fp32_wrapped_layers",  # added later: a trial stored without it counted the QDQ wrapping
+        "float_nodes", "latency_ms", "latency_by_threads", "speedup_by_threads", "within_budget", "timings", "layer_scales",
         "load_average",  # added later: a trial stored without it reads as None ("load n/a")
     ]  # fmt: skip
     assert OutcomeAttr.within_budget == "within_budget" and OutcomeAttr.samples == "samples"
