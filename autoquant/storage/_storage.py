@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.config import StorageConfig
-from autoquant.errors import ConfigError, StorageError
+from autoquant.errors import ConfigError, StorageError, write_fault
 from autoquant.names import TRIAL_OWNER
 from autoquant.storage._kinds import (
     StorageKind,
@@ -48,6 +48,7 @@ from autoquant.storage._kinds import (
 )
 from autoquant.storage._locking import process_alive
 from autoquant.storage._optuna import rdb_engine, retry_callback, trial_id
+from autoquant.storage._sqlite import open_or_rebuild, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -258,22 +259,23 @@ class StudyStorage:
 def _connect_rdb(url: str, kind: StorageKind, settings: StorageConfig) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url`` with its heartbeat (PostgreSQL: under the schema lock)."""
     if kind == StorageKind.SQLITE:
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         interval, grace = EMBEDDED_HEARTBEAT
     else:
         interval, grace = settings.heartbeat_interval, settings.grace_period
 
-    def create() -> optuna.storages.RDBStorage:
+    def create(at: str = url) -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
             return optuna.storages.RDBStorage(
-                url,
+                at,
                 engine_kwargs={"pool_pre_ping": True} if kind == StorageKind.POSTGRESQL else None,
                 heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=retry_callback(settings.max_retry),
             )
 
+    if kind == StorageKind.SQLITE:  # made whole or not at all; a half-made one is made again
+        return open_or_rebuild(sqlite_path(url), create)
     if kind != StorageKind.POSTGRESQL:
         return create()
     import sqlalchemy
@@ -314,6 +316,10 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
             'install it with `pip install "autoquant[postgres]"`'
         ) from None
     except Exception as exc:
+        fault = write_fault(exc)  # a full disk, a read-only folder: one line naming the database
+        if fault is not None:
+            where = fault.removeprefix("the study or tracking database: ")
+            raise StorageError(f"the study database {display_url(url)}: {where}") from exc
         raise ConfigError(
             f"storage.url {display_url(url)!r}: cannot open the Optuna storage ({type(exc).__name__}: {exc})"
         ) from None
