@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoquant.config import StorageConfig
 from autoquant.errors import ConfigError, StorageError, write_fault
 from autoquant.names import TRIAL_OWNER
+from autoquant.storage._journal import open_journal
 from autoquant.storage._kinds import (
     StorageKind,
     display_url,
@@ -301,10 +302,7 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
     wait_for_preload()
     kind = storage_kind(url)
     if kind == StorageKind.JOURNAL:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return StudyStorage(url, kind, JournalStorage(JournalFileBackend(url)), settings)
+        return StudyStorage(url, kind, open_journal(Path(url)), settings)
     probe = StudyStorage(url, kind, None, settings)  # type: ignore[arg-type]
     try:
         backend = probe.call(_connect_rdb, url, kind, settings)

@@ -60,7 +60,9 @@ def _cache(disk: Path, pattern: str) -> bool:
 
 
 STEPS = [
-    Step("24k", "prepared model", "cache: no space left on the device", lambda d: not _cache(d, "prepared-*")),
+    Step(
+        "24k", "prepared model", "cache: no space left on the device", lambda d: not _cache(d, "prepared-*")
+    ),
     Step(
         "1m",
         "statistics cache",
@@ -89,7 +91,9 @@ STEPS = [
         "3292k",
         "summary / MLflow store opening",
         "no space left on the device",
-        lambda d: (d / "out" / "model.int8.onnx").exists() and not (d / "out" / "study_summary.json").exists(),
+        lambda d: (
+            (d / "out" / "model.int8.onnx").exists() and not (d / "out" / "study_summary.json").exists()
+        ),
     ),
     Step(
         "3400k",

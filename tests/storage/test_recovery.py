@@ -15,8 +15,8 @@ import pytest
 from autoquant.config import StorageConfig
 from autoquant.errors import StorageError
 from autoquant.search import serving
-from autoquant.storage import open_storage
 from autoquant.storage import _sqlite as sqlite_store
+from autoquant.storage import open_storage
 from tests.helpers import digits_variant
 
 SETTINGS = StorageConfig()
@@ -55,7 +55,9 @@ def test_a_new_database_is_made_whole_or_not_at_all(tmp_path: Path, monkeypatch:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", full_disk)
-    with pytest.raises(StorageError, match=r"the study database sqlite:///.*study.db: database or disk is full"):
+    with pytest.raises(
+        StorageError, match=r"the study database sqlite:///.*study.db: database or disk is full"
+    ):
         open_storage(_url(path), SETTINGS)
     assert _listing(path.parent) == []  # no study.db, no temporary file
     monkeypatch.setattr(optuna.storages, "RDBStorage", made)
@@ -144,3 +146,27 @@ def test_half_written_outputs_are_removed_under_the_lock(
     assert lines == [
         f"{out}: removed 2 half-written file(s) of an interrupted run (.best_trial.json.x1y2.tmp, .staging-k1ll3d)"
     ]
+
+
+def test_a_half_written_journal_record_is_cut_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk or a kill in the middle of an append: the half-written last record is cut off
+    (one line), the whole ones are kept, and the journal takes new records and reads again."""
+    path = tmp_path / "study.log"
+    storage = open_storage(str(path), SETTINGS)
+    study = optuna.create_study(storage=storage.backend, study_name="s")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    whole = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b'{"op_code":6,"worker_id":"x","study_id":0,"da')  # cut by the full disk
+    with caplog.at_level(logging.INFO, logger="autoquant"):
+        storage = open_storage(str(path), SETTINGS)
+    assert path.stat().st_size == whole
+    lines = [r.getMessage() for r in caplog.records if "half-written record" in r.getMessage()]
+    assert lines == [
+        f"the study journal {path} ended in a half-written record (an interrupted write); cut off its 45 bytes"
+    ]
+    study = optuna.load_study(study_name="s", storage=storage.backend)
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=2.0))
+    again = optuna.load_study(study_name="s", storage=open_storage(str(path), SETTINGS).backend)
+    assert [t.value for t in again.trials] == [1.0, 2.0]
+    assert not list(tmp_path.glob("*.lock"))  # the journal's lock is released
