@@ -15,7 +15,6 @@ import pytest
 from autoquant.config import StorageConfig
 from autoquant.errors import StorageError
 from autoquant.search import serving
-from autoquant.storage import _sqlite as sqlite_store
 from autoquant.storage import open_storage
 from tests.helpers import digits_variant
 
@@ -127,7 +126,8 @@ def test_a_full_disk_on_an_existing_database_is_not_a_rebuild(
     monkeypatch.setattr(optuna.storages, "RDBStorage", full_disk)
     with pytest.raises(StorageError, match="no space left on the device"):
         open_storage(_url(path), SETTINGS)
-    assert sqlite_store.completed_trials(path) == 0 and path.is_file()  # not deleted
+    with sqlite3.connect(path) as connection:  # not deleted: the study is still in it
+        assert connection.execute("SELECT study_name FROM studies").fetchall() == [("s",)]
 
 
 def test_half_written_outputs_are_removed_under_the_lock(
