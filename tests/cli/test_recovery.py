@@ -27,8 +27,11 @@ Each case checks what the first run left, so a drift in these sizes fails here, 
 from __future__ import annotations
 
 import re
+import signal
 import sqlite3
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +101,13 @@ STEPS = [
     Step(
         "3400k",
         "MLflow's first migration",
-        "database or disk is full",
+        "the MLflow store: database or disk is full",
         lambda d: (d / "out" / "study_summary.json").exists() and not (d / "out" / "mlartifacts").exists(),
     ),
     Step(
         "4330k",
         "MLflow's runs and artifacts",
-        "database or disk is full",
+        "the MLflow store: database or disk is full",
         lambda d: (d / "out" / "mlflow.db").exists(),
     ),
 ]
@@ -151,3 +154,34 @@ def test_a_disk_that_fills_at_each_step_of_the_first_run(tmp_path: Path, step: S
         assert _runs(out / "mlflow.db") > 0
         leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
         assert leftovers == [], leftovers
+
+
+def test_a_kill_while_the_study_database_is_made(tmp_path: Path) -> None:
+    """SIGKILL while Optuna makes its tables (in ``.study.db.*.tmp``, about half a second): no
+    ``study.db`` is left half-made, and the rerun removes the temporary file and finishes."""
+    config = _study(tmp_path, tracking={"enabled": False})
+    out = tmp_path / "out"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autoquant", "tune", str(config)],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    while process.poll() is None and time.monotonic() < deadline and not list(out.glob(".study.db.*.tmp")):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if process.returncode != -signal.SIGKILL or (out / "study.db").exists():
+        pytest.skip("the kill did not land while the study database was being made (a busy machine)")
+    assert list(out.glob(".study.db.*.tmp"))  # the kill's leftover, and no study.db
+    again = run(cwd, "tune", str(config))
+    assert again.returncode == 0, again.stderr[-3000:]
+    said = [text for text in again.stderr.splitlines() if RECOVERY.search(text)]
+    rebuilt = [text for text in said if "stale lock" not in text]  # the kill left its lock too
+    assert len(rebuilt) == 1, said
+    assert f"{out}: removed 1 half-written file(s) of an interrupted run (.study.db." in rebuilt[0], said
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert (out / "study_summary.json").is_file()
