@@ -116,8 +116,10 @@ def write_files(directory: Path, files: dict[str, bytes | Callable[[Path], None]
         staging = Path(tempfile.mkdtemp(dir=directory, prefix=".staging-"))
     except OSError as exc:
         raise OutputError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
+    current = directory  # the file being written, for the message
     try:
         for name, content in files.items():
+            current = directory / name
             if callable(content):
                 content(staging / name)
             else:
@@ -126,7 +128,7 @@ def write_files(directory: Path, files: dict[str, bytes | Callable[[Path], None]
         for name in [*companions, *files]:  # external data before the model that refers to it
             os.replace(staging / name, directory / name)
     except OSError as exc:
-        exc.filename = exc.filename or str(directory)
+        exc.filename = exc.filename or str(current)
         raise OutputError(
             write_fault(exc) or f"{directory}: cannot write the outputs ({exc.strerror})"
         ) from None

@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.config import StorageConfig
-from autoquant.errors import ConfigError, StorageError, write_fault
+from autoquant.errors import AutoquantError, ConfigError, StorageError, write_fault
 from autoquant.names import TRIAL_OWNER
 from autoquant.storage._journal import open_journal
 from autoquant.storage._kinds import (
@@ -182,6 +182,9 @@ class StudyStorage:
                 result = step(*args, **kwargs)
             except Exception as exc:
                 if not (self.shared and is_outage(exc)):
+                    named = _named_fault(exc, self.url)
+                    if named is not exc:
+                        raise named from exc
                     raise
                 now = time.monotonic()
                 if deadline is None:
@@ -257,6 +260,24 @@ class StudyStorage:
         return self._ids[study.study_name]
 
 
+def _named_fault(exc: Exception, url: str) -> Exception:
+    """A full disk or a read-only folder met by the database itself, as one error naming the study
+    database; any other exception unchanged."""
+    import sqlalchemy.exc
+
+    chain: list[BaseException] = [exc]
+    while (link := chain[-1].__cause__ or chain[-1].__context__) is not None and link not in chain:
+        chain.append(link)  # Optuna wraps SQLAlchemy's error in its StorageInternalError
+    database = any(isinstance(e, sqlalchemy.exc.OperationalError) for e in chain)
+    fault = write_fault(exc) if database and not isinstance(exc, AutoquantError) else None
+    if fault is None:
+        return exc
+    return StorageError(f"the study database {display_url(url)}: {fault.removeprefix(_UNNAMED)}")
+
+
+_UNNAMED = "the study or tracking database: "
+
+
 def _connect_rdb(url: str, kind: StorageKind, settings: StorageConfig) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url`` with its heartbeat (PostgreSQL: under the schema lock)."""
     if kind == StorageKind.SQLITE:
@@ -316,7 +337,7 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
     except Exception as exc:
         fault = write_fault(exc)  # a full disk, a read-only folder: one line naming the database
         if fault is not None:
-            where = fault.removeprefix("the study or tracking database: ")
+            where = fault.removeprefix(_UNNAMED)
             raise StorageError(f"the study database {display_url(url)}: {where}") from exc
         raise ConfigError(
             f"storage.url {display_url(url)!r}: cannot open the Optuna storage ({type(exc).__name__}: {exc})"

@@ -16,7 +16,8 @@ KiB   step (what it writes)
 3112  the FP32 reference outputs in the cache (``fp32-*/``, 8 KiB)
 3120  the study database (made in ``.study.db.*.tmp``, 116 KiB, then renamed into place)
 3236  the trial's rows, then the best trial's outputs (``model.int8.onnx`` staged, 52 KiB)
-3288  the study summary and report (8 KiB), while MLflow's process opens its store
+3288  the study's last rows in ``study.db`` (this process's worker record), the summary and
+      report (8 KiB), while MLflow's process opens its store
 3296  MLflow's first migrations (``mlflow.db``, 1 MiB with its journal)
 4308  MLflow's runs and artifacts (``mlartifacts/``, 170 KiB)
 ====  =============================================================================
@@ -86,14 +87,14 @@ STEPS = [
     ),
     Step(
         "3270k",
-        "best trial's model",
+        "best trial's outputs",
         "no space left on the device",
         lambda d: (d / "out" / "study.db").exists() and not (d / "out" / "model.int8.onnx").exists(),
     ),
     Step(
         "3292k",
-        "summary / MLflow store opening",
-        "no space left on the device",
+        "study's last rows",
+        "the study database sqlite:///",
         lambda d: (
             (d / "out" / "model.int8.onnx").exists() and not (d / "out" / "study_summary.json").exists()
         ),

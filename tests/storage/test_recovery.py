@@ -170,3 +170,29 @@ def test_a_half_written_journal_record_is_cut_off(tmp_path: Path, caplog: pytest
     again = optuna.load_study(study_name="s", storage=open_storage(str(path), SETTINGS).backend)
     assert [t.value for t in again.trials] == [1.0, 2.0]
     assert not list(tmp_path.glob("*.lock"))  # the journal's lock is released
+
+
+def test_a_full_disk_in_a_storage_step_names_the_database(tmp_path: Path) -> None:
+    """Optuna wraps SQLite's "database or disk is full" in its own error: the step's error is one
+    line naming the study database."""
+    import sqlalchemy.exc
+
+    path = tmp_path / "study.db"
+    storage = open_storage(_url(path), SETTINGS)
+
+    def full_disk() -> None:
+        try:
+            raise sqlalchemy.exc.OperationalError(
+                "COMMIT", {}, sqlite3.OperationalError("database or disk is full")
+            )
+        except sqlalchemy.exc.OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from exc
+
+    with pytest.raises(StorageError) as raised:
+        storage.call(full_disk)
+    assert str(raised.value) == (
+        f"the study database sqlite:///{path}: database or disk is full; no space left on the device; "
+        "free some space or choose another --output"
+    )
+    with pytest.raises(KeyError):  # anything else passes unchanged
+        storage.call(lambda: {}["missing"])
