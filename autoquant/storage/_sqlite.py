@@ -112,7 +112,11 @@ def open_or_rebuild(path: Path, create: Callable[[str], T]) -> T:
         )
         create_atomically(path, create)
         return create(url)
-    held = "it cannot be read" if completed is None else f"it holds {completed} completed trials"
+    held = (
+        "it cannot be read"
+        if completed is None
+        else f"it holds {completed} completed trial{'' if completed == 1 else 's'}"
+    )
     raise StorageError(
         f"{path}: cannot open the study database ({reason}); {held}, so it is kept: restore it from "
         "a copy, or move it away to start the study over"
