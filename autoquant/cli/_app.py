@@ -37,7 +37,7 @@ from autoquant.cli._console import (
 from autoquant.cli._run import run_study
 from autoquant.cli._stage import StageReporter
 from autoquant.config import StudyConfig, load_config
-from autoquant.errors import AutoquantError, write_fault
+from autoquant.errors import AutoquantError, one_line, write_fault
 from autoquant.hardware import target_isa
 from autoquant.names import VERSION as __version__
 from autoquant.names import Command
@@ -123,7 +123,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 fail(fault)
             if is_verbose():
                 raise
-            fail(f"unexpected {type(exc).__name__}: {exc} (--verbose shows the traceback)", status=1)
+            fail(f"unexpected {one_line(exc)} (--verbose shows the traceback)", status=1)
         finally:
             finish()
 

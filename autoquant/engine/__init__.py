@@ -12,6 +12,7 @@ from autoquant.engine._ort import int8_kernel_op_types, qdq_quantize, quantizabl
 from autoquant.engine._outputs import (
     calibration_table,
     check_output_dir,
+    clear_leftovers,
     int8_kernels,
     write_files,
     write_outputs,
@@ -44,6 +45,7 @@ __all__ = [
     "bytes_per_sample",
     "calibration_table",
     "check_output_dir",
+    "clear_leftovers",
     "collect_statistics",
     "compute_layers",
     "compute_thresholds",
