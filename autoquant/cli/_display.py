@@ -90,13 +90,14 @@ class LiveReporter:
             self.task = None
         best_text = f"best #{best.number}" if best else "no best yet"
         if outcome is None:
-            self.console.print(f"  {_end_text(failure)}  ({best_text})", highlight=False)
+            self.console.print(f"  {_end_text(failure)}  ({best_text})", highlight=False, soft_wrap=True)
             return
         self.console.print(
             f"  #{outcome.number:<3} {outcome.key:<28} score {outcome.score:.4f}  decay "
             f"{_decay(outcome, self.budget)}  fp32 layers {len(outcome.fp32_compute)}  "
             f"{outcome.latency_ms:.3f} ms {_speedup(outcome.speedups.get(ThreadLabel.ONE))}  ({best_text})",
             highlight=False,
+            soft_wrap=True,  # one line per trial, however long
         )
 
 

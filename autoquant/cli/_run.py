@@ -61,6 +61,7 @@ def run_study(
             f"{decay_text(best.decay, best.decay_ci, best.decay_bound)} against the budget {result.budget}; its model is "
             f"{model_file(False)}, not {model_file(True)} (exit status {NO_TRIAL_WITHIN_BUDGET})",
             highlight=False,
+            soft_wrap=True,  # the last line stays one line
         )
         raise typer.Exit(NO_TRIAL_WITHIN_BUDGET)
 
