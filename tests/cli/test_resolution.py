@@ -131,4 +131,4 @@ def test_an_invalid_budget_confidence_is_one_error_line(tmp_path: Path, value: s
     config = _study(tmp_path, {})
     config.write_text(config.read_text().replace("search:\n", f"search:\n  budget_confidence: {value}\n"))
     result = run(tmp_path, "check", str(config))
-    assert_one_error(result, 2, "search.budget_confidence")
+    assert_one_error(result, 2, "search.budget_confidence", "0.95")
