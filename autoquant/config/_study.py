@@ -33,13 +33,15 @@ class SearchConfig(Section):
     ignore_layer_list: list[str] = Field(default_factory=list)
     study_name: str | None = None
 
-    @field_validator("budget_confidence")
+    @field_validator("budget_confidence", mode="before")
     @classmethod
-    def _confidence_level(cls, value: float | None) -> float | None:
-        if value is not None and not 0.5 < value < 1.0:
+    def _confidence_level(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.5 < value < 1.0:
             raise ValueError(
                 f"must be a confidence level between 0.5 and 1, e.g. 0.95, or null for the point "
-                f"estimate (got {value})"
+                f"estimate (got {value!r})"
             )
         return value
 

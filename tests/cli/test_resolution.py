@@ -126,7 +126,7 @@ def test_the_interval_is_shown_wherever_the_decay_is(bounded: dict[str, Any]) ->
     assert f"{low:+.4f} .. {high:+.4f}" in report and "one-sided 95 % interval" in report
 
 
-@pytest.mark.parametrize("value", ["1.5", "0.3", "1", "high", ".nan"])
+@pytest.mark.parametrize("value", ["1.5", "0.3", "1", "high", ".nan", "true"])
 def test_an_invalid_budget_confidence_is_one_error_line(tmp_path: Path, value: str) -> None:
     config = _study(tmp_path, {})
     config.write_text(config.read_text().replace("search:\n", f"search:\n  budget_confidence: {value}\n"))
