@@ -16,6 +16,7 @@ from rich.table import Table
 from autoquant.cli._display import threads_text
 from autoquant.config import StudyConfig
 from autoquant.hardware import describe, host_isa, target_isa
+from autoquant.search import meets_budget
 
 if TYPE_CHECKING:  # the commands import these on first use, to start fast
     from autoquant.engine import QuantizedModel, Sensitivity
@@ -93,8 +94,9 @@ def evaluate_table(
     table.add_row("FP32 score", f"{result.fp32_score:.4f}")
     table.add_row("INT8 score", f"{result.score:.4f}")
     ci = f" (95 % CI {result.decay_ci[0]:+.4f} .. {result.decay_ci[1]:+.4f})" if result.decay_ci else ""
-    verdict = "within" if result.decay <= budget else "over"
-    table.add_row(f"decay ({cfg.search.decay})", f"{result.decay:+.4f}{ci}, {verdict} budget {budget}")
+    bound = f", upper bound {result.decay_bound:+.4f}" if result.decay_bound is not None else ""
+    verdict = "within" if meets_budget(result.decay, result.decay_bound, cfg.search) else "over"
+    table.add_row(f"decay ({cfg.search.decay})", f"{result.decay:+.4f}{ci}{bound}, {verdict} budget {budget}")
     for label, t in latency.items():
         table.add_row(
             f"latency, batch 1, {threads_text(label)}",

@@ -25,6 +25,7 @@ class OutcomeAttr(StrEnum):
     score = "score"
     decay = "decay"
     decay_ci = "decay_ci"
+    decay_bound = "decay_bound"  # with search.budget_confidence: the one-sided upper bound
     fp32_nodes = "fp32_nodes"
     fp32_compute_layers = "fp32_compute_layers"  # run in float by onnxruntime (before: kept in FP32)
     fp32_wrapped_layers = "fp32_wrapped_layers"  # kept in FP32 by the choices (absent: an older version)
@@ -63,6 +64,7 @@ class TrialOutcome:
     latencies: dict[str, float] = field(default_factory=dict)  # threads label -> ms (latency_ms: "1")
     speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
     load_average: float | None = None  # the 1-minute load average as its latency was measured
+    decay_bound: float | None = None  # with search.budget_confidence: the decay's one-sided upper bound
 
     @property
     def kept_fp32(self) -> tuple[str, ...]:
@@ -87,6 +89,7 @@ class TrialOutcome:
             OutcomeAttr.timings: self.timings,
             OutcomeAttr.layer_scales: self.layer_scales,
             OutcomeAttr.load_average: self.load_average,
+            OutcomeAttr.decay_bound: self.decay_bound,
         }
         return {name.value: value for name, value in attrs.items()}
 
@@ -118,11 +121,19 @@ class TrialOutcome:
             ),
             speedups=dict(a.get(OutcomeAttr.speedup_by_threads, {})),
             load_average=a.get(OutcomeAttr.load_average),  # None: stored by an older version
+            decay_bound=a.get(OutcomeAttr.decay_bound),
         )
 
 
 def _names(stored: list[str] | None) -> tuple[str, ...] | None:
     return None if stored is None else tuple(stored)
+
+
+def decay_text(decay: float, ci: tuple[float, float] | None, bound: float | None = None) -> str:
+    """``+0.0012 [-0.0031, +0.0055]`` (the decay and its 95 % interval), with ``bound +0.0048``
+    when the one-sided upper bound decides the budget."""
+    text = f"{decay:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else " [no interval]")
+    return text + (f" bound {bound:+.4f}" if bound is not None else "")
 
 
 class EndState(StrEnum):
@@ -143,6 +154,7 @@ class TrialEnd:
     reason: str
     decay: float | None = None  # a pruned trial's decay when it stopped
     samples: int | None = None  # the samples scored before it stopped
+    decay_ci: tuple[float, float] | None = None  # a pruned trial's 95 % interval on those samples
 
     def __str__(self) -> str:
         return self.reason
@@ -167,6 +179,7 @@ def ended(study: optuna.Study) -> list[TrialEnd]:
                     "pruned",
                     a.get(OutcomeAttr.decay),
                     a.get(OutcomeAttr.samples),
+                    tuple(a[OutcomeAttr.decay_ci]) if a.get(OutcomeAttr.decay_ci) else None,
                 )
             )
         elif t.state == TrialState.FAIL and later_keys.get(key, t.number) == t.number:

@@ -74,8 +74,21 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def _interval(ci: Sequence[float] | None) -> str:
-    return f"{ci[0]:+.4f} .. {ci[1]:+.4f}" if ci else "n/a"
+def _interval(ci: Sequence[float] | None, bound: float | None = None) -> str:
+    """``-0.0031 .. +0.0055``, with ``(bound +0.0048)`` when search.budget_confidence judged by it."""
+    text = f"{ci[0]:+.4f} .. {ci[1]:+.4f}" if ci else "n/a"
+    return text + (f" (bound {bound:+.4f})" if bound is not None else "")
+
+
+def _resolution_text(resolution: dict) -> str:
+    """What the test set resolves (``resolution`` of the summary), in a sentence."""
+    text = (
+        f"{resolution['samples']} samples resolve decays of {resolution['resolvable_decay']:.4f} and more "
+        f"at {resolution['level'] * 100:g} % ({resolution['method']})"
+    )
+    if resolution["resolves_budget"]:
+        return text
+    return f"{text}: not the budget; about {resolution['needed_samples']} samples would"
 
 
 def fp32_layers(trial: dict) -> int:
@@ -100,7 +113,10 @@ def _result_section(summary: dict) -> str:
     rows: list[tuple[str, str]] = [
         ("FP32 score", f"{summary['fp32_score']:.4f}"),
         ("budget (largest decay accepted)", f"{summary['accept_int8_decay']:g}"),
+        ("within budget when", summary.get("budget_rule") or "the decay (point estimate) <= the budget"),
     ]
+    if summary.get("resolution"):
+        rows.append(("the test set's resolution", _resolution_text(summary["resolution"])))
     if best:
         verdict = "within budget" if best.get("within_budget") else "over budget"
         total = summary.get("compute_layers")
@@ -109,7 +125,7 @@ def _result_section(summary: dict) -> str:
             ("best trial", f"#{best['number']} ({best['key']}), {verdict}"),
             ("best trial's INT8 score", f"{best['score']:.4f}"),
             ("its decay (FP32 score less INT8 score)", f"{best['decay']:+.4f}"),
-            ("its decay's 95 % interval", _interval(best.get("decay_ci"))),
+            ("its decay's 95 % interval", _interval(best.get("decay_ci"), best.get("decay_bound"))),
             ("compute layers in FP32 / INT8", f"{fp32_layers(best)} / {'n/a' if int8 is None else int8}"),
             ("latency at 1 thread", f"{best['latency_ms']:.3f} ms"),
             ("its model", str(summary.get("model", ""))),
@@ -169,7 +185,7 @@ def _completed_row(t: dict, best: int | None, total: int | None) -> str:
         _cell(state),
         _cell(f"{t['score']:.4f}", t["score"]),
         _cell(f"{t['decay']:+.4f}", t["decay"]),
-        _cell(_interval(ci), ci[0] if ci else None),
+        _cell(_interval(ci, t.get("decay_bound")), ci[0] if ci else None),
         _cell(str(fp32_layers(t))),
         _cell("n/a" if int8 is None else str(int8)),
         _cell(str(len(t.get("float_nodes") or ()))),
@@ -194,7 +210,8 @@ def _ended_row(t: dict) -> str:
         _cell(str(t.get("state", ""))),
         _cell("n/a"),
         _cell(f"{decay:+.4f}" if decay is not None else "n/a", decay),
-        *(_cell("n/a") for _ in range(6)),
+        _cell(_interval(t.get("decay_ci"))),  # a pruned trial's: on the samples it was scored on
+        *(_cell("n/a") for _ in range(5)),
         _cell("no"),
         _cell(note),
     )

@@ -20,11 +20,13 @@ from autoquant.names import (
     STUDY_FP32_LOAD,
     STUDY_FP32_SCORE,
     STUDY_LATENCY_TOLERANCE,
+    STUDY_RESOLUTION,
     STUDY_TIME_TO_BUDGET,
     model_file,
 )
 from autoquant.search._naming import existing_study, storage_url, study_name
 from autoquant.search._outcome import TrialEnd, TrialOutcome, ended, outcomes
+from autoquant.search._resolution import budget_rule
 from autoquant.search._selection import best_outcome, pareto_front
 from autoquant.storage import display_url, workers
 
@@ -56,6 +58,8 @@ class TuneResult:
     timings: dict[str, float] = field(default_factory=dict)  # this process's stages, seconds (see Stages)
     ended: tuple[TrialEnd, ...] = ()  # the pruned and failed trials (see :func:`ended`)
     fp32_load_average: float | None = None  # the load average as the FP32 latency was measured
+    budget_confidence: float | None = None  # search.budget_confidence (None: the point estimate)
+    resolution: dict[str, Any] | None = None  # the test set's resolution (evaluation.Resolution.to_dict)
 
     @property
     def within_budget(self) -> bool:
@@ -72,6 +76,9 @@ class StudySummary:
     storage: str
     fp32_score: float
     accept_int8_decay: float
+    budget_confidence: float | None  # search.budget_confidence; None: the point estimate decides
+    budget_rule: str  # the rule for "within budget", in words
+    resolution: dict[str, Any] | None  # the smallest decay the test set resolves, and the size needed
     cpu_isa: str
     cpu_isa_source: str
     within_budget: bool
@@ -110,6 +117,9 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> StudySumm
         storage=result.storage,
         fp32_score=result.fp32_score,
         accept_int8_decay=result.budget,
+        budget_confidence=result.budget_confidence,
+        budget_rule=budget_rule(result.budget, result.budget_confidence),
+        resolution=result.resolution,
         cpu_isa=isa.label,
         cpu_isa_source=isa.source,
         within_budget=result.within_budget,
@@ -179,6 +189,8 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
         compute_layers=study.user_attrs.get(STUDY_COMPUTE_LAYERS),
         ended=tuple(ended(study)),
         fp32_load_average=study.user_attrs.get(STUDY_FP32_LOAD),
+        budget_confidence=config.search.budget_confidence,
+        resolution=study.user_attrs.get(STUDY_RESOLUTION),
     )
 
 

@@ -69,7 +69,8 @@ from autoquant.names import (
     SENSITIVITY_FILE,
     TABLE_FILE,
 )
-from autoquant.search._outcome import OutcomeAttr, TrialEnd, TrialOutcome
+from autoquant.search._outcome import OutcomeAttr, TrialEnd, TrialOutcome, decay_text
+from autoquant.search._resolution import meets_budget
 from autoquant.search._space import SearchSpace, Value
 from autoquant.search.pipeline import Calibrated, cache_dir, quantize
 from autoquant.tracking import MlflowTracker, NullTracker
@@ -232,7 +233,8 @@ class Pruned(Exception):
     """A trial's evaluation stopped early, its decay certainly over the budget (not an error)."""
 
     def __init__(self, evaluation: Evaluation) -> None:
-        super().__init__(f"pruned after {evaluation.samples} samples: decay {evaluation.decay:+.4f}")
+        decay = decay_text(evaluation.decay, evaluation.decay_ci)
+        super().__init__(f"pruned after {evaluation.samples} samples: decay {decay}")
         self.evaluation = evaluation
 
 
@@ -280,9 +282,10 @@ def run_choice(
         score=evaluation.score,
         decay=evaluation.decay,
         decay_ci=evaluation.decay_ci,
+        decay_bound=evaluation.decay_bound,
         fp32_nodes=result.fp32_nodes,
         latency_ms=latencies[SELECTION_THREADS],
-        within_budget=evaluation.decay <= ctx.inputs.config.search.accept_int8_decay,
+        within_budget=meets_budget(evaluation.decay, evaluation.decay_bound, ctx.inputs.config.search),
         timings=timings,
         layer_scales=dict(quantization.layer_scales),
         fp32_compute=in_float,
@@ -353,6 +356,7 @@ def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel)
         "decay": outcome.decay,
         "decay_ci_low": low,
         "decay_ci_high": high,
+        **({"decay_bound": outcome.decay_bound} if outcome.decay_bound is not None else {}),
         "fp32_nodes": len(outcome.fp32_nodes),
         "fp32_compute_layers": len(outcome.fp32_compute),  # run in float (onnxruntime's optimized graph)
         "fp32_wrapped_layers": len(outcome.fp32_wrapped or ()),  # kept in FP32 by the choices

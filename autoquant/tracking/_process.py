@@ -147,6 +147,11 @@ class MlflowLogger:
         metrics = {
             "best_decay": best.get("decay"),
             "best_score": best.get("score"),
+            "best_decay_ci_low": (best.get("decay_ci") or [None, None])[0],
+            "best_decay_ci_high": (best.get("decay_ci") or [None, None])[1],
+            "best_decay_bound": best.get("decay_bound"),
+            "resolvable_decay": (summary.get("resolution") or {}).get("resolvable_decay"),
+            "resolution_needed_samples": (summary.get("resolution") or {}).get("needed_samples"),
             "best_fp32_nodes": len(best.get("fp32_nodes", [])) if best else None,
             # run in float by onnxruntime (optimised graph); wrapped: kept in FP32 by the choices
             "best_fp32_compute_layers": len(best.get("fp32_compute_layers", [])) if best else None,
@@ -196,6 +201,8 @@ class MlflowLogger:
             "number",
             "key",
             "decay",
+            "decay_ci",
+            "decay_bound",
             "within_budget",
             "latency_ms",
             "latency_by_threads",
