@@ -3,8 +3,8 @@ quantization through onnxruntime's quantizer, requantization, sensitivity analys
 files of one quantized model.
 """
 
-from autoquant.engine._bias import BiasCorrector, channel_means, correction_sites, fold_corrections
 from autoquant.engine._analyze import Sensitivity, analyze, difference, run_outputs
+from autoquant.engine._bias import BiasCorrector, channel_means, correction_sites, fold_corrections
 from autoquant.engine._histogram import HistogramCollector
 from autoquant.engine._memory_plan import bytes_per_sample, plan_pass, weightless_copy
 from autoquant.engine._methods import ScoredMethod, Side, ThresholdMethod, register_method

@@ -209,7 +209,9 @@ def _add_to_add(m: _Model, layer: onnx.NodeProto, delta: np.ndarray) -> bool:
     values, scale, zero = m.array(dq.input[0]), m.array(dq.input[1]), m.array(dq.input[2])
     if scale.size != 1 or values.size != delta.size:
         return False
-    floats = (values.astype(np.float64) - zero.astype(np.float64)) * float(scale) + delta.reshape(values.shape)
+    floats = (values.astype(np.float64) - zero.astype(np.float64)) * float(scale) + delta.reshape(
+        values.shape
+    )
     symmetric = zero.dtype == np.int8 and int(zero) == 0
     new_scale, new_zero = scale_zero_point(
         min(float(floats.min()), 0.0), max(float(floats.max()), 0.0), zero.dtype, symmetric
@@ -262,7 +264,6 @@ def with_fp32_layers(
     Returns:
         The copy, and per layer: (its output, its twin's output, the channel axis).
     """
-    m = _Model(model)
     source = {n.name: n for n in fp32.graph.node}
     known = {t.name for t in fp32.graph.initializer}
     sites = [s for s in correction_sites(model) if s.layer in source]
