@@ -86,6 +86,22 @@ class _Model:
         self.inits[name].CopyFrom(numpy_helper.from_array(array.astype(self.array(name).dtype), name))
 
 
+def _bias_add(m: _Model, tensor: str) -> tuple[onnx.NodeProto, str, str] | None:
+    """The Add that adds a constant to ``tensor`` (directly, or through the Q/DQ pair that
+    quantizes it), the tensor it reads ``tensor`` as, and the constant."""
+    after = m.consumers.get(tensor, [])
+    if len(after) == 1 and after[0].op_type == "QuantizeLinear":
+        dq = m.consumers.get(after[0].output[0], [])
+        if len(dq) == 1 and dq[0].op_type == "DequantizeLinear":
+            tensor, after = dq[0].output[0], m.consumers.get(dq[0].output[0], [])
+    if len(after) != 1 or after[0].op_type != "Add":
+        return None
+    const = [t for t in after[0].input if t != tensor]
+    if len(const) != 1 or (const[0] not in m.inits and m.dequantized(const[0]) is None):
+        return None
+    return after[0], tensor, const[0]
+
+
 def _site(m: _Model, node: onnx.NodeProto) -> _Site | None:
     """The correction site of a quantized weighted node, or None (not quantized, no room)."""
     if node.op_type not in _CHANNEL_AXIS or len(node.input) < 2 or m.dequantized(node.input[1]) is None:
@@ -93,14 +109,8 @@ def _site(m: _Model, node: onnx.NodeProto) -> _Site | None:
     axis = _CHANNEL_AXIS[node.op_type]
     bias = node.input[2] if len(node.input) > 2 else ""
     if node.op_type == "MatMul":
-        after = m.consumers.get(node.output[0], [])
-        if len(after) != 1 or after[0].op_type != "Add":
-            return None
-        add = after[0]
-        const = [t for t in add.input if t != node.output[0]]
-        if len(const) != 1 or (const[0] not in m.inits and m.dequantized(const[0]) is None):
-            return None
-        return _Site(node.name, axis, "add")
+        add = _bias_add(m, node.output[0])
+        return None if add is None else _Site(node.name, axis, "add")
     if not bias:
         if node.op_type == "ConvTranspose" or m.producer.get(node.input[0]) is None:
             return None
@@ -199,8 +209,7 @@ def _add_missing(m: _Model, node: onnx.NodeProto, delta: np.ndarray) -> bool:
 
 def _add_to_add(m: _Model, layer: onnx.NodeProto, delta: np.ndarray) -> bool:
     """Fold into the constant of the Add after a MatMul: float, or quantized again over its range."""
-    add = m.consumers[layer.output[0]][0]
-    const = next(t for t in add.input if t != layer.output[0])
+    _, _, const = _bias_add(m, layer.output[0]) or (None, None, "")
     if const in m.inits:
         return _add_float(m, const, delta)
     dq = m.producer[const]
