@@ -63,6 +63,9 @@ def quantize_table(
     table.add_row("calibration samples", str(samples))
     table.add_row("quantized tensors", str(len(result.ranges)))
     table.add_row("FP32 nodes", node_list(result.fp32_nodes, output))
+    if q.bias_correction:
+        on = min(cfg.calibration.bias_correction_samples, samples)
+        table.add_row("bias correction", f"{len(result.bias_corrected)} layers, on {on} calibration samples")
     table.add_row("INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if _is_int8(k)))
     table.add_row("output", str(output))
     return table
