@@ -90,7 +90,7 @@ class CalibrationConfig(DataConfig):
         "sub-batches, or in several passes over the data, one per group of tensors.",
     )
     bias_correction_samples: int = Field(
-        default=64,
+        default=32,
         ge=1,
         description="The first calibration samples on which quantization.bias_correction measures "
         "the mean error of each layer (one pass over the FP32 model, one per quantized model).",

@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from autoquant.config import StudyConfig
+from autoquant.config import CalibrationConfig, QuantizationConfig, StudyConfig
 from autoquant.engine.graph import ModelGraph
 from autoquant.errors import StorageError
 from autoquant.names import STUDY_FINGERPRINT, TRIAL_KEY, TrialKey
@@ -128,9 +128,11 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
 #: fingerprint at their default so that the studies of earlier versions resume
 #: (tests/search/test_resume_previous_version.py). A parameter of the built-in spaces is the same
 #: in every process of one version; search.overrides of it are in the search settings.
-_ADDED_KEYS = {"bias_correction": False}
+_ADDED_KEYS = {"bias_correction": QuantizationConfig.model_fields["bias_correction"].default}
 _ADDED_PARAMETERS = ("bias_correction",)
-_ADDED_CALIBRATION_KEYS = {"bias_correction_samples": 64}
+_ADDED_CALIBRATION_KEYS = {
+    "bias_correction_samples": CalibrationConfig.model_fields["bias_correction_samples"].default
+}
 
 
 def _at_default(section: object, added: dict[str, object]) -> set[str]:

@@ -82,8 +82,8 @@ def test_quantize_with_bias_correction_names_the_layers_corrected(tmp_path: Path
     config = digits_study(tmp_path, quantization={"bias_correction": True})
     result = run("quantize", str(config))
     assert result.returncode == 0, result.stderr
-    # digits: 9 Conv and 1 Gemm, all quantized; 200 calibration samples, the first 64 measured
-    assert "│ bias correction     │ 10 layers, on 64 calibration samples" in result.stdout
+    # digits: 9 Conv and 1 Gemm, all quantized; 200 calibration samples, the first 32 measured
+    assert "│ bias correction     │ 10 layers, on 32 calibration samples" in result.stdout
     assert "QLinearConv x9" in result.stdout and "QGemm x1" in result.stdout
 
 
