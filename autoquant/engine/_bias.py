@@ -23,7 +23,10 @@ still run in INT8 kernels (QLinearConv, QGemm, ...):
 * a float bias initializer, or the constant of an ``Add`` that follows a MatMul, gets the
   correction added (a quantized constant is quantized again over its new range).
 
-A layer whose bias is shared, or of another shape than its channels, is left alone.
+A Gemm's correction is divided by its ``beta``; a Gemm without a bias and with ``beta != 1`` gets
+none (onnxruntime would run it in float). A layer whose bias is shared, or of another shape than
+its channels, is left alone, and so is a MatMul of two activations (attention), which has no
+weight to correct.
 """
 
 from __future__ import annotations
@@ -112,8 +115,9 @@ def _site(m: _Model, node: onnx.NodeProto) -> _Site | None:
         add = _bias_add(m, node.output[0])
         return None if add is None else _Site(node.name, axis, "add")
     if not bias:
-        if node.op_type == "ConvTranspose" or m.producer.get(node.input[0]) is None:
-            return None
+        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
+        if node.op_type == "ConvTranspose" or m.producer.get(node.input[0]) is None or beta != 1.0:
+            return None  # onnxruntime has no QGemm for a bias with beta != 1
         return _Site(node.name, axis, "missing")
     if bias in m.inits:
         return _Site(node.name, axis, "float")
@@ -247,6 +251,11 @@ def fold_corrections(model: onnx.ModelProto, corrections: dict[str, np.ndarray])
         if delta is None:
             continue
         node = nodes[site.layer]
+        if node.op_type == "Gemm":  # its output adds beta * C
+            beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
+            if beta == 0:
+                continue
+            delta = delta / beta
         if site.kind == "int32":
             ok = _add_int32(m, node, delta)
         elif site.kind == "float":

@@ -11,6 +11,9 @@ ranges that tell them apart; the new values are computed with onnxruntime's own 
 rewritten model is the one the quantizer would write (tested initializer by initializer). A
 structure the probe cannot map (a scale that follows no single tensor, weight scales that depend
 on the ranges) is simply quantized every time.
+
+``bias_correction`` is not part of a structure: `autoquant.search.pipeline.quantize` corrects a
+copy of the model this module returns, whether rewritten or quantized.
 """
 
 from __future__ import annotations

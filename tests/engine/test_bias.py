@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from autoquant.engine import Requantizer, compute_thresholds, int8_kernels, quantize_model
+from autoquant.engine import Requantizer, compute_thresholds, correction_sites, int8_kernels, quantize_model
 from autoquant.search import pipeline
 from tests.helpers import digits_variant
 
@@ -159,6 +159,14 @@ def test_corrected_biases_move_by_the_measured_mean_error(tiny) -> None:
     kernels = int8_kernels(corrected.model)
     assert kernels == int8_kernels(plain.model)
     assert {"QLinearConv", "QGemm"} <= set(kernels)
+
+
+def test_a_gemm_with_beta_gets_no_new_bias(tiny) -> None:
+    """onnxruntime runs a Gemm with a bias and beta != 1 in float (no QGemm): none is added."""
+    _, _, calibrated, quantization = tiny
+    model = pipeline.quantize(calibrated, quantization).model
+    _node(model, "gemm").attribute.append(helper.make_attribute("beta", 0.5))
+    assert {s.layer for s in correction_sites(model)} == {"conv", "matmul"}
 
 
 def test_the_corrected_conv_has_no_mean_error_left(tiny) -> None:
