@@ -80,6 +80,9 @@ def quantize_table(
             f"{len(in_float)} of {compute} compute layers onnxruntime runs in FP32 (optimised graph)"
             + (f": {shown}" if in_float else ""),
         )
+    if q.bias_correction:
+        on = min(cfg.calibration.bias_correction_samples, samples)
+        table.add_row("bias correction", f"{len(result.bias_corrected)} layers, on {on} calibration samples")
     table.add_row("INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if _is_int8(k)))
     table.add_row("output", str(output))
     return table

@@ -89,6 +89,12 @@ class CalibrationConfig(DataConfig):
         description="MB of activations the statistics pass keeps alive at once; larger models run in "
         "sub-batches, or in several passes over the data, one per group of tensors.",
     )
+    bias_correction_samples: int = Field(
+        default=32,
+        ge=1,
+        description="The first calibration samples on which quantization.bias_correction measures "
+        "the mean error of each layer (one pass over the FP32 model, one per quantized model).",
+    )
 
     @field_validator("histogram_bins")
     @classmethod
@@ -159,6 +165,12 @@ class QuantizationConfig(Section):
     reduce_range: Literal["auto"] | bool = Field(
         default="auto",
         description="7-bit weights; auto: on x86-64 CPUs without VNNI (see autoquant.hardware).",
+    )
+    bias_correction: bool = Field(
+        default=False,
+        description="After quantizing, add to each quantized Conv/Gemm/MatMul bias the mean "
+        "difference between its FP32 and quantized outputs per output channel, measured on "
+        "calibration.bias_correction_samples calibration samples.",
     )
 
     @field_validator("method")

@@ -4,6 +4,7 @@ files of one quantized model.
 """
 
 from autoquant.engine._analyze import Sensitivity, analyze, difference, run_outputs
+from autoquant.engine._bias import BiasCorrector, channel_means, correction_sites, fold_corrections
 from autoquant.engine._histogram import HistogramCollector
 from autoquant.engine._kernels import is_integer_kernel, layers_in_float, session_and_optimized
 from autoquant.engine._memory_plan import bytes_per_sample, plan_pass, weightless_copy
@@ -30,6 +31,7 @@ from autoquant.engine._statistics import Statistics, TensorStats, collect_statis
 from autoquant.engine._thresholds import TensorRange, compute_thresholds, methods
 
 __all__ = [
+    "BiasCorrector",
     "HistogramCollector",
     "QuantizedModel",
     "Requantizer",
@@ -44,13 +46,16 @@ __all__ = [
     "analyze",
     "bytes_per_sample",
     "calibration_table",
+    "channel_means",
     "check_output_dir",
     "clear_leftovers",
     "collect_statistics",
     "compute_layers",
     "compute_thresholds",
+    "correction_sites",
     "difference",
     "float_nodes",
+    "fold_corrections",
     "fp32_nodes",
     "int8_kernel_op_types",
     "int8_kernels",

@@ -69,6 +69,7 @@ class QuantizedModel:
     reduce_range: bool = False
     cpu_isa: str = ""
     float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops), not FP32 layers
+    bias_corrected: tuple[str, ...] = ()  # layers whose bias quantization.bias_correction shifted
 
 
 def compute_layers(graph: ModelGraph, names: Sequence[str]) -> tuple[str, ...]:

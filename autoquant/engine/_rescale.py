@@ -11,6 +11,9 @@ ranges that tell them apart; the new values are computed with onnxruntime's own 
 rewritten model is the one the quantizer would write (tested initializer by initializer). A
 structure the probe cannot map (a scale that follows no single tensor, weight scales that depend
 on the ranges) is simply quantized every time.
+
+``bias_correction`` is not part of a structure: `autoquant.search.pipeline.quantize` corrects a
+copy of the model this module returns, whether rewritten or quantized.
 """
 
 from __future__ import annotations
@@ -82,8 +85,9 @@ class _Template:
 
 def structure_key(graph: ModelGraph, config: QuantizationConfig, ranking: Sequence[str] = ()) -> str:
     """The choices that decide the QDQ graph, as resolved: equal keys give the same graph."""
+    # bias_correction is applied to a copy of the model this returns (search.pipeline.quantize)
     choices = config.model_dump(
-        mode="json", exclude=set(SCALE_ONLY_CHOICES) | {"fp32_layers", "reduce_range"}
+        mode="json", exclude=set(SCALE_ONLY_CHOICES) | {"fp32_layers", "reduce_range", "bias_correction"}
     )
     choices.update(
         fp32=sorted(fp32_nodes(graph, config, ranking)),

@@ -34,7 +34,8 @@ def analyse(
     base = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}})
     parts = [
         calibrated.stats.key,
-        base.model_dump_json(),
+        # the analysis quantizes without bias correction; left out, the key is that of older versions
+        base.model_dump_json(exclude={"bias_correction"}),
         str(config.search.data_limit),
         str(list(config.model.outputs)),
         target_isa().label,

@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from autoquant.config import StudyConfig
+from autoquant.config import CalibrationConfig, QuantizationConfig, StudyConfig
 from autoquant.engine.graph import ModelGraph
 from autoquant.errors import StorageError
 from autoquant.names import STUDY_FINGERPRINT, TRIAL_KEY, TrialKey
@@ -108,6 +108,7 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
             pipeline.data_fingerprint(calib, with_source=False),
             calib.calib_iterations,
             calib.histogram_bins,
+            *_changed(calib, _ADDED_CALIBRATION_KEYS),
         ),
         "test": _hash(
             pipeline.data_fingerprint(test, with_source=False) if test.source else "",
@@ -119,12 +120,36 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
             search.decay,
             search.fp32_score,
         ),
-        "quantization": _hash(config.quantization.model_dump_json()),
+        "quantization": _hash(
+            config.quantization.model_dump_json(exclude=_at_default(config.quantization, _ADDED_KEYS))
+        ),
         "search": _hash(
             search.model_dump_json(exclude=_SEARCH_UNHASHED | _unset(search, "budget_confidence")),
-            space.model_dump_json(exclude={"source"}),
+            space.model_dump_json(
+                exclude={"source": True, "parameters": dict.fromkeys(_ADDED_PARAMETERS, True)}
+            ),
         ),
     }
+
+
+#: Quantization keys and search-space parameters added after the first release, left out of the
+#: fingerprint at their default so that the studies of earlier versions resume
+#: (tests/search/test_resume_previous_version.py). A parameter of the built-in spaces is the same
+#: in every process of one version; search.overrides of it are in the search settings.
+_ADDED_KEYS = {"bias_correction": QuantizationConfig.model_fields["bias_correction"].default}
+_ADDED_PARAMETERS = ("bias_correction",)
+_ADDED_CALIBRATION_KEYS = {
+    "bias_correction_samples": CalibrationConfig.model_fields["bias_correction_samples"].default
+}
+
+
+def _at_default(section: object, added: dict[str, object]) -> set[str]:
+    return {k for k, default in added.items() if getattr(section, k) == default}
+
+
+def _changed(section: object, added: dict[str, object]) -> list[str]:
+    """``key=value`` of the added keys not at their default (none: the hash is the older one)."""
+    return [f"{k}={getattr(section, k)!r}" for k in added if k not in _at_default(section, added)]
 
 
 def fingerprint_results(calibrated: pipeline.Calibrated, scorer: object) -> dict[str, str]:

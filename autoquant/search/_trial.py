@@ -182,8 +182,10 @@ class ProcessCaches:
 
 
 def ranking_key(quantization: QuantizationConfig) -> str:
-    """The choices a sensitivity ranking depends on: ranked without a blacklist or scales."""
-    return quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}}).model_dump_json()
+    """The choices a sensitivity ranking depends on: ranked without a blacklist, scales or bias
+    correction."""
+    base = quantization.model_copy(update={"fp32_layers": 0, "layer_scales": {}})
+    return base.model_dump_json(exclude={"bias_correction"})
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from autoquant.common import ProgressFn, release_memory
 from autoquant.config import DataConfig, QuantizationConfig, StudyConfig
 from autoquant.data import InputSpec, open_reader
 from autoquant.engine import (
+    BiasCorrector,
     QuantizedModel,
     Requantizer,
     Sensitivity,
@@ -41,10 +42,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Calibrated:
-    """A prepared model and the statistics of its activations."""
+    """A prepared model, the statistics of its activations and the bias corrector on the first
+    calibration samples (None: ``quantization.bias_correction`` cannot be used)."""
 
     graph: ModelGraph
     stats: Statistics
+    corrector: BiasCorrector | None = None
 
 
 def user_cache_dir() -> Path:
@@ -192,7 +195,22 @@ def calibrate(
         calib.memory_budget_mb * 2**20,
         graph.prepared_path.parent,
     )
-    return Calibrated(graph=graph, stats=stats)
+    return Calibrated(graph=graph, stats=stats, corrector=bias_corrector(config, graph))
+
+
+def bias_corrector(config: StudyConfig, graph: ModelGraph) -> BiasCorrector:
+    """The corrector of ``quantization.bias_correction``, on the first
+    ``calibration.bias_correction_samples`` calibration samples (read again at each use)."""
+    calib = config.calibration
+    limit = calib.bias_correction_samples
+    if calib.calib_iterations:
+        limit = min(limit, calib.calib_iterations)
+
+    def feeds():
+        reader = open_reader(calib, list(graph.inputs), limit=limit)
+        return (batch.inputs for batch in reader.batches(graph.batch_size(calib.batch_size)))
+
+    return BiasCorrector(graph, feeds)
 
 
 def expected_samples(config: StudyConfig, graph: ModelGraph) -> int:
@@ -214,9 +232,16 @@ def quantize(
     timings: dict[str, float] | None = None,
     requantizer: Requantizer | None = None,
 ) -> QuantizedModel:
-    """Thresholds then quantization, for one set of quantization choices; the seconds each took go
-    into ``timings`` (``thresholds``, ``quantize``) when it is given. A ``requantizer`` rewrites
-    the scales of a graph structure it has built before instead of quantizing again."""
+    """Thresholds, quantization and, with ``quantization.bias_correction``, bias correction, for one
+    set of quantization choices; the seconds each took go into ``timings`` (``thresholds``,
+    ``quantize``, ``bias_correction``) when it is given. A ``requantizer`` rewrites the scales of a
+    graph structure it has built before instead of quantizing again; the bias correction is
+    applied to a copy of its model.
+
+    Raises:
+        ConfigError: ``bias_correction`` without a corrector (``calibrated`` built by hand).
+    """
+    timings = {} if timings is None else timings
     began = time.perf_counter()
     ranges = compute_thresholds(calibrated.stats, quantization)
     middle = time.perf_counter()
@@ -224,8 +249,14 @@ def quantize(
         result = requantizer.quantize(ranges, quantization, ranking)
     else:
         result = quantize_model(calibrated.graph, ranges, quantization, ranking)
-    if timings is not None:
-        timings.update(thresholds=middle - began, quantize=time.perf_counter() - middle)
+    ended = time.perf_counter()
+    timings.update(thresholds=middle - began, quantize=ended - middle)
+    if quantization.bias_correction:
+        if calibrated.corrector is None:
+            raise ConfigError("quantization.bias_correction needs the calibration data (no bias corrector)")
+        model, corrected = calibrated.corrector.correct(result.model)
+        result = replace(result, model=model, bias_corrected=corrected)
+        timings["bias_correction"] = time.perf_counter() - ended
     return result
 
 
@@ -255,6 +286,7 @@ __all__ = [
     "Calibrated",
     "InputSpec",
     "analyze_layers",
+    "bias_corrector",
     "cache_dir",
     "calibrate",
     "check_data",

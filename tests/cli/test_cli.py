@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from autoquant import __version__
-from tests.helpers import DIGITS, write_config
+from tests.helpers import DIGITS, digits_study, write_config
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -75,6 +75,16 @@ def test_quantize_writes_outputs_and_reuses_statistics(digits_config: Path, tmp_
     assert second.returncode == 0 and (tmp_path / "other" / "model.int8.onnx").is_file()
     third = run("quantize", str(digits_config))
     assert "statistics cache hit" in third.stderr and "skipping the FP32 pass" in third.stderr
+
+
+@pytest.mark.integration
+def test_quantize_with_bias_correction_names_the_layers_corrected(tmp_path: Path) -> None:
+    config = digits_study(tmp_path, quantization={"bias_correction": True})
+    result = run("quantize", str(config))
+    assert result.returncode == 0, result.stderr
+    # digits: 9 Conv and 1 Gemm, all quantized; 200 calibration samples, the first 32 measured
+    assert "│ bias correction     │ 10 layers, on 32 calibration samples" in result.stdout
+    assert "QLinearConv x9" in result.stdout and "QGemm x1" in result.stdout
 
 
 def _study(tmp_path: Path, model: str, source: str, extra: str = "") -> Path:
