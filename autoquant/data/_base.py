@@ -266,17 +266,12 @@ class DataReader(abc.ABC):
             return
         self._nonfinite_warned = True
         more = f" (+{seen.samples - len(seen.first)} more)" if seen.samples > len(seen.first) else ""
+        # Formatted here, with no arguments left: the warnings of one stage fold by template, and
+        # this one names its own data set (the calibration and test sets may warn in one stage).
         logger.warning(
-            "%s: %d of %d samples hold NaN or infinity (%d NaN, %d infinite values), read as "
-            "%s.allow_nonfinite allows: %s%s",
-            self.source,
-            seen.samples,
-            count,
-            seen.nan,
-            seen.inf,
-            self.config.section,
-            ", ".join(seen.first),
-            more,
+            f"{self.source}: {seen.samples} of {count} samples hold NaN or infinity ({seen.nan} NaN, "
+            f"{seen.inf} infinite values), read as {self.config.section}.allow_nonfinite allows: "
+            f"{', '.join(seen.first)}{more}"
         )
 
     def _check_dtype(self, sample_id: str, spec: InputSpec, dtype: np.dtype) -> None:

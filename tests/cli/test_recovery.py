@@ -13,7 +13,8 @@ KiB   step (what it writes)
 0     the output folder's lock (4 KiB)
 4     the prepared model in the cache (``prepared-*.onnx``, 28 KiB, staged first)
 40    the FP32 statistics in the cache (``stats-*.npz``, 3,072 KiB)
-3112  the FP32 reference outputs in the cache (``fp32-*/``, 8 KiB)
+3112  the FP32 reference outputs in the cache (``fp32-*/``, 8 KiB); on a model this small they are
+      computed alongside the statistics pass, so either of the two may be written last
 3120  the study database (made in ``.study.db.*.tmp``, 116 KiB, then renamed into place)
 3236  the trial's rows, then the best trial's outputs (``model.int8.onnx`` staged, 52 KiB)
 3288  the study's last rows in ``study.db`` (this process's worker record), the summary and
@@ -55,7 +56,7 @@ class Step:
 
     size: str
     step: str
-    error: str  # in the first run's one error line
+    error: str | tuple[str, ...]  # in the first run's one error line (a tuple: one of them)
     left: Callable[[Path], bool]  # what the disk holds after the first run (it shows the step)
 
 
@@ -73,11 +74,11 @@ STEPS = [
         "stats-",
         lambda d: _cache(d, "prepared-*") and not _cache(d, "stats-*"),
     ),
-    Step(
+    Step(  # the FP32 reference runs alongside the statistics pass: whichever writes last finds it full
         "3116k",
-        "FP32 reference cache",
-        "fp32-",
-        lambda d: _cache(d, "stats-*") and not _cache(d, "fp32-*"),
+        "FP32 reference or statistics cache",
+        ("fp32-", "stats-"),
+        lambda d: _cache(d, "prepared-*") and not (_cache(d, "stats-*") and _cache(d, "fp32-*")),
     ),
     Step(
         "3180k",
@@ -134,7 +135,9 @@ def test_a_disk_that_fills_at_each_step_of_the_first_run(tmp_path: Path, step: S
         cwd.mkdir()
         temp.mkdir()
         first = run(cwd, "tune", str(config), env={"TMPDIR": str(temp)})
-        line = assert_one_error(first, 2, step.error)
+        alternatives = step.error if isinstance(step.error, tuple) else (step.error,)
+        line = assert_one_error(first, 2)
+        assert any(text in line for text in alternatives), (step.step, line)
         listing = sorted(str(p.relative_to(disk)) for p in disk.rglob("*") if "mlartifacts/" not in str(p))
         assert step.left(disk), (step.step, line, listing)
 
