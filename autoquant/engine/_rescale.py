@@ -83,7 +83,7 @@ class _Template:
 def structure_key(graph: ModelGraph, config: QuantizationConfig, ranking: Sequence[str] = ()) -> str:
     """The choices that decide the QDQ graph, as resolved: equal keys give the same graph."""
     choices = config.model_dump(
-        mode="json", exclude=set(SCALE_ONLY_CHOICES) | {"fp32_layers", "reduce_range"}
+        mode="json", exclude=set(SCALE_ONLY_CHOICES) | {"fp32_layers", "reduce_range", "equalize"}
     )
     choices.update(
         fp32=sorted(fp32_nodes(graph, config, ranking)),

@@ -89,6 +89,14 @@ def _file_hash(path: Any) -> str:
         return "unreadable"
 
 
+#: Quantization keys added after studies were stored: hashed only when they are not at their default.
+_LATER_KEYS = {"equalize": False}
+
+
+def _at_default(quantization: object) -> set[str]:
+    return {key for key, default in _LATER_KEYS.items() if getattr(quantization, key) == default}
+
+
 def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpace) -> dict[str, str]:
     """Hashes of the model, the data by content and the settings that decide a trial's score."""
     calib, test, search = config.calibration, config.test, config.search
@@ -109,7 +117,8 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
             search.decay,
             search.fp32_score,
         ),
-        "quantization": _hash(config.quantization.model_dump_json()),
+        # a key added later is left out at its default, so that older studies keep their fingerprint
+        "quantization": _hash(config.quantization.model_dump_json(exclude=_at_default(config.quantization))),
         "search": _hash(
             search.model_dump_json(
                 exclude={"timeout", "study_name", "space", "decay", "fp32_score", "n_trials"}
