@@ -170,3 +170,71 @@ def test_equalize_is_not_a_search_parameter_yet(tmp_path: Path) -> None:
     spec.write_text("parameters:\n  equalize: {choices: [false, true]}\n")
     with pytest.raises(ConfigError, match="'equalize'.* change the prepared model"):
         load_space(spec)
+
+
+def _mlp(tmp_path: Path) -> tuple[onnx.ModelProto, np.ndarray]:
+    """scikit-learn's MLP trained on digits, written as Gemm layers: transB 0 and 1 alternate, and
+    ReLU, Clip at 0, Identity and ReLU6 (Clip 0..6) sit between them."""
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    mlp = MLPClassifier(hidden_layer_sizes=(48, 40, 32, 24), max_iter=60, random_state=0).fit(
+        x[:1000], y[:1000]
+    )
+    h = onnx.helper
+    inits, nodes, tensor = [], [], "x"
+    zero = numpy_helper.from_array(np.float32(0.0), "zero")
+    six = numpy_helper.from_array(np.float32(6.0), "six")
+    between = [("Relu", []), ("Clip", ["zero"]), ("Identity", []), ("Clip", ["zero", "six"])]
+    for i, (weight, bias) in enumerate(zip(mlp.coefs_, mlp.intercepts_, strict=True)):
+        transposed = i % 2 == 1
+        stored = weight.T if transposed else weight
+        inits += [
+            numpy_helper.from_array(stored.astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(bias.astype(np.float32), f"b{i}"),
+        ]
+        nodes.append(
+            h.make_node(
+                "Gemm", [tensor, f"w{i}", f"b{i}"], [f"g{i}"], name=f"gemm{i}", transB=int(transposed)
+            )
+        )
+        tensor = f"g{i}"
+        if i < len(between):
+            op, extra = between[i]
+            nodes.append(h.make_node(op, [tensor, *extra], [f"a{i}"], name=f"act{i}"))
+            tensor = f"a{i}"
+    graph = h.make_graph(
+        nodes,
+        "mlp",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])],
+        [h.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, ["n", 10])],
+        [*inits, zero, six],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "mlp.onnx")
+    return model, x[1000:]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_gemm_pairs_equalize_through_relu_clip_at_zero_and_identity(tmp_path: Path) -> None:
+    model, x = _mlp(tmp_path)
+    plain = prepare_model(tmp_path / "mlp.onnx", tmp_path / "cache")
+    equalized = prepare_model(tmp_path / "mlp.onnx", tmp_path / "cache", equalize=True)
+    before, after = _weights(plain.load()), _weights(equalized.load())
+    # gemm0 -> Relu -> gemm1 -> Clip(0) -> gemm2 -> Identity -> gemm3: one chain of three pairs.
+    # Output channels: axis 1 of a transB=0 weight, axis 0 of a transB=1 one; input channels the other.
+    for first, second in ((0, 1), (1, 2), (2, 3)):
+        out_axis, in_axis = (0, 0) if first % 2 else (1, 1)
+        r1, r2 = _ranges(after[f"w{first}"], out_axis), _ranges(after[f"w{second}"], in_axis)
+        np.testing.assert_allclose(r1, r2, rtol=1e-4)
+        assert not np.allclose(after[f"w{first}"], before[f"w{first}"], rtol=1e-3)
+    # ReLU6 is not crossed: its bound would have to become per channel.
+    np.testing.assert_array_equal(after["w4"], before["w4"])
+    for ours, theirs, source in zip(
+        _run(equalized.prepared_path, x), _run(plain.prepared_path, x), _run(model, x), strict=True
+    ):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(theirs, source, rtol=1e-5, atol=1e-5)
