@@ -44,9 +44,11 @@ MODELS = {
 }
 
 
-def _run(model: onnx.ModelProto | Path, x: np.ndarray) -> list[np.ndarray]:
+def _run(model: onnx.ModelProto | Path, x: np.ndarray, optimize: bool = False) -> list[np.ndarray]:
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
@@ -95,8 +97,16 @@ def test_equalized_models_compute_the_same_fp32_outputs(name: str, tmp_path: Pat
     before, after = _weights(plain.load()), _weights(equalized.load())
     changed = [w for w in before if w in after and not np.allclose(before[w], after[w], rtol=1e-3, atol=0)]
     assert len(changed) >= 4  # the weights did change ...
-    for ours, theirs in zip(_run(equalized.prepared_path, x), _run(plain.prepared_path, x), strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)  # ... and the outputs did not
+    # ... and the outputs did not, to 1e-5, or to twice what onnxruntime's own graph optimizations
+    # change in the plain model where that is more (the detector's k = 50 binarization amplifies
+    # float32 rounding: 8e-6 there on 16 samples, on an AMD EPYC)
+    plain_outputs = _run(plain.prepared_path, x)
+    noise = max(
+        float(np.abs(a - b).max())
+        for a, b in zip(plain_outputs, _run(plain.prepared_path, x, optimize=True), strict=True)
+    )
+    for ours, theirs in zip(_run(equalized.prepared_path, x), plain_outputs, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=max(1e-5, 2 * noise))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
