@@ -86,7 +86,8 @@ def write_fault(exc: BaseException) -> str | None:
         text = str(current).lower()
         for needle, code in _SQLITE_FAULTS.items():
             if needle in text:
-                return f"the study or tracking database: {needle}; {_WRITE_FAULTS[code]}"
+                which = "the MLflow store" if text.startswith("mlflow:") else "the study or tracking database"
+                return f"{which}: {needle}; {_WRITE_FAULTS[code]}"
         current = current.__cause__ or current.__context__
     return None
 

@@ -82,6 +82,7 @@ STUDY_MLFLOW_CLAIM = "mlflow_parent_claim"  # the process creating the parent ru
 STUDY_STARTED = "started_at"  # epoch seconds when the study's first run began
 STUDY_TIME_TO_BUDGET = "time_to_budget_s"  # from STUDY_STARTED to the first trial within budget
 STUDY_FINGERPRINT = "fingerprint"  # hashes of the model, the data and the search settings
+STUDY_RESOLUTION = "resolution"  # the smallest decay the test set resolves (evaluation.Resolution.to_dict)
 STUDY_BISECT_PLAN = "bisect_plan"  # the choices and the k range of the FP32 blacklist bisection
 
 

@@ -25,6 +25,7 @@ class Agreement(MeanObjective):
     """
 
     needs_reference = True
+    binary_scores = True
 
     def _values(
         self, outputs: list[np.ndarray], labels: list[Any] | None, reference: list[np.ndarray] | None

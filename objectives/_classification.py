@@ -24,6 +24,7 @@ class TopK(MeanObjective):
 
     k: ClassVar[int]
     needs_labels = True
+    binary_scores = True
 
     def __init__(self, output: int = 0) -> None:
         super().__init__()

@@ -156,6 +156,9 @@ class MeanObjective:
     name: str
     needs_labels: bool = False
     needs_reference: bool = False
+    #: Every per-sample value is 0 or 1 (a hit or a miss): the test set's resolution counts samples
+    #: lost (see ``autoquant.evaluation``'s ``estimate_resolution``).
+    binary_scores: bool = False
 
     def __init__(self) -> None:
         self._batches: list[np.ndarray] = []

@@ -37,7 +37,7 @@ from autoquant.cli._console import (
 from autoquant.cli._run import run_study
 from autoquant.cli._stage import StageReporter
 from autoquant.config import StudyConfig, load_config
-from autoquant.errors import AutoquantError, write_fault
+from autoquant.errors import AutoquantError, one_line, write_fault
 from autoquant.hardware import target_isa
 from autoquant.names import VERSION as __version__
 from autoquant.names import Command
@@ -123,7 +123,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 fail(fault)
             if is_verbose():
                 raise
-            fail(f"unexpected {type(exc).__name__}: {exc} (--verbose shows the traceback)", status=1)
+            fail(f"unexpected {one_line(exc)} (--verbose shows the traceback)", status=1)
         finally:
             finish()
 
@@ -157,7 +157,9 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
 @handle_errors
 def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt = False) -> None:
     """Quantize once with the config's choices and write the INT8 model and calibration tables."""
-    from autoquant.engine import int8_kernels, write_outputs
+    from collections import Counter
+
+    from autoquant.engine import compute_layers, layers_in_float, session_and_optimized, write_outputs
     from autoquant.search import pipeline
 
     cfg = load(config, output)
@@ -168,9 +170,15 @@ def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt =
     end_stage()
     result = pipeline.quantize(calibrated, cfg.quantization)
     written = write_outputs(result, cfg, cfg.output.directory)
-    kernels = int8_kernels(result.model)
+    _, optimized = session_and_optimized(result.model)
+    kernels = Counter(n.op_type for n in optimized.graph.node)
+    layers = compute_layers(calibrated.graph, [n.name for n in calibrated.graph.nodes])
+    in_float = layers_in_float(result.model, optimized, layers)
     end_stage()
-    table = tables.quantize_table(cfg, result, calibrated.stats.samples, kernels, written.model.parent)
+    samples = calibrated.stats.samples
+    table = tables.quantize_table(
+        cfg, result, samples, kernels, written.model.parent, (in_float, len(layers))
+    )
     out.print(table)
 
 

@@ -14,7 +14,7 @@ from rich.progress import (
 from rich.table import Table
 
 from autoquant.evaluation import ThreadLabel, is_busy
-from autoquant.search import EndState, TrialEnd, TrialOutcome, TuneResult, Value
+from autoquant.search import EndState, TrialEnd, TrialOutcome, TuneResult, Value, budget_rule, decay_text
 
 #: How a trial without an outcome shows on its line and in the summary table.
 _END_MARKS = {EndState.pruned: "[yellow]pruned[/]", EndState.failed: "[red]failed[/]"}
@@ -22,8 +22,11 @@ _END_MARKS = {EndState.pruned: "[yellow]pruned[/]", EndState.failed: "[red]faile
 
 def _decay(outcome: TrialOutcome, budget: float) -> str:
     mark = "[green]within[/]" if outcome.within_budget else "[red]over[/]"
-    ci = f" [{outcome.decay_ci[0]:+.4f}, {outcome.decay_ci[1]:+.4f}]" if outcome.decay_ci else ""
-    return f"{outcome.decay:+.4f}{ci} {mark} {budget}"
+    return f"{decay_text(outcome.decay, outcome.decay_ci, outcome.decay_bound)} {mark} {budget}"
+
+
+def _interval(ci: tuple[float, float] | None) -> str:
+    return f"{ci[0]:+.4f} .. {ci[1]:+.4f}" if ci else "n/a"
 
 
 class LiveReporter:
@@ -87,13 +90,14 @@ class LiveReporter:
             self.task = None
         best_text = f"best #{best.number}" if best else "no best yet"
         if outcome is None:
-            self.console.print(f"  {_end_text(failure)}  ({best_text})", highlight=False)
+            self.console.print(f"  {_end_text(failure)}  ({best_text})", highlight=False, soft_wrap=True)
             return
         self.console.print(
             f"  #{outcome.number:<3} {outcome.key:<28} score {outcome.score:.4f}  decay "
             f"{_decay(outcome, self.budget)}  fp32 layers {len(outcome.fp32_compute)}  "
             f"{outcome.latency_ms:.3f} ms {_speedup(outcome.speedups.get(ThreadLabel.ONE))}  ({best_text})",
             highlight=False,
+            soft_wrap=True,  # one line per trial, however long
         )
 
 
@@ -151,23 +155,34 @@ def summary_table(result: TuneResult) -> Table:
 
     front = {o.number for o in result.pareto}
     table = Table(
-        title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}",
+        title=f"study {result.study_name}: FP32 score {result.fp32_score:.4f}, budget {result.budget}; "
+        f"within budget: {budget_rule(result.budget, result.budget_confidence)}",
         caption=f"{latency_line(result)}. Speedup = FP32 ms / INT8 ms. Best: within budget, fewest FP32 "
-        f"compute layers (ops left in float for speed do not count), then lowest latency at 1 thread; "
+        f"layers run = compute layers onnxruntime runs in FP32 (optimised graph: quantized layers without "
+        f"an INT8 kernel count; ops left in float for speed do not), then lowest latency at 1 thread; "
         f"latencies within {result.latency_tolerance:.0%} of each other are ties (the spread of repeated "
         "timings of the FP32 model against itself here), which the smaller decay wins; * = on the Pareto "
-        "front of decay, latency and FP32 compute layers; "
+        "front of decay, latency and FP32 layers run; "
         + (
             f"first trial within budget after {result.time_to_budget_s:.1f} s"
             if result.time_to_budget_s is not None
             else "no trial within budget"
         ),
     )
-    columns = ("trial", "how", "score", "decay", "95 % CI", "FP32 layers", "float ops", "ms, 1 thread")
-    for column in (*columns, "speedup 1 thread", "speedup default", ""):
+    bound = result.budget_confidence
+    columns = ("trial", "how", "score", "decay", "95 % CI") + ((f"{bound * 100:g} % bound",) if bound else ())
+    for column in (
+        *columns,
+        "FP32 layers run",
+        "float ops",
+        "ms, 1 thread",
+        "speedup 1 thread",
+        "speedup default",
+        "",
+    ):
         table.add_column(column)
     for o in ranked(result.trials, result.latency_tolerance):
-        ci = f"{o.decay_ci[0]:+.4f} .. {o.decay_ci[1]:+.4f}" if o.decay_ci else "n/a"
+        bounds = (f"{o.decay_bound:+.4f}" if o.decay_bound is not None else "n/a",) if bound else ()
         mark = "best" if result.best and o.number == result.best.number else ""
         style = "green" if o.within_budget else None
         table.add_row(
@@ -175,7 +190,8 @@ def summary_table(result: TuneResult) -> Table:
             o.key,
             f"{o.score:.4f}",
             f"{o.decay:+.4f}",
-            ci,
+            _interval(o.decay_ci),
+            *bounds,
             str(len(o.fp32_compute)),
             str(len(o.float_nodes)),
             f"{o.latency_ms:.3f}",
@@ -186,7 +202,8 @@ def summary_table(result: TuneResult) -> Table:
         )
     for end in result.ended:  # the pruned and failed trials, after the ranked ones
         decay = f"{end.decay:+.4f}" if end.decay is not None else "n/a"
-        table.add_row(str(end.number), end.key, "n/a", decay, *["n/a"] * 6, _END_MARKS[end.state])
+        cells = [_interval(end.decay_ci), *(["n/a"] if bound else []), *["n/a"] * 5]
+        table.add_row(str(end.number), end.key, "n/a", decay, *cells, _END_MARKS[end.state])
     return table
 
 

@@ -15,8 +15,8 @@ from autoquant.cli._stage import StageReporter
 from autoquant.cli._tables import node_list
 from autoquant.config import StudyConfig
 from autoquant.hardware import describe
-from autoquant.names import Command, model_file
-from autoquant.search import TuneResult
+from autoquant.names import REPORT_FILE, Command, model_file
+from autoquant.search import TuneResult, decay_text
 
 #: Runs the study: ``runner(config, reporter, stop)``.
 StudyRunner = Callable[[StudyConfig, StageReporter, threading.Event], TuneResult]
@@ -58,9 +58,10 @@ def run_study(
     if best is not None and not best.within_budget:
         out.print(
             f"no trial within budget: the closest is trial {best.number} ({best.key}), decay "
-            f"{best.decay:+.4f} against the budget {result.budget}; its model is "
+            f"{decay_text(best.decay, best.decay_ci, best.decay_bound)} against the budget {result.budget}; its model is "
             f"{model_file(False)}, not {model_file(True)} (exit status {NO_TRIAL_WITHIN_BUDGET})",
             highlight=False,
+            soft_wrap=True,  # the last line stays one line
         )
         raise typer.Exit(NO_TRIAL_WITHIN_BUDGET)
 
@@ -98,8 +99,8 @@ def _print_best(cfg: StudyConfig, result: TuneResult) -> None:
         fail("no trial completed")
     verdict = "within" if best.within_budget else "OVER"
     out.print(
-        f"best: trial {best.number} ({best.key}), decay {best.decay:+.4f} {verdict} the budget "
-        f"{result.budget}; FP32 nodes: {node_list(best.fp32_nodes, result.output)}"
+        f"best: trial {best.number} ({best.key}), decay {decay_text(best.decay, best.decay_ci, best.decay_bound)} "
+        f"{verdict} the budget {result.budget}; FP32 nodes: {node_list(best.fp32_nodes, result.output)}"
     )
     out.print(best_latency_line(result))
     if warning := busy_warning(result):
@@ -108,4 +109,4 @@ def _print_best(cfg: StudyConfig, result: TuneResult) -> None:
     out.print(
         f"CPU: {cpu['cpu_isa']}; reduce_range {cpu['reduce_range']}: {str(cpu['reduce_range_resolved']).lower()}"
     )
-    out.print(f"outputs: {result.output} (model: {model_file(best.within_budget)})")
+    out.print(f"outputs: {result.output} (model: {model_file(best.within_budget)}, report: {REPORT_FILE})")

@@ -16,6 +16,7 @@ from rich.table import Table
 from autoquant.cli._display import threads_text
 from autoquant.config import StudyConfig
 from autoquant.hardware import describe, host_isa, target_isa
+from autoquant.search import meets_budget
 
 if TYPE_CHECKING:  # the commands import these on first use, to start fast
     from autoquant.engine import QuantizedModel, Sensitivity
@@ -47,9 +48,15 @@ def _weights(per_channel: bool) -> str:
 
 
 def quantize_table(
-    cfg: StudyConfig, result: QuantizedModel, samples: int, kernels: Mapping[str, int], output: Path
+    cfg: StudyConfig,
+    result: QuantizedModel,
+    samples: int,
+    kernels: Mapping[str, int],
+    output: Path,
+    layers_run: tuple[Sequence[str], int] | None = None,
 ) -> Table:
-    """What ``quantize`` did: its choices, the CPU, the FP32 nodes and the INT8 kernels."""
+    """What ``quantize`` did: its choices, the CPU, the FP32 nodes, the compute layers that
+    onnxruntime runs in FP32 (``layers_run``: those and the model's count) and the INT8 kernels."""
     table = Table(title="autoquant quantize", show_header=False)
     q = cfg.quantization
     table.add_row("model", str(cfg.model.path))
@@ -63,6 +70,16 @@ def quantize_table(
     table.add_row("calibration samples", str(samples))
     table.add_row("quantized tensors", str(len(result.ranges)))
     table.add_row("FP32 nodes", node_list(result.fp32_nodes, output))
+    if layers_run is not None:
+        in_float, compute = layers_run
+        shown = ", ".join(in_float[:SHOWN_NODES]) + (
+            f" +{len(in_float) - SHOWN_NODES} more" if len(in_float) > SHOWN_NODES else ""
+        )
+        table.add_row(
+            "FP32 layers run",
+            f"{len(in_float)} of {compute} compute layers onnxruntime runs in FP32 (optimised graph)"
+            + (f": {shown}" if in_float else ""),
+        )
     table.add_row("INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if _is_int8(k)))
     table.add_row("output", str(output))
     return table
@@ -77,8 +94,9 @@ def evaluate_table(
     table.add_row("FP32 score", f"{result.fp32_score:.4f}")
     table.add_row("INT8 score", f"{result.score:.4f}")
     ci = f" (95 % CI {result.decay_ci[0]:+.4f} .. {result.decay_ci[1]:+.4f})" if result.decay_ci else ""
-    verdict = "within" if result.decay <= budget else "over"
-    table.add_row(f"decay ({cfg.search.decay})", f"{result.decay:+.4f}{ci}, {verdict} budget {budget}")
+    bound = f", upper bound {result.decay_bound:+.4f}" if result.decay_bound is not None else ""
+    verdict = "within" if meets_budget(result.decay, result.decay_bound, cfg.search) else "over"
+    table.add_row(f"decay ({cfg.search.decay})", f"{result.decay:+.4f}{ci}{bound}, {verdict} budget {budget}")
     for label, t in latency.items():
         table.add_row(
             f"latency, batch 1, {threads_text(label)}",

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from autoquant.config._fields import ConfigPath, Section
 from autoquant.config._sections import CalibrationConfig, ModelConfig, QuantizationConfig, TestConfig
@@ -17,6 +17,11 @@ class SearchConfig(Section):
 
     mode: Literal["fast", "full"] = "fast"
     accept_int8_decay: float = Field(default=0.005, ge=0.0)
+    budget_confidence: float | None = Field(
+        default=None,
+        description="None: a trial is within budget when its decay is; a level such as 0.95: when "
+        "the upper bound of its decay's one-sided interval at that level is.",
+    )
     decay: Literal["absolute", "relative"] = "absolute"
     fp32_score: float | None = None
     n_trials: int | None = Field(default=None, ge=1)
@@ -27,6 +32,18 @@ class SearchConfig(Section):
     data_limit: int = Field(default=8, ge=1)
     ignore_layer_list: list[str] = Field(default_factory=list)
     study_name: str | None = None
+
+    @field_validator("budget_confidence", mode="before")
+    @classmethod
+    def _confidence_level(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.5 < value < 1.0:
+            raise ValueError(
+                f"must be a confidence level between 0.5 and 1, e.g. 0.95, or null for the point "
+                f"estimate (got {value!r})"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod

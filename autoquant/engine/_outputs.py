@@ -8,6 +8,7 @@ A failure leaves the output folder as it was.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
@@ -25,6 +26,8 @@ from autoquant.engine._quantize import QuantizedModel, activation_quant_params
 from autoquant.engine.graph import write_model
 from autoquant.errors import ModelError, OutputError, QuantizationError, write_fault
 from autoquant.names import CONFIG_FILE, FP32_NODES_FILE, MODEL_FILE, TABLE_FILE, TRT_CACHE_FILE
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,10 @@ def write_files(directory: Path, files: dict[str, bytes | Callable[[Path], None]
         staging = Path(tempfile.mkdtemp(dir=directory, prefix=".staging-"))
     except OSError as exc:
         raise OutputError(f"{directory}: cannot write the outputs ({exc.strerror})") from None
+    current = directory  # the file being written, for the message
     try:
         for name, content in files.items():
+            current = directory / name
             if callable(content):
                 content(staging / name)
             else:
@@ -123,13 +128,32 @@ def write_files(directory: Path, files: dict[str, bytes | Callable[[Path], None]
         for name in [*companions, *files]:  # external data before the model that refers to it
             os.replace(staging / name, directory / name)
     except OSError as exc:
-        exc.filename = exc.filename or str(directory)
+        exc.filename = exc.filename or str(current)
         raise OutputError(
             write_fault(exc) or f"{directory}: cannot write the outputs ({exc.strerror})"
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [directory / name for name in files]
+
+
+def clear_leftovers(directory: Path) -> None:
+    """Remove what an interrupted run (a kill, a full disk) left half-written in an output folder:
+    staging folders and temporary files, which are never outputs; say so in one line. Call only
+    while no other process writes into the folder (under its lock)."""
+    found = [p for p in Path(directory).glob(".staging-*") if p.is_dir()]
+    found += [p for p in Path(directory).glob(".*.tmp") if p.is_file()]
+    if not found:
+        return
+    for leftover in found:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    names = ", ".join(sorted(p.name for p in found)[:3]) + (", ..." if len(found) > 3 else "")
+    logger.info(
+        "%s: removed %d half-written file(s) of an interrupted run (%s)", directory, len(found), names
+    )
 
 
 def resolved_config(result: QuantizedModel, config: StudyConfig) -> StudyConfig:

@@ -28,6 +28,7 @@ from autoquant.engine.graph import ModelGraph
 from autoquant.errors import AutoquantError, ConfigError, DataError, UserCodeError
 from autoquant.evaluation._fp32 import ReferenceOutputs, reference_folder
 from autoquant.evaluation._reference import StoredArray
+from autoquant.evaluation._resolution import Resolution, estimate_resolution, per_sample_scores
 from autoquant.evaluation._sessions import run_batch, session_or_error
 from autoquant.objectives import (
     Objective,
@@ -55,11 +56,14 @@ class Evaluation:
         score: The objective's score of the evaluated model.
         fp32_score: The FP32 score it is compared with.
         decay: ``fp32_score - score`` (absolute) or that divided by ``fp32_score`` (relative).
-        decay_ci: Bootstrap 95 % interval of the decay, or None when the objective cannot resample.
+        decay_ci: Bootstrap 95 % interval of the decay (2.5th and 97.5th percentiles of 1000
+            resamples of the test samples), or None when the objective cannot resample.
         samples: Test samples evaluated.
         seconds: Wall time of the inference loop.
         pruned: The evaluation stopped early, its decay certainly over the budget; ``score`` and
             ``decay`` are those of the first ``samples`` samples.
+        decay_bound: With ``search.budget_confidence`` c, the upper bound of the decay's one-sided
+            interval at level c (its 100 c-th bootstrap percentile), which must be within budget.
     """
 
     score: float
@@ -69,6 +73,7 @@ class Evaluation:
     samples: int
     seconds: float
     pruned: bool = False
+    decay_bound: float | None = None
 
 
 def compute_decay(fp32: float, score: float, mode: str) -> float:
@@ -250,8 +255,10 @@ class Evaluator:
         score = _check_score(_guarded(self.objective_name, objective.score), "INT8")
         assert self.fp32_score is not None
         decay = compute_decay(self.fp32_score, score, self.config.search.decay)
-        ci = self._bootstrap(fp32, objective, start) if supports_resampling(objective) else None
-        return Evaluation(score, self.fp32_score, decay, ci, start, seconds)
+        ci, bound = (
+            self._bootstrap(fp32, objective, start) if supports_resampling(objective) else (None, None)
+        )
+        return Evaluation(score, self.fp32_score, decay, ci, start, seconds, decay_bound=bound)
 
     # ------------------------------------------------------------------ the Scorer protocol
 
@@ -292,9 +299,43 @@ class Evaluator:
         base = fixed if fixed is not None else _guarded(self.objective_name, fp32.score, first)
         decay = compute_decay(base, score, self.config.search.decay)
         logger.debug("stopped after %d samples: decay %+.4f is certainly over the budget", samples, decay)
-        return Evaluation(score, base, decay, None, samples, seconds, pruned=True)
+        ci, bound = self._bootstrap(fp32, int8, samples)
+        return Evaluation(score, base, decay, ci, samples, seconds, pruned=True, decay_bound=bound)
 
-    def _bootstrap(self, fp32: Objective, int8: Objective, samples: int) -> tuple[float, float]:
+    def _bootstrap(
+        self, fp32: Objective, int8: Objective, samples: int
+    ) -> tuple[tuple[float, float], float | None]:
+        """The decay's 95 % interval and, with ``search.budget_confidence``, its one-sided upper bound."""
         decays = self._resampled_decays(fp32, int8, samples, BOOTSTRAP_RESAMPLES)
         low, high = np.percentile(decays, [2.5, 97.5])
-        return float(low), float(high)
+        level = self.config.search.budget_confidence
+        bound = float(np.percentile(decays, 100.0 * level)) if level is not None else None
+        return (float(low), float(high)), bound
+
+    def resolution(self, level: float) -> Resolution | None:
+        """How small a decay this test set resolves at ``level`` (see `estimate_resolution`), from
+        the FP32 per-sample scores; None when the objective cannot score single samples or its
+        FP32 scores do not vary."""
+        fp32 = self.fp32_objective()
+        if not supports_resampling(fp32):
+            return None
+        assert self.fp32_score is not None
+        search = self.config.search
+
+        def score(indices: np.ndarray) -> float:
+            return float(_guarded(self.objective_name, fp32.score, indices))
+
+        try:
+            scores = per_sample_scores(score, len(self.reader), search.seed)
+        except AutoquantError as exc:
+            logger.debug("no resolution estimate: the objective cannot score one sample (%s)", exc)
+            return None
+        return estimate_resolution(
+            scores,
+            len(self.reader),
+            level,
+            search.accept_int8_decay,
+            self.fp32_score,
+            search.decay == "relative",
+            getattr(fp32, "binary_scores", None),
+        )

@@ -83,6 +83,10 @@ def write_reference(
             if read_reference(folder) is None:
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(staging, folder)
+    except OSError as exc:
+        if exc.filename is None:  # a write into an open file names none: name the cache folder
+            raise OSError(exc.errno, exc.strerror, str(folder)) from exc
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     stored = read_reference(folder)

@@ -311,12 +311,12 @@ class Driver:
     @retried
     def _record_pruned(self, trial: optuna.Trial, key: str, pruned: Pruned) -> None:
         e = pruned.evaluation
-        for name in (OutcomeAttr.score, OutcomeAttr.decay, OutcomeAttr.samples):
+        for name in (OutcomeAttr.score, OutcomeAttr.decay, OutcomeAttr.decay_ci, OutcomeAttr.samples):
             trial.set_user_attr(name.value, getattr(e, name.value))
         if e.samples not in self._intermediate_steps(trial):
             trial.report(e.decay, step=e.samples)
         self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        end = TrialEnd(trial.number, key, EndState.pruned, str(pruned), e.decay, e.samples)
+        end = TrialEnd(trial.number, key, EndState.pruned, str(pruned), e.decay, e.samples, e.decay_ci)
         self.ctx.observers.reporter.trial_finished(None, end, current_best(self.study))
 
     def _intermediate_steps(self, trial: optuna.Trial) -> set[int]:

@@ -4,11 +4,13 @@ study if there is one, and the lock held while this process serves it."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 
 from autoquant.config import StudyConfig
+from autoquant.engine import clear_leftovers
 from autoquant.names import STUDY_DB_FILE
 from autoquant.search._sharing import load_existing
 from autoquant.storage import StorageKind, StudyStorage, open_storage, output_lock, storage_kind
@@ -36,9 +38,14 @@ def existing_study(config: StudyConfig) -> tuple[StudyStorage | None, optuna.Stu
     return storage, storage.call(load_existing, storage, name)
 
 
-def serving(config: StudyConfig) -> contextlib.AbstractContextManager[object]:
+@contextlib.contextmanager
+def serving(config: StudyConfig) -> Iterator[None]:
     """Held while this process serves the study: the output folder's lock for the embedded SQLite
-    storage, which one process serves (the shared storages have the study lock)."""
-    if storage_kind(storage_url(config)) == StorageKind.SQLITE:
-        return output_lock(config.output.directory, f"study {study_name(config)!r}")
-    return contextlib.nullcontext()
+    storage, which one process serves (the shared storages have the study lock). Under that lock,
+    what an interrupted run left half-written in the folder is removed first."""
+    if storage_kind(storage_url(config)) != StorageKind.SQLITE:
+        yield
+        return
+    with output_lock(config.output.directory, f"study {study_name(config)!r}"):
+        clear_leftovers(config.output.directory)
+        yield

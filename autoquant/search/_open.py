@@ -39,6 +39,7 @@ from autoquant.names import (
 )
 from autoquant.search import pipeline
 from autoquant.search._naming import existing_study, storage_url, study_name
+from autoquant.search._resolution import check_resolution, store_resolution
 from autoquant.search._sharing import check_fingerprint, fingerprint_inputs, fingerprint_results, open_study
 from autoquant.search._space import load_space
 from autoquant.search._trial import (
@@ -231,12 +232,14 @@ def open_search(
         stored = existing.user_attrs.get(STUDY_FINGERPRINT)
         check_fingerprint(stored, inputs, study_name(config), storage_url(config), command == Command.TUNE)
     ref = _measure(config, graph, inputs, existing, scorer, reporter, stages, began)
+    resolution = check_resolution(config, ref.scorer)  # one line when the budget is too fine for it
     compute_count = len(compute_layers(graph, [n.name for n in graph.nodes]))
     # Only now: a failure before leaves no study behind.
     storage = storage or open_storage(storage_url(config), config.storage)
     study = storage.call(
         _prepare_study, config, storage, fresh, ref, began, compute_count, command == Command.TUNE
     )
+    store_resolution(storage, study, resolution)
     tracker.attach(study, storage, ref.calibrated.stats.key, ref.fp32_score)  # opened in the background
     stages["setup_s"] = time.time() - began
     _check_timeout(config, stages, ref.timers, pipeline.scored_samples(config, graph), len(space.strategies))

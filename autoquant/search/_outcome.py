@@ -25,8 +25,10 @@ class OutcomeAttr(StrEnum):
     score = "score"
     decay = "decay"
     decay_ci = "decay_ci"
+    decay_bound = "decay_bound"  # with search.budget_confidence: the one-sided upper bound
     fp32_nodes = "fp32_nodes"
-    fp32_compute_layers = "fp32_compute_layers"
+    fp32_compute_layers = "fp32_compute_layers"  # run in float by onnxruntime (before: kept in FP32)
+    fp32_wrapped_layers = "fp32_wrapped_layers"  # kept in FP32 by the choices (absent: an older version)
     float_nodes = "float_nodes"
     latency_ms = "latency_ms"
     latency_by_threads = "latency_by_threads"
@@ -53,11 +55,21 @@ class TrialOutcome:
     within_budget: bool
     timings: dict[str, float] = field(default_factory=dict)
     layer_scales: dict[str, float] = field(default_factory=dict)
-    fp32_compute: tuple[str, ...] = ()  # the compute layers among fp32_nodes (what the selection counts)
+    # the compute layers onnxruntime's optimized graph runs in float (what the selection counts)
+    fp32_compute: tuple[str, ...] = ()
+    # the compute layers among fp32_nodes (kept in FP32 by the choices); None: an older version's
+    # trial, whose fp32_compute is this count (the QDQ wrapping), not what runs
+    fp32_wrapped: tuple[str, ...] | None = None
     float_nodes: tuple[str, ...] = ()  # left in float for speed (float_ops): not FP32 layers
     latencies: dict[str, float] = field(default_factory=dict)  # threads label -> ms (latency_ms: "1")
     speedups: dict[str, float] = field(default_factory=dict)  # threads label -> FP32 ms / INT8 ms
     load_average: float | None = None  # the 1-minute load average as its latency was measured
+    decay_bound: float | None = None  # with search.budget_confidence: the decay's one-sided upper bound
+
+    @property
+    def kept_fp32(self) -> tuple[str, ...]:
+        """The compute layers its choices kept in FP32 (an older version's trial: its count)."""
+        return self.fp32_compute if self.fp32_wrapped is None else self.fp32_wrapped
 
     def attrs(self) -> dict[str, Any]:
         """User attributes for Optuna storage (JSON-serialisable, plain string keys)."""
@@ -68,6 +80,7 @@ class TrialOutcome:
             OutcomeAttr.decay_ci: list(self.decay_ci) if self.decay_ci else None,
             OutcomeAttr.fp32_nodes: list(self.fp32_nodes),
             OutcomeAttr.fp32_compute_layers: list(self.fp32_compute),
+            OutcomeAttr.fp32_wrapped_layers: None if self.fp32_wrapped is None else list(self.fp32_wrapped),
             OutcomeAttr.float_nodes: list(self.float_nodes),
             OutcomeAttr.latency_ms: self.latency_ms,
             OutcomeAttr.latency_by_threads: self.latencies,
@@ -76,6 +89,7 @@ class TrialOutcome:
             OutcomeAttr.timings: self.timings,
             OutcomeAttr.layer_scales: self.layer_scales,
             OutcomeAttr.load_average: self.load_average,
+            OutcomeAttr.decay_bound: self.decay_bound,
         }
         return {name.value: value for name, value in attrs.items()}
 
@@ -100,13 +114,26 @@ class TrialOutcome:
             layer_scales=a.get(OutcomeAttr.layer_scales, {}),
             # a trial stored by an older version counts all its FP32 nodes (the safe side)
             fp32_compute=tuple(a.get(OutcomeAttr.fp32_compute_layers, a[OutcomeAttr.fp32_nodes])),
+            fp32_wrapped=_names(a.get(OutcomeAttr.fp32_wrapped_layers)),
             float_nodes=tuple(a.get(OutcomeAttr.float_nodes, ())),
             latencies=dict(
                 a.get(OutcomeAttr.latency_by_threads, {SELECTION_THREADS: a[OutcomeAttr.latency_ms]})
             ),
             speedups=dict(a.get(OutcomeAttr.speedup_by_threads, {})),
             load_average=a.get(OutcomeAttr.load_average),  # None: stored by an older version
+            decay_bound=a.get(OutcomeAttr.decay_bound),
         )
+
+
+def _names(stored: list[str] | None) -> tuple[str, ...] | None:
+    return None if stored is None else tuple(stored)
+
+
+def decay_text(decay: float, ci: tuple[float, float] | None, bound: float | None = None) -> str:
+    """``+0.0012 [-0.0031, +0.0055]`` (the decay and its 95 % interval), with ``bound +0.0048``
+    when the one-sided upper bound decides the budget."""
+    text = f"{decay:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else " [no interval]")
+    return text + (f" bound {bound:+.4f}" if bound is not None else "")
 
 
 class EndState(StrEnum):
@@ -127,6 +154,7 @@ class TrialEnd:
     reason: str
     decay: float | None = None  # a pruned trial's decay when it stopped
     samples: int | None = None  # the samples scored before it stopped
+    decay_ci: tuple[float, float] | None = None  # a pruned trial's 95 % interval on those samples
 
     def __str__(self) -> str:
         return self.reason
@@ -151,6 +179,7 @@ def ended(study: optuna.Study) -> list[TrialEnd]:
                     "pruned",
                     a.get(OutcomeAttr.decay),
                     a.get(OutcomeAttr.samples),
+                    tuple(a[OutcomeAttr.decay_ci]) if a.get(OutcomeAttr.decay_ci) else None,
                 )
             )
         elif t.state == TrialState.FAIL and later_keys.get(key, t.number) == t.number:

@@ -25,8 +25,11 @@ from autoquant.names import (
     model_file,
 )
 from autoquant.search._outcome import TrialOutcome
-from autoquant.search._report import render_report, render_study_report
+from autoquant.search._report import render_report
+from autoquant.search._report_files import output_files, rebuild_command
+from autoquant.search._study_report import render_study_report
 from autoquant.search._summary import TuneResult, summary
+from autoquant.storage import display_url
 from autoquant.tracking import MlflowTracker, NullTracker
 
 logger = logging.getLogger(__name__)
@@ -121,7 +124,15 @@ def finish(
         "budget": str(result.budget),
         "CPU": summarised.latency["cpu_isa"],
     }
-    report = render_study_report(data, f"autoquant study: {result.study_name}", details, _sensitivity(out))
+    report = render_study_report(
+        data,
+        f"autoquant study: {result.study_name}",
+        details,
+        _sensitivity(out),
+        settings=_settings(config),
+        files=output_files(out, (SUMMARY_FILE, REPORT_FILE)),
+        rebuild=rebuild_command(out) if (out / BEST_CONFIG_FILE).is_file() else None,
+    )
     write_files(out, {SUMMARY_FILE: json.dumps(data, indent=2).encode(), REPORT_FILE: report.encode()})
     tracker.finish(data, out / summarised.model, out / REPORT_FILE, close_parent=close_parent)
     if config.tracking.enabled:
@@ -132,6 +143,15 @@ def finish(
             tracker.finish_seconds,
             tracker.busy_seconds,
         )
+
+
+def _settings(config: StudyConfig) -> dict:
+    """The config's sections for the report, the passwords of storage and tracking URLs masked."""
+    settings = config.model_dump(mode="json")
+    for section, key in (("storage", "url"), ("tracking", "uri")):
+        if settings[section].get(key):
+            settings[section][key] = display_url(settings[section][key])
+    return settings
 
 
 def _sensitivity(out: Path) -> Sensitivity | None:

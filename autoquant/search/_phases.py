@@ -248,20 +248,19 @@ def bisect_plan(
 
     k = 0 is taken as failing (else there is nothing to search) and k = all nodes as passing;
     about log2(nodes) trials run. Only the ks that could beat the best trial within budget are
-    searched: the selection counts the compute layers left in FP32, and a blacklist of the k most
-    sensitive nodes keeps those among them and those its choices keep anyway; when the best within
-    budget keeps no compute layer in FP32, or no k >= 1 can keep fewer, the phase is skipped.
-    :class:`Analyse` when that needs a sensitivity ranking this process does not have yet.
+    searched: the selection counts the compute layers onnxruntime runs in float, those a blacklist
+    keeps and those without an INT8 kernel; when the best within budget keeps none in FP32, or no
+    k >= 1 can leave fewer, the phase is skipped. :class:`Analyse`: a ranking is needed first.
     """
     base = min(outcomes, key=lambda o: o.decay, default=None)
-    if base is None or (base.within_budget and not base.fp32_compute):
-        return {"skipped": "a trial with no FP32 compute layer is within the budget"}
+    if base is None or (base.within_budget and not base.kept_fp32):
+        return {"skipped": "a trial that keeps no compute layer in FP32 is within the budget"}
     params = {k: v for k, v in base.params.items() if k != "fp32_layers"}
     quantization = ctx.inputs.space.apply(params, ctx.inputs.config.quantization)
     best = best_outcome(outcomes, tolerance)
     high = ctx.inputs.nodes
     if best is not None and best.within_budget:
-        high = _beatable_ks(ctx, quantization, len(best.fp32_compute))
+        high = _beatable_ks(ctx, quantization, best)
         if isinstance(high, Analyse):
             return high
         if high <= 1:
@@ -274,18 +273,24 @@ def bisect_plan(
     return {"params": params, "low": 0, "high": high}
 
 
-def _beatable_ks(ctx: SearchContext, quantization: QuantizationConfig, best_compute: int) -> int | Analyse:
-    """The smallest k whose blacklist keeps at least ``best_compute`` compute layers in FP32 (so
-    only the ks below it can win), at most the number of nodes."""
+def _beatable_ks(ctx: SearchContext, quantization: QuantizationConfig, best: TrialOutcome) -> int | Analyse:
+    """The smallest k whose blacklist leaves at least as many compute layers running in float as
+    ``best`` (so only the ks below it can win), at most the number of nodes. A blacklist's layers
+    run in float, and so do those that ran in float in ``best`` though quantized (no INT8 kernel)."""
     graph = ctx.inputs.calibrated.graph
+    anyway = set(best.fp32_compute) - set(best.kept_fp32)
+
+    def in_float(names: list[str]) -> int:
+        return len(anyway | set(compute_layers(graph, names)))
+
     fixed = fp32_nodes(graph, quantization.model_copy(update={"fp32_layers": 0}))
-    if len(compute_layers(graph, fixed)) >= best_compute:
+    if in_float(fixed) >= len(best.fp32_compute):
         return 0
     ranking = ctx.caches.ranking(quantization)
     if ranking is None:
         return Analyse(quantization)
     for k in range(1, len(ranking) + 1):
-        if len(compute_layers(graph, list(dict.fromkeys([*fixed, *ranking[:k]])))) >= best_compute:
+        if in_float(list(dict.fromkeys([*fixed, *ranking[:k]]))) >= len(best.fp32_compute):
             return k
     return ctx.inputs.nodes
 

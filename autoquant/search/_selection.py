@@ -1,7 +1,8 @@
 """Which trial is best, and which trials no other beats on every count (the Pareto front).
 
 The selection rule, for trials within budget: the fewest compute layers (Conv, ConvTranspose,
-Gemm, MatMul) left in FP32, then the lowest latency at one thread, latencies within the measured
+Gemm, MatMul) that onnxruntime runs in FP32 (its optimized graph: a layer counts as INT8 only
+when an integer kernel runs it, so a quantized ConvTranspose without one counts), then the lowest latency at one thread, latencies within the measured
 noise being ties that the smaller decay breaks. Ops left in float for speed
 (``quantization.float_ops``) or for accuracy that are not compute layers (the element-wise ops of
 a decomposed LayerNorm) do not count. Over budget: the smallest decay first.

@@ -89,6 +89,16 @@ def _file_hash(path: Any) -> str:
         return "unreadable"
 
 
+#: Search settings outside the "search" hash (timing, naming, or hashed with the test settings).
+_SEARCH_UNHASHED = frozenset({"timeout", "study_name", "space", "decay", "fp32_score", "n_trials"})
+
+
+def _unset(section: Any, *keys: str) -> set[str]:
+    """The ``keys`` of ``section`` left at None: a key added later leaves older studies' hashes
+    alone at its default (tests/search/test_resume_previous_version.py)."""
+    return {k for k in keys if getattr(section, k) is None}
+
+
 #: Quantization keys added after studies were stored: hashed only when they are not at their default.
 _LATER_KEYS = {"equalize": False}
 
@@ -120,9 +130,7 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
         # a key added later is left out at its default, so that older studies keep their fingerprint
         "quantization": _hash(config.quantization.model_dump_json(exclude=_at_default(config.quantization))),
         "search": _hash(
-            search.model_dump_json(
-                exclude={"timeout", "study_name", "space", "decay", "fp32_score", "n_trials"}
-            ),
+            search.model_dump_json(exclude=_SEARCH_UNHASHED | _unset(search, "budget_confidence")),
             space.model_dump_json(exclude={"source"}),
         ),
     }

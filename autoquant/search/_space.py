@@ -134,6 +134,13 @@ class SearchSpace(BaseModel):
                 raise ValueError(
                     f"strategy {strategy.get('name', strategy)!r} sets undeclared {sorted(unknown)}"
                 )
+            for name, value in strategy.items():
+                choices = None if name == "name" else self.parameters[name].choices
+                if choices is not None and value not in choices:
+                    raise ValueError(
+                        f"strategy {strategy.get('name', strategy)!r}: {name}: {value!r} is not one of "
+                        f"the parameter's choices {choices}"
+                    )
         return self
 
     def sampled(self) -> list[Parameter]:
@@ -218,12 +225,17 @@ def load_space(source: str | Path, overrides: dict[str, Any] | None = None) -> S
         parameters = dict(data.get("parameters") or {})
         if "strategies_from" in data:  # e.g. full mode runs the fast strategies first
             data["strategies"] = load_space(data.pop("strategies_from")).strategies
+        strategies = list(data.get("strategies") or [])
         for name, override in (overrides or {}).items():
             parameters[name] = override if isinstance(override, dict) else {"choices": [override]}
-        return SearchSpace.model_validate({**data, "parameters": parameters, "source": where})
+            if not isinstance(override, dict):  # a fixed value holds in every strategy too
+                strategies = [{**strategy, name: override} for strategy in strategies]
+        space = {**data, "parameters": parameters, "strategies": strategies, "source": where}
+        return SearchSpace.model_validate(space)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: YAML syntax error: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {loc}: {first['msg'].removeprefix('Value error, ')}") from None
+        where = f"{where}: {loc}" if loc else where
+        raise ConfigError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None

@@ -3,7 +3,7 @@ written to ``study_summary.json``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,22 @@ from autoquant.names import (
     STUDY_FP32_LOAD,
     STUDY_FP32_SCORE,
     STUDY_LATENCY_TOLERANCE,
+    STUDY_RESOLUTION,
     STUDY_TIME_TO_BUDGET,
     model_file,
 )
 from autoquant.search._naming import existing_study, storage_url, study_name
 from autoquant.search._outcome import TrialEnd, TrialOutcome, ended, outcomes
+from autoquant.search._resolution import budget_rule
 from autoquant.search._selection import best_outcome, pareto_front
 from autoquant.storage import display_url, workers
+
+#: What a trial's ``fp32_compute_layers`` lists (``fp32_wrapped_layers``: those its choices kept).
+FP32_COUNTED = (
+    "compute layers onnxruntime runs in FP32 (optimised graph): those its choices kept in FP32 and "
+    "the quantized ones without an INT8 kernel (trials without fp32_wrapped_layers, stored by an "
+    "earlier version, list only the former)"
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,8 @@ class TuneResult:
     timings: dict[str, float] = field(default_factory=dict)  # this process's stages, seconds (see Stages)
     ended: tuple[TrialEnd, ...] = ()  # the pruned and failed trials (see :func:`ended`)
     fp32_load_average: float | None = None  # the load average as the FP32 latency was measured
+    budget_confidence: float | None = None  # search.budget_confidence (None: the point estimate)
+    resolution: dict[str, Any] | None = None  # the test set's resolution (evaluation.Resolution.to_dict)
 
     @property
     def within_budget(self) -> bool:
@@ -65,6 +76,9 @@ class StudySummary:
     storage: str
     fp32_score: float
     accept_int8_decay: float
+    budget_confidence: float | None  # search.budget_confidence; None: the point estimate decides
+    budget_rule: str  # the rule for "within budget", in words
+    resolution: dict[str, Any] | None  # the smallest decay the test set resolves, and the size needed
     cpu_isa: str
     cpu_isa_source: str
     within_budget: bool
@@ -72,6 +86,7 @@ class StudySummary:
     latency_tolerance: float
     time_to_budget_s: float | None
     compute_layers: int | None
+    fp32_compute_layers: str  # what a trial's fp32_compute_layers counts (FP32_COUNTED)
     timings: dict[str, float]
     latency: dict[str, Any]  # how latency was measured, and the figures per thread count
     best: dict[str, Any] | None  # the best trial's row
@@ -79,6 +94,7 @@ class StudySummary:
     completed_trials: int
     failed_trials: int
     trials: list[dict[str, Any]]  # a row per completed trial: its stored attributes and more
+    ended_trials: list[dict[str, Any]] = field(default_factory=list)  # the pruned and failed trials
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data, for the edges (the JSON file, MLflow, the HTML report)."""
@@ -101,6 +117,9 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> StudySumm
         storage=result.storage,
         fp32_score=result.fp32_score,
         accept_int8_decay=result.budget,
+        budget_confidence=result.budget_confidence,
+        budget_rule=budget_rule(result.budget, result.budget_confidence),
+        resolution=result.resolution,
         cpu_isa=isa.label,
         cpu_isa_source=isa.source,
         within_budget=result.within_budget,
@@ -108,6 +127,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> StudySumm
         latency_tolerance=result.latency_tolerance,
         time_to_budget_s=result.time_to_budget_s,
         compute_layers=result.compute_layers,
+        fp32_compute_layers=FP32_COUNTED,
         timings=result.timings,
         latency=latency_summary(result),
         best=row(result.best) if result.best else None,
@@ -115,6 +135,7 @@ def summary(result: TuneResult, reduce_range: ReduceRange = "auto") -> StudySumm
         completed_trials=len(result.trials),
         failed_trials=result.failed,
         trials=[row(o) for o in result.trials],
+        ended_trials=[asdict(end) for end in result.ended],
     )
 
 
@@ -168,6 +189,8 @@ def study_result(config: StudyConfig, study: optuna.Study, fp32_score: float) ->
         compute_layers=study.user_attrs.get(STUDY_COMPUTE_LAYERS),
         ended=tuple(ended(study)),
         fp32_load_average=study.user_attrs.get(STUDY_FP32_LOAD),
+        budget_confidence=config.search.budget_confidence,
+        resolution=study.user_attrs.get(STUDY_RESOLUTION),
     )
 
 

@@ -10,7 +10,8 @@ needs is stored as trial user attributes, so a resumed study knows its past.
   binary search for the smallest ``fp32_layers`` (the most sensitive layers kept in FP32) that
   meets the budget, then the per-layer threshold scale tuning, confirmed by one full trial.
 
-The best trial is the one within budget with the fewest compute layers left in FP32, then the
+The best trial is the one within budget with the fewest compute layers onnxruntime runs in FP32
+(read from its optimized graph of the trial's model, once per graph structure), then the
 lowest latency at one thread, then the smallest decay; latencies within the measured noise of the
 timing count as equal (see :mod:`autoquant.search`). If none is within budget, the best is the
 one with the smallest decay. The outputs of the best trial are written after every improving trial.
@@ -39,8 +40,14 @@ import onnxruntime as ort
 
 from autoquant.common import ProgressFn
 from autoquant.config import QuantizationConfig, StudyConfig
-from autoquant.engine import QuantizedModel, Requantizer, compute_layers
-from autoquant.engine.graph import session_for
+from autoquant.engine import (
+    QuantizedModel,
+    Requantizer,
+    compute_layers,
+    layers_in_float,
+    session_and_optimized,
+)
+from autoquant.engine.graph import session_for, session_options, session_threads
 from autoquant.errors import (
     AutoquantError,
     EvaluationError,
@@ -49,15 +56,23 @@ from autoquant.errors import (
     TrialReturned,
     one_line,
 )
-from autoquant.evaluation import SELECTION_THREADS, Evaluation, LatencyTimer, load_average, trial_budget
+from autoquant.evaluation import (
+    SELECTION_THREADS,
+    Evaluation,
+    LatencyTimer,
+    ThreadLabel,
+    load_average,
+    trial_budget,
+)
 from autoquant.names import (
     FP32_NODES_FILE,
     SENSITIVITY_FILE,
     TABLE_FILE,
 )
-from autoquant.search._outcome import OutcomeAttr, TrialEnd, TrialOutcome
+from autoquant.search._outcome import OutcomeAttr, TrialEnd, TrialOutcome, decay_text
+from autoquant.search._resolution import meets_budget
 from autoquant.search._space import SearchSpace, Value
-from autoquant.search.pipeline import Calibrated, quantize
+from autoquant.search.pipeline import Calibrated, cache_dir, quantize
 from autoquant.tracking import MlflowTracker, NullTracker
 
 logger = logging.getLogger(__name__)
@@ -155,6 +170,7 @@ class ProcessCaches:
 
     requantizer: Requantizer | None = None  # rewrites scales of a structure built before
     latencies: dict[str, dict[str, float]] = field(default_factory=dict)  # structure -> label -> ms
+    in_float: dict[str, tuple[str, ...]] = field(default_factory=dict)  # structure -> layers run in float
     rankings: dict[str, list[str]] = field(default_factory=dict)  # choices (no blacklist) -> ranking
     new_sensitivity: str | None = None  # JSON of a ranking computed since the last logged trial
     shown_tracebacks: set[str] = field(default_factory=set)
@@ -217,7 +233,8 @@ class Pruned(Exception):
     """A trial's evaluation stopped early, its decay certainly over the budget (not an error)."""
 
     def __init__(self, evaluation: Evaluation) -> None:
-        super().__init__(f"pruned after {evaluation.samples} samples: decay {evaluation.decay:+.4f}")
+        decay = decay_text(evaluation.decay, evaluation.decay_ci)
+        super().__init__(f"pruned after {evaluation.samples} samples: decay {decay}")
         self.evaluation = evaluation
 
 
@@ -243,7 +260,7 @@ def run_choice(
         result = quantize(ctx.inputs.calibrated, quantization, ranking, timings, ctx.caches.requantizer)
     began = time.perf_counter()
     with stage("creating an onnxruntime session for the quantized model", QuantizationError):
-        session = session_for(result.model)
+        session, in_float = session_and_layers_in_float(ctx, result.model)
     timings["session"] = time.perf_counter() - began
     with stage("evaluating the quantized model", EvaluationError):
         candidate = Candidate(number, key, params, result.model, session)
@@ -265,18 +282,52 @@ def run_choice(
         score=evaluation.score,
         decay=evaluation.decay,
         decay_ci=evaluation.decay_ci,
+        decay_bound=evaluation.decay_bound,
         fp32_nodes=result.fp32_nodes,
         latency_ms=latencies[SELECTION_THREADS],
-        within_budget=evaluation.decay <= ctx.inputs.config.search.accept_int8_decay,
+        within_budget=meets_budget(evaluation.decay, evaluation.decay_bound, ctx.inputs.config.search),
         timings=timings,
         layer_scales=dict(quantization.layer_scales),
-        fp32_compute=compute_layers(ctx.inputs.calibrated.graph, result.fp32_nodes),
+        fp32_compute=in_float,
+        fp32_wrapped=compute_layers(ctx.inputs.calibrated.graph, result.fp32_nodes),
         float_nodes=result.float_nodes,
         latencies=latencies,
         speedups={k: ctx.inputs.fp32_latency[k] / max(v, 1e-9) for k, v in latencies.items()},
         load_average=load,
     )
     return outcome, result
+
+
+def scoring_options(ctx: SearchContext) -> ort.SessionOptions | None:
+    """How trials are scored: at batch 1, on one thread when the FP32 model ran faster on one than
+    on onnxruntime's default (a small model's ops are too short to share between cores); else
+    onnxruntime's default, or ``--threads``."""
+    fp32 = ctx.inputs.fp32_latency
+    one, default = fp32.get(ThreadLabel.ONE.value), fp32.get(ThreadLabel.DEFAULT.value)
+    batch_one = ctx.inputs.config.test.batch_size == 1
+    if session_threads() is None and batch_one and one is not None and default is not None and one < default:
+        return session_options(1)
+    return None
+
+
+def session_and_layers_in_float(
+    ctx: SearchContext, model: onnx.ModelProto
+) -> tuple[ort.InferenceSession, tuple[str, ...]]:
+    """An onnxruntime session for the INT8 ``model`` and the compute layers that onnxruntime's
+    optimized graph of it runs in float (no integer kernel stands for them). The optimized graph
+    is written once per graph structure (fusions do not depend on scales), as the session opens."""
+    options = scoring_options(ctx)
+    structure = structure_key(model)
+    known = ctx.caches.in_float.get(structure)
+    if known is not None:
+        return session_for(model, options), known
+    graph = ctx.inputs.calibrated.graph
+    workdir = cache_dir(ctx.inputs.config)  # the optimized graph's files stay in the cache folder
+    workdir.mkdir(parents=True, exist_ok=True)
+    session, optimized = session_and_optimized(model, workdir, session_for, options)
+    known = layers_in_float(model, optimized, compute_layers(graph, [n.name for n in graph.nodes]))
+    ctx.caches.in_float[structure] = known
+    return session, known
 
 
 def measure_structure(ctx: SearchContext, model: onnx.ModelProto, budget_s: float) -> dict[str, float]:
@@ -305,8 +356,10 @@ def log_trial(ctx: SearchContext, outcome: TrialOutcome, result: QuantizedModel)
         "decay": outcome.decay,
         "decay_ci_low": low,
         "decay_ci_high": high,
+        **({"decay_bound": outcome.decay_bound} if outcome.decay_bound is not None else {}),
         "fp32_nodes": len(outcome.fp32_nodes),
-        "fp32_compute_layers": len(outcome.fp32_compute),
+        "fp32_compute_layers": len(outcome.fp32_compute),  # run in float (onnxruntime's optimized graph)
+        "fp32_wrapped_layers": len(outcome.fp32_wrapped or ()),  # kept in FP32 by the choices
         "float_nodes": len(outcome.float_nodes),
         "latency_ms": outcome.latency_ms,
         **{f"latency_ms_{k}_threads": v for k, v in outcome.latencies.items()},

@@ -87,8 +87,12 @@ def _create(path: Path) -> bool:
     except FileExistsError:
         return False
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(me, f)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+    except BaseException:  # a full disk: leave no empty lock file for the next run to wait on
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 

@@ -36,8 +36,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoquant.config import StorageConfig
-from autoquant.errors import ConfigError, StorageError
+from autoquant.errors import AutoquantError, ConfigError, StorageError, write_fault
 from autoquant.names import TRIAL_OWNER
+from autoquant.storage._journal import open_journal
 from autoquant.storage._kinds import (
     StorageKind,
     display_url,
@@ -48,6 +49,7 @@ from autoquant.storage._kinds import (
 )
 from autoquant.storage._locking import process_alive
 from autoquant.storage._optuna import rdb_engine, retry_callback, trial_id
+from autoquant.storage._sqlite import open_or_rebuild, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +182,9 @@ class StudyStorage:
                 result = step(*args, **kwargs)
             except Exception as exc:
                 if not (self.shared and is_outage(exc)):
+                    named = _named_fault(exc, self.url)
+                    if named is not exc:
+                        raise named from exc
                     raise
                 now = time.monotonic()
                 if deadline is None:
@@ -255,25 +260,44 @@ class StudyStorage:
         return self._ids[study.study_name]
 
 
+def _named_fault(exc: Exception, url: str) -> Exception:
+    """A full disk or a read-only folder met by the database itself, as one error naming the study
+    database; any other exception unchanged."""
+    import sqlalchemy.exc
+
+    chain: list[BaseException] = [exc]
+    while (link := chain[-1].__cause__ or chain[-1].__context__) is not None and link not in chain:
+        chain.append(link)  # Optuna wraps SQLAlchemy's error in its StorageInternalError
+    database = any(isinstance(e, sqlalchemy.exc.OperationalError) for e in chain)
+    fault = write_fault(exc) if database and not isinstance(exc, AutoquantError) else None
+    if fault is None:
+        return exc
+    return StorageError(f"the study database {display_url(url)}: {fault.removeprefix(_UNNAMED)}")
+
+
+_UNNAMED = "the study or tracking database: "
+
+
 def _connect_rdb(url: str, kind: StorageKind, settings: StorageConfig) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url`` with its heartbeat (PostgreSQL: under the schema lock)."""
     if kind == StorageKind.SQLITE:
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         interval, grace = EMBEDDED_HEARTBEAT
     else:
         interval, grace = settings.heartbeat_interval, settings.grace_period
 
-    def create() -> optuna.storages.RDBStorage:
+    def create(at: str = url) -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
             return optuna.storages.RDBStorage(
-                url,
+                at,
                 engine_kwargs={"pool_pre_ping": True} if kind == StorageKind.POSTGRESQL else None,
                 heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=retry_callback(settings.max_retry),
             )
 
+    if kind == StorageKind.SQLITE:  # made whole or not at all; a half-made one is made again
+        return open_or_rebuild(sqlite_path(url), create)
     if kind != StorageKind.POSTGRESQL:
         return create()
     import sqlalchemy
@@ -299,10 +323,7 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
     wait_for_preload()
     kind = storage_kind(url)
     if kind == StorageKind.JOURNAL:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return StudyStorage(url, kind, JournalStorage(JournalFileBackend(url)), settings)
+        return StudyStorage(url, kind, open_journal(Path(url)), settings)
     probe = StudyStorage(url, kind, None, settings)  # type: ignore[arg-type]
     try:
         backend = probe.call(_connect_rdb, url, kind, settings)
@@ -314,6 +335,10 @@ def open_storage(url: str, settings: StorageConfig) -> StudyStorage:
             'install it with `pip install "autoquant[postgres]"`'
         ) from None
     except Exception as exc:
+        fault = write_fault(exc)  # a full disk, a read-only folder: one line naming the database
+        if fault is not None:
+            where = fault.removeprefix(_UNNAMED)
+            raise StorageError(f"the study database {display_url(url)}: {where}") from exc
         raise ConfigError(
             f"storage.url {display_url(url)!r}: cannot open the Optuna storage ({type(exc).__name__}: {exc})"
         ) from None

@@ -15,6 +15,7 @@ def parent_params(config: StudyConfig, stats_key: str) -> dict[str, str]:
     params = {
         "mode": search.mode,
         "accept_int8_decay": search.accept_int8_decay,
+        "budget_confidence": search.budget_confidence,  # None: the point estimate decides
         "decay": search.decay,
         "stats_cache_key": stats_key,
         "model": str(config.model.path),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from autoquant.config import StudyConfig
+from autoquant.errors import one_line
 from autoquant.names import TRIAL_FAIL_REASON
 from autoquant.tracking._child import Background, LoggingProcess
 from autoquant.tracking._logged import parent_params, trial_tags, with_resolved_reduce_range
@@ -113,10 +114,9 @@ class MlflowTracker:
                 if not self._warned:
                     self._warned = True
                     logger.warning(
-                        "MLflow: %s failed (%s: %s); the study goes on, and the error is raised at its end",
+                        "MLflow: %s failed (%s); the study goes on, and the error is raised at its end",
                         call.__name__.strip("_").replace("_", " "),
-                        type(exc).__name__,
-                        exc,
+                        one_line(exc),
                     )
                 raise
             finally:

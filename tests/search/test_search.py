@@ -77,6 +77,15 @@ def test_overrides_and_bad_space_files(tmp_path: Path) -> None:
         load_space(bad)
     with pytest.raises(ConfigError, match="no built-in search space 'fastest'"):
         load_space("fastest")
+    # A strategy's value must be one of its parameter's choices: refused as the space loads.
+    bad.write_text(
+        "parameters:\n  method: {choices: [kl, mse]}\nstrategies:\n  - {name: mm, method: minmax}\n"
+    )
+    with pytest.raises(ConfigError, match=r"bad.yaml: strategy 'mm': method: 'minmax' is not one of"):
+        load_space(bad)
+    # A value fixed by an override holds in every strategy (fast mode's set other methods).
+    fixed = load_space("fast", {"method": "mse"})
+    assert fixed.strategies and all(s["method"] == "mse" for s in fixed.strategies)
 
 
 def test_selection_rule() -> None:
@@ -259,11 +268,11 @@ def _session_failing_for_trial(monkeypatch: pytest.MonkeyPatch, failing: set[int
     real = search.session_for
     calls = iter(range(1000))  # session_for is called once per trial, in trial order
 
-    def session_for(model):
+    def session_for(model, options=None):
         number = next(calls)
         if number in failing and where == "session":
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed:\nbad QDQ pair")
-        session = real(model)
+        session = real(model, options)
         if number in failing:
 
             def run(*args, **kwargs):
@@ -520,8 +529,10 @@ def test_outcome_attribute_names_stay_as_stored_studies_have_them() -> None:
 
     outcome = TrialOutcome(1, "strategy:a", {}, 0.9, 0.01, None, (), 1.0, True)
     assert list(outcome.attrs()) == [
-        "key", "score", "decay", "decay_ci", "fp32_nodes", "fp32_compute_layers", "float_nodes",
-        "latency_ms", "latency_by_threads", "speedup_by_threads", "within_budget", "timings", "layer_scales",
+        "key", "score", "decay", "decay_ci", "fp32_nodes", "fp32_compute_layers",
+        "fp32_wrapped_layers",  # added later: a trial stored without it counted the QDQ wrapping
+        "float_nodes", "latency_ms", "latency_by_threads", "speedup_by_threads", "within_budget", "timings", "layer_scales",
         "load_average",  # added later: a trial stored without it reads as None ("load n/a")
+        "decay_bound",  # added later: a trial stored without it reads as None (no search.budget_confidence)
     ]  # fmt: skip
     assert OutcomeAttr.within_budget == "within_budget" and OutcomeAttr.samples == "samples"

@@ -33,6 +33,7 @@ from autoquant.engine.graph._model_io import (
     read_model,
     session_for,
     session_options,
+    session_threads,
     set_session_threads,
     write_model,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "read_model",
     "session_for",
     "session_options",
+    "session_threads",
     "set_session_threads",
     "weight_channel_ranges",
     "write_model",

@@ -203,6 +203,11 @@ def set_session_threads(threads: int | None) -> None:
     _THREADS = threads
 
 
+def session_threads() -> int | None:
+    """The threads `set_session_threads` set (None: onnxruntime's default)."""
+    return _THREADS
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Session options with onnxruntime's log at error level and ``threads`` intra-op threads
     (0: onnxruntime's default, one per physical core; None: those of `set_session_threads`)."""

@@ -26,8 +26,10 @@ incomplete symbolic shapes, and writes temporary files into the current director
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -109,6 +111,8 @@ def optimize(model: onnx.ModelProto, workdir: Path, path: Path) -> onnx.ModelPro
     try:
         session_for(workdir / "input.onnx" if large else model, options)
     except Exception as exc:
+        if shutil.disk_usage(workdir).free < model.ByteSize():  # it could not write the optimized model
+            raise OSError(errno.ENOSPC, "No space left on device", str(workdir.parent)) from None
         raise ModelError(f"{path}: onnxruntime cannot optimize the model: {first_line(exc)}") from None
     optimized = onnx.load(workdir / "optimized.onnx")
     _keep_used_opsets(optimized, model)
