@@ -142,6 +142,12 @@ class QuantizationConfig(Section):
     end_ratio: float = Field(default=1.3, gt=0.0)
     step_ratio: float = Field(default=0.01, gt=0.0)
     first_layer_fp32: bool = False
+    equalize: bool = Field(
+        default=False,
+        description="Cross-layer equalization before the statistics: fold BatchNormalization into "
+        "Convs and rescale consecutive Conv/Gemm layers (through ReLU or nothing) so that their "
+        "per-channel weight ranges match; FP32 outputs stay the same. Not a search parameter yet.",
+    )
     norm_layers_fp32: bool = Field(
         default=True,
         description="Keep the element-wise ops of decomposed LayerNorm/RMSNorm in FP32.",

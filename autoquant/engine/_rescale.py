@@ -87,7 +87,8 @@ def structure_key(graph: ModelGraph, config: QuantizationConfig, ranking: Sequen
     """The choices that decide the QDQ graph, as resolved: equal keys give the same graph."""
     # bias_correction is applied to a copy of the model this returns (search.pipeline.quantize)
     choices = config.model_dump(
-        mode="json", exclude=set(SCALE_ONLY_CHOICES) | {"fp32_layers", "reduce_range", "bias_correction"}
+        mode="json",
+        exclude=set(SCALE_ONLY_CHOICES) | {"fp32_layers", "reduce_range", "bias_correction", "equalize"},
     )
     choices.update(
         fp32=sorted(fp32_nodes(graph, config, ranking)),

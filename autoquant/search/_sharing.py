@@ -120,6 +120,7 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
             search.decay,
             search.fp32_score,
         ),
+        # keys added later are left out at their default, so that older studies keep their fingerprint
         "quantization": _hash(
             config.quantization.model_dump_json(exclude=_at_default(config.quantization, _ADDED_KEYS))
         ),
@@ -136,7 +137,8 @@ def fingerprint_inputs(config: StudyConfig, graph: ModelGraph, space: SearchSpac
 #: fingerprint at their default so that the studies of earlier versions resume
 #: (tests/search/test_resume_previous_version.py). A parameter of the built-in spaces is the same
 #: in every process of one version; search.overrides of it are in the search settings.
-_ADDED_KEYS = {"bias_correction": QuantizationConfig.model_fields["bias_correction"].default}
+#: Quantization keys added after studies were stored: hashed only when they are not at their default.
+_ADDED_KEYS = {key: QuantizationConfig.model_fields[key].default for key in ("bias_correction", "equalize")}
 _ADDED_PARAMETERS = ("bias_correction",)
 _ADDED_CALIBRATION_KEYS = {
     "bias_correction_samples": CalibrationConfig.model_fields["bias_correction_samples"].default

@@ -37,6 +37,8 @@ from autoquant.config import QuantizationConfig
 from autoquant.errors import ConfigError
 
 Value = bool | int | float | str
+#: Quantization keys that change the prepared model (and so its statistics): one value per study.
+_PREPARATION_KEYS = frozenset({"equalize"})
 
 
 class _Range(BaseModel):
@@ -118,6 +120,11 @@ class SearchSpace(BaseModel):
             targets = set().union(*p.sets.values()) if p.sets else {name}
             if not targets <= fields:
                 raise ValueError(f"parameter {name!r}: {sorted(targets - fields)} are not quantization keys")
+            if targets & _PREPARATION_KEYS:
+                raise ValueError(
+                    f"parameter {name!r}: {sorted(targets & _PREPARATION_KEYS)} change the prepared model "
+                    "and are not searchable yet; set them in the config's quantization section"
+                )
             if not set(p.when) <= set(seen):
                 raise ValueError(f"parameter {name!r}: 'when' may only name parameters declared before it")
             seen.append(name)

@@ -123,7 +123,9 @@ def load_graph(config: StudyConfig, persist: bool = True) -> ModelGraph:
     """
     specs = input_specs(config)
     check_data(config, specs)
-    graph = prepare_model(config.model.path, cache_dir(config), persist=persist)
+    graph = prepare_model(
+        config.model.path, cache_dir(config), persist=persist, equalize=config.quantization.equalize
+    )
     release_memory()  # the model read to prepare and describe it
     shapes = {spec.name: spec.shape for spec in specs}
     return replace(graph, inputs=tuple(replace(s, shape=shapes.get(s.name, s.shape)) for s in graph.inputs))

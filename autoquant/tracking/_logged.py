@@ -21,6 +21,7 @@ def parent_params(config: StudyConfig, stats_key: str) -> dict[str, str]:
         "model": str(config.model.path),
         "cpu_isa": target_isa().label,
         "reduce_range_resolved": resolve_reduce_range(config.quantization.reduce_range),
+        "equalize": config.quantization.equalize,  # one prepared model per study, not a trial parameter
     }
     return {k: str(v) for k, v in params.items()}
 

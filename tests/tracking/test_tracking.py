@@ -54,6 +54,7 @@ def _check_store(uri: str, config_path: Path) -> None:
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs[STUDY_MLFLOW_PARENT]
     parent = parents[0]
+    assert parent.data.params["equalize"] == str(config.quantization.equalize)
     children = {int(r.data.tags["trial_number"]): r for r in runs if r not in parents}
     assert sorted(children) == [t.number for t in study.trials]
     for trial in study.trials:

@@ -68,7 +68,8 @@ class ModelGraph:
 
     Attributes:
         source: The user's model file.
-        model_hash: SHA-256 of the user's model bytes.
+        model_hash: SHA-256 of the user's model bytes (of those and of the transform when the
+            prepared model is equalized, see `prepare_model`).
         prepared_path: The prepared FP32 model (cached on disk).
         inputs: The model inputs (batch dim first; ``None`` for dynamic dims).
         outputs: The model output names.

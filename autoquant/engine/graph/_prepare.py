@@ -11,6 +11,8 @@ constant folding), use old opsets, dynamic shapes and decomposed activations. Pr
 4. folds what is left of constant subgraphs feeding weights with ONNX's reference evaluator;
 5. gives every Gemm bias of shape [1, N] the shape [N] (the same broadcast; onnxruntime's
    quantizer indexes a bias per output channel and fails on a row);
+   5b. with ``quantization.equalize``: folds the BatchNormalization nodes onnxruntime left and
+   equalizes the weight ranges of consecutive Conv/Gemm layers (`_equalize`);
 6. infers shapes, keeping dynamic dimensions symbolic;
 7. checks the invariant: every constant weight of a Conv, ConvTranspose, Gemm or MatMul is an
    initializer, and warns once, naming each node, where that is not so;
@@ -36,6 +38,7 @@ import onnxruntime as ort
 
 from autoquant.engine._memory_plan import weightless_copy
 from autoquant.engine.graph._checks import check_loads, check_weights, first_line, refuse_quantized
+from autoquant.engine.graph._equalize import equalize as equalize_layers
 from autoquant.engine.graph._fold import constant_tensors, flatten_gemm_biases, fold_weights, weighted_nodes
 from autoquant.engine.graph._model_io import SourceModel, session_for, session_options
 from autoquant.errors import ModelError
@@ -193,12 +196,14 @@ def _untyped(model: onnx.ModelProto) -> list[str]:
     return [o for n in graph.node for o in n.output if o and o not in typed]
 
 
-def prepare(source: SourceModel, workdir: Path) -> onnx.ModelProto:
+def prepare(source: SourceModel, workdir: Path, equalize: bool = False) -> onnx.ModelProto:
     """Run every preparation step on a user's model (see the module docstring).
 
     Args:
         source: The user's model, as read by `read_model`.
         workdir: Folder for onnxruntime's files; the caller deletes it.
+        equalize: Fold BatchNormalization into Convs and equalize consecutive layers
+            (step 5b, `autoquant.engine.graph._equalize`).
 
     Raises:
         ModelError: The model is quantized already, onnxruntime cannot load it, its opset
@@ -215,6 +220,8 @@ def prepare(source: SourceModel, workdir: Path) -> onnx.ModelProto:
     name_nodes(model)
     fold_weights(model)
     flatten_gemm_biases(model.graph)
+    if equalize:
+        equalize_layers(model)
     model = infer_shapes(model, source.path)
     check_weights(model, expected, source.path)
     return model
