@@ -78,3 +78,37 @@ def top1(model: onnx.ModelProto | str | Path, x: np.ndarray, y: np.ndarray) -> f
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     logits = session.run(None, {session.get_inputs()[0].name: x})[0]
     return float((logits.argmax(axis=1) == y).mean())
+
+
+#: Debian Chromium's flags for a headless run on a closed network (no background connections).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# A user objective (top-1) whose third instance fails: the probe and the FP32 score take the first
+# two, so the first trial fails and the study goes on; it scores resampled indices, so trials can
+# be pruned and have a decay interval.
+FAILING_TOP1 = """
+import numpy as np
+calls = 0
+
+class Top1:
+    def __init__(self):
+        global calls
+        calls += 1
+        self.fail = calls == 3
+        self.hits = []
+    def update(self, outputs, labels, reference):
+        if self.fail:
+            raise RuntimeError("metric server unreachable")
+        self.hits.extend(np.argmax(outputs[0], axis=1) == np.asarray(labels))
+    def score(self, indices=None):
+        hits = np.asarray(self.hits, dtype=float)
+        return float(np.mean(hits if indices is None else hits[indices]))
+"""

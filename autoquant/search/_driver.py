@@ -235,9 +235,7 @@ class Driver:
         """Suggest, quantize, evaluate and measure (the scale trial searches its scales first)."""
         ctx, trial, key = self.ctx, claimed.trial, claimed.key
         base = ctx.inputs.config.quantization
-        params = ctx.inputs.space.suggest(
-            trial, base, ctx.inputs.nodes, bisect=key.startswith(TrialKey.BISECT)
-        )
+        params = ctx.inputs.space.suggest(trial, base, ctx.inputs.nodes, key.startswith(TrialKey.BISECT))
         quantization = ctx.inputs.space.apply(params, base)
         ctx.observers.reporter.trial_started(trial.number, key, params)
         with stage("the sensitivity analysis for fp32_layers", EvaluationError):

@@ -14,44 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_cli import run_process
-from tests.helpers import digits_study
+from tests.helpers import CHROMIUM_FLAGS, FAILING_TOP1, digits_study
 
 pytestmark = pytest.mark.integration  # the study runs in a process, and so does the browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
-# top-1 whose third instance fails: the probe and the FP32 score take the first two, so the first
-# trial fails and the study goes on; it scores resampled indices, so trials are pruned and have
-# a decay interval
-FAILING_OBJECTIVE = """
-import numpy as np
-calls = 0
-
-class Top1:
-    def __init__(self):
-        global calls
-        calls += 1
-        self.fail = calls == 3
-        self.hits = []
-    def update(self, outputs, labels, reference):
-        if self.fail:
-            raise RuntimeError("metric server unreachable")
-        self.hits.extend(np.argmax(outputs[0], axis=1) == np.asarray(labels))
-    def score(self, indices=None):
-        hits = np.asarray(self.hits, dtype=float)
-        return float(np.mean(hits if indices is None else hits[indices]))
-"""
-
-# max (fails: the objective above), mse (within the budget), a percentile clipped at the median
+# max (fails: FAILING_TOP1), mse (within the budget), a percentile clipped at the median
 # (certainly over the budget once mse has completed: pruned)
 SPACE = (
     "parameters:\n  method: {choices: [max, mse, percentile]}\n"
@@ -65,7 +34,7 @@ SPACE = (
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """A real study through the CLI: a failed trial, a pruned one, trials within the budget."""
     folder = tmp_path_factory.mktemp("report")
-    (folder / "flaky.py").write_text(FAILING_OBJECTIVE)
+    (folder / "flaky.py").write_text(FAILING_TOP1)
     (folder / "space.yaml").write_text(SPACE)
     search = {"mode": "full", "accept_int8_decay": 0.02, "space": folder / "space.yaml", "n_trials": 1}
     config = digits_study(folder, search=search, test={"objective": f"{folder / 'flaky.py'}:Top1"})
@@ -84,7 +53,7 @@ def page(study: tuple[Path, subprocess.CompletedProcess]) -> Iterator:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         tab = browser.new_page(viewport={"width": 1280, "height": 900})
         tab.route("http*://**", lambda route: route.abort())  # the page must need nothing from outside
         tab.goto((study[0] / "report.html").as_uri())

@@ -12,6 +12,7 @@ import pytest
 
 from autoquant.engine import Sensitivity, compute_thresholds, difference, quantize_model
 from autoquant.search import pipeline, render_report, sensitivity_csv
+from tests.helpers import CHROMIUM_FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +88,7 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path: Path) -> None:
         [
             chromium,
             "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *CHROMIUM_FLAGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--window-size=1100,1400",
             f"--screenshot={shot}",

@@ -21,7 +21,7 @@ import autoquant
 from autoquant.config import QuantizationConfig, load_config
 from autoquant.errors import ConfigError, SearchError
 from autoquant.search import TrialOutcome, best_outcome, load_space, ranked, storage_url, study_name
-from tests.helpers import ROOT, digits_study, digits_variant, top1
+from tests.helpers import FAILING_TOP1, ROOT, digits_study, digits_variant, top1
 
 # ---------------------------------------------------------------- spaces
 
@@ -227,29 +227,10 @@ def test_full_mode_meets_a_budget_plain_quantization_cannot(
     assert any(o.key == "scales" for o in result.trials)
 
 
-FAILING_OBJECTIVE = """
-import numpy as np
-calls = 0
-
-class Top1:
-    def __init__(self):
-        global calls
-        calls += 1
-        self.fail = calls == 3  # probe, FP32 replay, then trial 0 fails
-        self.hits = []
-    def update(self, outputs, labels, reference):
-        if self.fail:
-            raise RuntimeError("metric server unreachable")
-        self.hits.extend(np.argmax(outputs[0], axis=1) == np.asarray(labels))
-    def score(self):
-        return float(np.mean(self.hits))
-"""
-
-
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(
     digits_config: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (tmp_path / "flaky.py").write_text(FAILING_OBJECTIVE)
+    (tmp_path / "flaky.py").write_text(FAILING_TOP1)
     config = load_config(digits_study(tmp_path, test={"objective": f"{tmp_path / 'flaky.py'}:Top1"}))
     result = autoquant.tune(config)
     study = _load_study(tmp_path / "study.yaml")
