@@ -170,7 +170,9 @@ def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt =
     end_stage()
     result = pipeline.quantize(calibrated, cfg.quantization)
     written = write_outputs(result, cfg, cfg.output.directory)
-    _, optimized = session_and_optimized(result.model)
+    workdir = pipeline.cache_dir(cfg)  # the optimized graph's files stay in the cache folder
+    workdir.mkdir(parents=True, exist_ok=True)
+    _, optimized = session_and_optimized(result.model, workdir)
     kernels = Counter(n.op_type for n in optimized.graph.node)
     layers = compute_layers(calibrated.graph, [n.name for n in calibrated.graph.nodes])
     in_float = layers_in_float(result.model, optimized, layers)
