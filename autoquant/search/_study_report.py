@@ -128,6 +128,7 @@ def _result_section(summary: dict) -> str:
             ("its decay's 95 % interval", _interval(best.get("decay_ci"), best.get("decay_bound"))),
             ("compute layers in FP32 / INT8", f"{fp32_layers(best)} / {'n/a' if int8 is None else int8}"),
             ("latency at 1 thread", f"{best['latency_ms']:.3f} ms"),
+            ("latency measured at", _load_text(summary.get("latency") or {})),
             ("its model", str(summary.get("model", ""))),
         ]
     else:
@@ -143,6 +144,22 @@ def _result_section(summary: dict) -> str:
     )
     cells = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f'<h2 id="result">Result</h2>\n<table id="result-table">{cells}</table>'
+
+
+def _load(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _load_text(latency: dict) -> str:
+    """The 1-minute load averages at which the FP32 and the best trial's latencies were measured,
+    and whether the machine was busy (the FP32 timings spread beyond the busy tolerance)."""
+    text = (
+        f"load average {_load(latency.get('fp32_load_average'))} (FP32), "
+        f"{_load(latency.get('best_load_average'))} (best trial)"
+    )
+    if latency.get("busy"):
+        text += "; the machine was busy (FP32 timings spread widely): the latencies are uncertain"
+    return text
 
 
 def _reason_section(summary: dict) -> str:
@@ -168,6 +185,7 @@ _TRIAL_COLUMNS = (
     "float ops",
     "ms, 1 thread",
     "speedup",
+    "load",
     "Pareto",
     "note",
 )
@@ -191,6 +209,7 @@ def _completed_row(t: dict, best: int | None, total: int | None) -> str:
         _cell(str(len(t.get("float_nodes") or ()))),
         _cell(f"{t['latency_ms']:.3f}", t["latency_ms"]),
         _cell(f"{speedup:.2f}x" if speedup else "n/a", speedup),
+        _cell(_load(t.get("load_average")), t.get("load_average")),
         _cell("yes" if t.get("pareto") else "no"),
         _cell(""),
     )
@@ -211,7 +230,7 @@ def _ended_row(t: dict) -> str:
         _cell("n/a"),
         _cell(f"{decay:+.4f}" if decay is not None else "n/a", decay),
         _cell(_interval(t.get("decay_ci"))),  # a pruned trial's: on the samples it was scored on
-        *(_cell("n/a") for _ in range(5)),
+        *(_cell("n/a") for _ in range(6)),
         _cell("no"),
         _cell(note),
     )
@@ -233,7 +252,8 @@ def trials_section(summary: dict) -> str:
 trial's; a pruned trial's decay is where its evaluation stopped. FP32 and INT8 layers: the compute
 layers (Conv, ConvTranspose, Gemm, MatMul {_e(total_text)}) kept in FP32 and quantized to INT8;
 float ops: other ops left in float for speed. ms, 1 thread: latency at batch 1; speedup: FP32 ms /
-INT8 ms at 1 thread. Pareto: on the Pareto front.</p>
+INT8 ms at 1 thread; load: the 1-minute load average as the latency was measured. Pareto: on the
+Pareto front.</p>
 <div class="wide"><table class="sortable" id="trials-table"><thead><tr>{header}</tr></thead>
 <tbody>{body}</tbody></table></div>"""
 

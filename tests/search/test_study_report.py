@@ -83,3 +83,28 @@ def test_an_over_budget_best_trial_says_so_where_it_is_named() -> None:
     )
     assert "#0 (strategy:mse), over budget" in page and "No trial is within the budget (0.005)" in page
     assert "model.over-budget.int8.onnx" in page and "it is over the budget" in page
+
+
+def test_the_load_average_is_shown_where_latency_is() -> None:
+    """The loads at which the FP32 and the trials' latencies were measured, and the busy verdict."""
+    timed = TrialOutcome(0, "strategy:mse", {}, 0.99, 0.001, (0.0, 0.002), (), 1.0, True, load_average=3.5)
+    result = TuneResult(
+        "s",
+        "sqlite://",
+        0.99,
+        0.005,
+        timed,
+        (timed,),
+        0,
+        Path("out"),
+        0.6,
+        pareto=(timed,),
+        fp32_load_average=1.5,
+    )
+    page = render_study_report(
+        summary(result).to_dict(), "t", {}, files=["report.html"], rebuild="autoquant quantize x"
+    )
+    assert "load average 1.5 (FP32), 3.5 (best trial)" in page
+    assert "the machine was busy" in page  # a tolerance of 0.6 is above the busy tolerance
+    row = re.search(r'<tr class="best" data-trial="0">(.*?)</tr>', page)
+    assert row is not None and '<td data-sort="3.5">3.5</td>' in row.group(1)
