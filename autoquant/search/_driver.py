@@ -364,7 +364,7 @@ class Driver:
         ctx.caches.stages.setdefault("to_first_trial_s", time.time() - ctx.inputs.began)
         log_trial(ctx, outcome, result)
         ctx.observers.reporter.trial_finished(outcome, None, best)
-        measure_tolerance(study, self.lock, ctx.inputs.timers, ctx.caches.stages)
+        measure_tolerance(study, attrs, self.lock, ctx.inputs.timers, ctx.caches.stages)
 
     def _rescue(self, frozen: FrozenTrial, outcome: TrialOutcome) -> None:
         """Keep a completed result whose trial another process failed meanwhile: as a new trial."""

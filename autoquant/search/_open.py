@@ -88,14 +88,16 @@ def _prepare_study(
 
 def measure_tolerance(
     study: optuna.Study,
+    attrs: dict[str, object],
     lock: Callable[[], AbstractContextManager[object]],
     timers: dict[str, LatencyTimer],
     stages: dict[str, float],
 ) -> None:
     """Measure the study's latency tolerance once, after its first trial: it only decides ties
-    between trials, so the first trial does not wait for it. A resumed study keeps the stored one,
-    so that it ranks alike."""
-    if "tolerance_s" in stages or STUDY_LATENCY_TOLERANCE in study.user_attrs:
+    between trials, so the first trial does not wait for it. ``attrs``: the study's attributes as
+    just read; a study that holds one (stored by any process, or resumed) keeps it, so that it
+    ranks alike."""
+    if STUDY_LATENCY_TOLERANCE in attrs:
         return
     with timed(stages, "tolerance_s"):
         tolerance = timers[SELECTION_THREADS].tolerance(budget_s=trial_budget(stages.get("setup_s", 0.0)))
