@@ -170,9 +170,8 @@ def quantize(config: ConfigArg, output: OutputOpt = None, no_cache: NoCacheOpt =
     end_stage()
     result = pipeline.quantize(calibrated, cfg.quantization)
     written = write_outputs(result, cfg, cfg.output.directory)
-    workdir = pipeline.cache_dir(cfg)  # the optimized graph's files stay in the cache folder
-    workdir.mkdir(parents=True, exist_ok=True)
-    _, optimized = session_and_optimized(result.model, workdir)
+    # the optimized graph's files stay in the cache folder
+    _, optimized = session_and_optimized(result.model, pipeline.cache_dir(cfg))
     kernels = Counter(n.op_type for n in optimized.graph.node)
     layers = compute_layers(calibrated.graph, [n.name for n in calibrated.graph.nodes])
     in_float = layers_in_float(result.model, optimized, layers)

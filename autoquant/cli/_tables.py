@@ -39,10 +39,6 @@ def node_list(names: Sequence[str], folder: Path) -> str:
     return f"{', '.join(names[:SHOWN_NODES])} +{rest} more (all in {folder / FP32_NODES_FILE})"
 
 
-def _is_int8(op_type: str) -> bool:
-    return op_type.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize"))
-
-
 def _weights(per_channel: bool) -> str:
     return "per-channel" if per_channel else "per-tensor"
 
@@ -57,6 +53,8 @@ def quantize_table(
 ) -> Table:
     """What ``quantize`` did: its choices, the CPU, the FP32 nodes, the compute layers that
     onnxruntime runs in FP32 (``layers_run``: those and the model's count) and the INT8 kernels."""
+    from autoquant.engine import is_integer_kernel
+
     table = Table(title="autoquant quantize", show_header=False)
     q = cfg.quantization
     table.add_row("model", str(cfg.model.path))
@@ -83,7 +81,9 @@ def quantize_table(
     if q.bias_correction:
         on = min(cfg.calibration.bias_correction_samples, samples)
         table.add_row("bias correction", f"{len(result.bias_corrected)} layers, on {on} calibration samples")
-    table.add_row("INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if _is_int8(k)))
+    table.add_row(
+        "INT8 kernels", ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()) if is_integer_kernel(k))
+    )
     table.add_row("output", str(output))
     return table
 

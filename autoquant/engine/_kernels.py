@@ -114,7 +114,10 @@ def session_and_optimized(
     """A CPU session for ``model`` (opened by ``open_session`` with ``options``, by default
     `session_options`) and onnxruntime's optimized graph of it, which the session writes as it is
     created (its initializers in a side file that is never read: only the graph's nodes matter).
-    Both files go to a temporary folder, deleted before returning."""
+    Both files go to a temporary folder in ``workdir`` (made if missing; None: the system's),
+    deleted before returning."""
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="autoquant-opt-", dir=workdir) as tmp:
         options = options or session_options()
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")

@@ -325,7 +325,6 @@ def session_and_layers_in_float(
         return session_for(model, options), known
     graph = ctx.inputs.calibrated.graph
     workdir = cache_dir(ctx.inputs.config)  # the optimized graph's files stay in the cache folder
-    workdir.mkdir(parents=True, exist_ok=True)
     session, optimized = session_and_optimized(model, workdir, session_for, options)
     known = layers_in_float(model, optimized, compute_layers(graph, [n.name for n in graph.nodes]))
     ctx.caches.in_float[structure] = known
