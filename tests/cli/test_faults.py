@@ -37,15 +37,6 @@ def _study(tmp_path: Path, **sections: dict) -> Path:
     return small_digits_study(tmp_path / "study.yaml", defaults, sections)
 
 
-@pytest.fixture()
-def cwd(tmp_path: Path) -> Iterator[Path]:
-    """An empty working directory for the commands; it must stay empty."""
-    folder = tmp_path / "cwd"
-    folder.mkdir()
-    yield folder
-    assert sorted(folder.iterdir()) == []
-
-
 def run(
     cwd: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ the sample.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +23,6 @@ pytestmark = pytest.mark.integration  # every test here starts a process
 #: The study of ``_study`` reads 40 calibration samples in batches of 20 and 100 test samples in
 #: batches of 50: the bad samples below lie in the first batch (TEST_FIRST) or a later one.
 TEST_FIRST, TEST_LATER, CALIB_LATER = 17, 73, 33
-
-
-@pytest.fixture()
-def cwd(tmp_path: Path) -> Iterator[Path]:
-    """An empty working directory for the commands; it must stay empty (as in test_faults)."""
-    folder = tmp_path / "cwd"
-    folder.mkdir()
-    yield folder
-    assert sorted(folder.iterdir()) == []
 
 
 def _with(tmp_path: Path, name: str, source: Path, index: int, value: float) -> Path:
